@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# foldblend end to end.
+#   bash run.sh              set up .venv, build the demo competition if input/ is empty, then
+#                            scan -> folds -> train every folds/*.yaml -> blend -> submit -> summary
+#   bash run.sh test         set up .venv with the dev extras and run the test suite
+#   bash run.sh <stage> ...  any single stage, e.g. `bash run.sh train folds/cnn_small.yaml --folds 0`
+# Rerunning is cheap: finished folds, scans and splits are reused; a changed fold config retrains.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+PY="$VENV/bin/python"
+
+setup() {
+  if [ ! -x "$PY" ]; then
+    echo "creating $VENV/"
+    python3 -m venv "$VENV"
+  fi
+  local stamp="$VENV/.foldblend-installed"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "installing foldblend and its dependencies into $VENV/ (first run: several minutes)"
+    "$PY" -m pip install --quiet --upgrade pip
+    "$PY" -m pip install --quiet -e ".[dev]"
+    touch "$stamp"
+  fi
+}
+
+foldblend() { "$PY" -m foldblend.cli "$@"; }
+
+main() {
+  setup
+  local start=$SECONDS
+  foldblend demo
+  foldblend scan
+  foldblend folds
+  foldblend train
+  foldblend blend ${BLEND_ARGS:---method greedy --bias}
+  foldblend submit
+  foldblend summary
+  echo "pipeline time: $((SECONDS - start)) s"
+}
+
+case "${1:-}" in
+  "") main ;;
+  test) shift; setup; exec "$PY" -m pytest -q "$@" ;;
+  *) setup; foldblend "$@" ;;
+esac

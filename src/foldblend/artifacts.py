@@ -1,0 +1,135 @@
+"""Atomic writes and the ensemble-member contract (oof/<exp>/oof.npz, test.npz, scores.json).
+
+Every file a later stage reads is written to a temporary name in the same folder and renamed into
+place, so a kill at any moment leaves either the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it replaces `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_npz(path: str | Path, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def write_csv(path: str | Path, df, **kwargs) -> None:
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the member contract
+
+@dataclass
+class Member:
+    """One ensemble member: what `oof/<name>/` holds, loaded and checked."""
+
+    name: str
+    classes: list[str]
+    ids: np.ndarray          # (N,) train image ids, folds.csv order
+    labels: np.ndarray       # (N,) class indices
+    fold: np.ndarray         # (N,) fold of each image
+    views: list[str]         # TTA view names
+    oof_logits: np.ndarray   # (V, N, C)
+    test_ids: np.ndarray     # (M,) sample-submission order
+    test_logits: np.ndarray  # (F, V, M, C)
+    scores: dict
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+class ContractError(ValueError):
+    """An oof/<exp>/ folder does not fulfil the ensemble-member contract."""
+
+
+def save_member(out_dir: str | Path, *, classes, ids, labels, fold, views, oof_logits, test_ids,
+                test_logits, scores: dict) -> None:
+    out_dir = Path(out_dir)
+    oof_logits = np.asarray(oof_logits, dtype=np.float32)
+    test_logits = np.asarray(test_logits, dtype=np.float32)
+    views = np.asarray(list(views))
+    write_npz(out_dir / "test.npz", ids=np.asarray(test_ids).astype(str), views=views, logits=test_logits)
+    write_json(out_dir / "scores.json", {**scores, "classes": list(classes)})
+    # oof.npz last: its presence marks the member complete.
+    write_npz(out_dir / "oof.npz", ids=np.asarray(ids).astype(str), labels=np.asarray(labels, dtype=np.int64),
+              fold=np.asarray(fold, dtype=np.int64), views=views, logits=oof_logits)
+
+
+def load_member(member_dir: str | Path) -> Member:
+    member_dir = Path(member_dir)
+    files = {n: member_dir / n for n in ("oof.npz", "test.npz", "scores.json")}
+    missing = [n for n, p in files.items() if not p.exists()]
+    if missing:
+        raise ContractError(f"{member_dir}: missing {', '.join(missing)} (run `foldblend train` for this experiment)")
+    with np.load(files["oof.npz"], allow_pickle=False) as z:
+        oof = {k: z[k] for k in z.files}
+    with np.load(files["test.npz"], allow_pickle=False) as z:
+        test = {k: z[k] for k in z.files}
+    scores = json.loads(files["scores.json"].read_text(encoding="utf-8"))
+    classes = list(scores.get("classes", []))
+    v, n, c = oof["logits"].shape
+    problems = []
+    if len(oof["ids"]) != n or len(oof["labels"]) != n or len(oof["fold"]) != n:
+        problems.append(f"oof.npz ids/labels/fold lengths do not match logits' N={n}")
+    if len(oof["views"]) != v:
+        problems.append(f"oof.npz has {len(oof['views'])} view names for {v} views of logits")
+    if c != len(classes):
+        problems.append(f"logits have {c} classes but scores.json lists {len(classes)}")
+    if test["logits"].ndim != 4 or test["logits"].shape[2] != len(test["ids"]) or test["logits"].shape[3] != c:
+        problems.append(f"test.npz logits shape {test['logits'].shape} does not match (F, V, {len(test['ids'])}, {c})")
+    if list(test["views"]) != list(oof["views"]):
+        problems.append("test.npz and oof.npz name different TTA views")
+    if problems:
+        raise ContractError(f"{member_dir}: " + "; ".join(problems))
+    return Member(name=member_dir.name, classes=classes, ids=oof["ids"].astype(str), labels=oof["labels"],
+                  fold=oof["fold"], views=[str(x) for x in oof["views"]], oof_logits=oof["logits"],
+                  test_ids=test["ids"].astype(str), test_logits=test["logits"], scores=scores)

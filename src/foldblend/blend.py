@@ -1,0 +1,304 @@
+"""Blend ensemble members' OOF/test predictions and score the blend honestly.
+
+A blend is a small pipeline fitted on OOF rows: TTA-view weights, per-member temperatures, member
+weights (or a stacker), a temperature after combining, per-class decision biases. Every fitted step
+can overfit the OOF rows it was tuned on, so the pipeline is also refitted once per fold on the other
+folds' rows and applied to the held-out fold (nested CV); that collected prediction is the number to
+trust, and the one saved as the blend's `oof_probs`. The numeric methods live in `ensemble.py`.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import ensemble as E
+from .artifacts import Member, load_member, write_json, write_npz
+from .metrics import HIGHER_IS_BETTER, METRICS, classification_scores, softmax
+
+OVERFIT_WARNING_GAP = 0.01
+TTA_MODES = ("mean", "weighted")
+FOLD_COMBINES = ("prob_mean", "logit_mean")
+
+
+@dataclass(frozen=True)
+class BlendOptions:
+    method: str = "mean"
+    metric: str = "macro_f1"
+    tta: str = "mean"
+    fold_combine: str = "prob_mean"
+    temperature: bool = False
+    calibrate: bool = False
+    bias: bool = False
+    rounds: int = 100
+    power: float = 2.0
+    greedy_init: int = 5
+
+    def __post_init__(self):
+        choices = {"method": E.COMBINE_METHODS, "metric": tuple(HIGHER_IS_BETTER), "tta": TTA_MODES,
+                   "fold_combine": FOLD_COMBINES}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if self.bias and self.metric not in METRICS:
+            raise ValueError(f"bias tuning needs a decision metric ({', '.join(METRICS)}), not {self.metric!r}")
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether anything is learned from labels (if not, in-sample already is the honest number)."""
+        return (self.method in ("scipy", "greedy", "stack") or self.tta == "weighted" or self.temperature
+                or self.calibrate or self.bias)
+
+
+@dataclass
+class FittedBlend:
+    identity_weights: list              # (K,) weight of view 0 against the others; None = plain mean
+    temperatures: np.ndarray            # (K,) per member, 1.0 = unchanged
+    weights: np.ndarray                 # (K,) member weights (stack: coefficient shares)
+    stacker: object | None = None
+    calibration: float = 1.0            # temperature after combining
+    biases: np.ndarray | None = None    # (C,) added to log-probabilities before argmax
+
+
+@dataclass
+class BlendResult:
+    oof_probs: np.ndarray               # (N, C) nested-CV predictions (= in-sample when nothing is fitted)
+    test_probs: np.ndarray              # (M, C) pipeline fitted on all OOF rows
+    weights: dict[str, float]
+    member_scores: dict[str, dict]
+    cv_in_sample: dict
+    cv_nested: dict
+    warnings: list[str]
+    biases: np.ndarray | None
+    classes: list[str]
+    ids: np.ndarray
+    labels: np.ndarray
+    test_ids: np.ndarray
+    method: str
+    options: dict = field(default_factory=dict)
+    fitted: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- alignment
+
+def _first_difference(a: np.ndarray, b: np.ndarray) -> str | None:
+    if len(a) != len(b):
+        return f"{len(a)} vs {len(b)} rows"
+    bad = np.flatnonzero(np.asarray(a) != np.asarray(b))
+    return None if len(bad) == 0 else f"first difference at row {bad[0]}: {a[bad[0]]!r} vs {b[bad[0]]!r}"
+
+
+def check_alignment(members: list[Member]) -> None:
+    """Raise ValueError unless every member predicts the same rows, labels, folds, classes and test ids.
+
+    Averaging misaligned arrays fails silently (the shapes match), so this runs before anything else.
+    """
+    if not members:
+        raise ValueError("no ensemble members to blend")
+    ref = members[0]
+    for other in members[1:]:
+        pair = f"members {ref.name!r} and {other.name!r}"
+        if list(ref.classes) != list(other.classes):
+            raise ValueError(f"{pair} have different classes: {list(ref.classes)} vs {list(other.classes)}")
+        for what in ("ids", "labels", "fold", "test_ids"):
+            diff = _first_difference(getattr(ref, what), getattr(other, what))
+            if diff:
+                raise ValueError(f"{pair} differ in {what}: {diff}")
+
+
+# ----------------------------------------------------------------------------- the fitted pipeline
+
+def _rows(views: list[np.ndarray], rows) -> list[np.ndarray]:
+    return [v[:, rows] for v in views]
+
+
+def _combine(member_probs, model: FittedBlend, opts: BlendOptions) -> np.ndarray:
+    if opts.method == "stack":
+        return E.stack_predict(model.stacker, member_probs)
+    if opts.method == "logit_mean":
+        return E.logit_mean(member_probs)
+    if opts.method == "rank":
+        return E.rank_average(member_probs)
+    if opts.method == "power":
+        return E.power_mean(member_probs, opts.power)
+    return E.mean_probs(member_probs, model.weights)
+
+
+def _member_probs(views, model: FittedBlend) -> np.ndarray:
+    probs = np.stack([E.combine_views(v, w) for v, w in zip(views, model.identity_weights)])
+    if np.any(model.temperatures != 1.0):
+        probs = np.stack([E.apply_temperature(p, t) for p, t in zip(probs, model.temperatures)])
+    return probs
+
+
+def fit_blend(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray, opts: BlendOptions) -> FittedBlend:
+    """Fit every step on these rows, each on the output of the steps before it."""
+    k = len(views)
+    identity_weights = [E.fit_identity_weight(v, y) if opts.tta == "weighted" else None for v in views]
+    model = FittedBlend(identity_weights=identity_weights, temperatures=np.ones(k), weights=np.full(k, 1.0 / k))
+    member_probs = _member_probs(views, model)
+    if opts.temperature:
+        model.temperatures = np.array([E.fit_temperature(E.safe_log(p), y) for p in member_probs])
+        member_probs = _member_probs(views, model)
+    if opts.method == "scipy":
+        model.weights = E.fit_scipy_weights(member_probs, y)
+    elif opts.method == "greedy":
+        model.weights = E.greedy_select(member_probs, y, opts.metric, opts.rounds, opts.greedy_init)
+    if opts.method == "stack":
+        # downstream steps are tuned on the stacker's inner-CV output, never on its in-sample fit
+        model.stacker, combined = E.fit_stacker(member_probs, y, fold, inner_cv=opts.calibrate or opts.bias)
+        model.weights = E.stacker_member_shares(model.stacker, k)
+    else:
+        combined = _combine(member_probs, model, opts)
+    if opts.calibrate:
+        model.calibration = E.fit_temperature(E.safe_log(combined), y)
+        combined = E.apply_temperature(combined, model.calibration)
+    if opts.bias:
+        model.biases = E.tune_biases(E.safe_log(combined), y, opts.metric)
+    return model
+
+
+def apply_blend(model: FittedBlend, views: list[np.ndarray], opts: BlendOptions) -> np.ndarray:
+    combined = _combine(_member_probs(views, model), model, opts)
+    if model.calibration != 1.0:
+        combined = E.apply_temperature(combined, model.calibration)
+    if model.biases is not None:
+        combined = E.apply_biases(combined, model.biases)
+    return combined
+
+
+def nested_predictions(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray, opts: BlendOptions) -> np.ndarray:
+    """For each fold k: fit on the other folds' OOF rows, predict fold k's rows; return them collected."""
+    out = np.zeros((len(y), views[0].shape[2]))
+    for k in np.unique(fold):
+        held_out = fold == k
+        model = fit_blend(_rows(views, ~held_out), y[~held_out], fold[~held_out], opts)
+        out[held_out] = apply_blend(model, _rows(views, held_out), opts)
+    return out
+
+
+# ----------------------------------------------------------------------------- entry point on arrays
+
+def _overfit_warnings(in_sample: dict, nested: dict, metric: str) -> list[str]:
+    gap = in_sample[metric] - nested[metric]
+    gap = gap if HIGHER_IS_BETTER[metric] else -gap
+    if gap <= OVERFIT_WARNING_GAP:
+        return []
+    return [f"{metric}: in-sample {in_sample[metric]:.4f} vs nested {nested[metric]:.4f} "
+            f"(gap {gap:.4f} > {OVERFIT_WARNING_GAP}): the fitted blend overfits the OOF rows; trust the nested number"]
+
+
+def _identity_first(views: list[str]) -> list[int]:
+    """View order with the un-augmented view first (`--tta weighted` weighs view 0 against the rest)."""
+    first = views.index("identity") if "identity" in views else 0
+    return [first] + [i for i in range(len(views)) if i != first]
+
+
+def blend_arrays(members: list[Member], method: str = "mean", metric: str = "macro_f1", tta: str = "mean",
+                 fold_combine: str = "prob_mean", temperature: bool = False, bias: bool = False,
+                 rounds: int = 100, calibrate: bool = False, power: float = 2.0,
+                 greedy_init: int = 5) -> BlendResult:
+    """Blend aligned members; report in-sample and nested-CV scores side by side."""
+    check_alignment(members)
+    opts = BlendOptions(method=method, metric=metric, tta=tta, fold_combine=fold_combine, temperature=temperature,
+                        calibrate=calibrate, bias=bias, rounds=rounds, power=power, greedy_init=greedy_init)
+    ref, c = members[0], members[0].n_classes
+    y, fold = np.asarray(ref.labels), np.asarray(ref.fold)
+    oof_views = [softmax(m.oof_logits[_identity_first(m.views)]) for m in members]
+    test_views = [E.combine_folds(m.test_logits[:, _identity_first(m.views)], fold_combine) for m in members]
+    member_scores = {m.name: classification_scores(y, v.mean(axis=0), c) for m, v in zip(members, oof_views)}
+    if tta == "mean":  # nothing to fit across views: collapse them once
+        oof_views = [v.mean(axis=0, keepdims=True) for v in oof_views]
+        test_views = [v.mean(axis=0, keepdims=True) for v in test_views]
+
+    model = fit_blend(oof_views, y, fold, opts)
+    in_sample_probs = apply_blend(model, oof_views, opts)
+    warnings: list[str] = []
+    if opts.is_fitted and len(np.unique(fold)) < 2:
+        warnings.append("only one fold: no nested CV possible, the reported CV is in-sample")
+    nested_probs = (nested_predictions(oof_views, y, fold, opts)
+                    if opts.is_fitted and len(np.unique(fold)) >= 2 else in_sample_probs)
+    cv_in_sample = classification_scores(y, in_sample_probs, c)
+    cv_nested = classification_scores(y, nested_probs, c)
+    warnings += _overfit_warnings(cv_in_sample, cv_nested, metric)
+    names = [m.name for m in members]
+    return BlendResult(
+        oof_probs=nested_probs, test_probs=apply_blend(model, test_views, opts),
+        weights={n: float(w) for n, w in zip(names, model.weights)}, member_scores=member_scores,
+        cv_in_sample=cv_in_sample, cv_nested=cv_nested, warnings=warnings, biases=model.biases,
+        classes=list(ref.classes), ids=ref.ids, labels=y, test_ids=ref.test_ids, method=method,
+        options=asdict(opts),
+        fitted={"identity_weights": {n: (None if w is None else float(w)) for n, w in zip(names, model.identity_weights)},
+                "temperatures": {n: float(t) for n, t in zip(names, model.temperatures)},
+                "calibration": float(model.calibration)})
+
+
+# ----------------------------------------------------------------------------- files and CLI
+
+def discover_members(oof_root: Path) -> list[str]:
+    """Sub-folders of oof/ holding a finished member (oof.npz is written last); `_*` are blend outputs."""
+    return sorted(p.name for p in Path(oof_root).iterdir()
+                  if p.is_dir() and not p.name.startswith("_") and (p / "oof.npz").exists())
+
+
+def format_table(result: BlendResult, metric: str = "macro_f1") -> str:
+    rows = [(name, s[metric], s[metric]) for name, s in result.member_scores.items()]
+    rows.append((f"blend ({result.method})", result.cv_in_sample[metric], result.cv_nested[metric]))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'member':<{width}}  {'weight':>6}  {metric + ' in-sample':>20}  {'nested':>8}"]
+    for name, ins, nested in rows:
+        weight = result.weights.get(name)
+        weight_text = f"{weight:6.3f}" if weight is not None else " " * 6
+        lines.append(f"{name:<{width}}  {weight_text}  {ins:20.4f}  {nested:8.4f}")
+    return "\n".join(lines + [f"warning: {w}" for w in result.warnings])
+
+
+def save_blend(result: BlendResult, out_dir: Path) -> None:
+    """blend.npz (arrays with their ids) and blend.json (what was done, and how well), both atomic."""
+    out_dir = Path(out_dir)
+    write_npz(out_dir / "blend.npz", ids=np.asarray(result.ids).astype(str), labels=result.labels,
+              test_ids=np.asarray(result.test_ids).astype(str), oof_probs=result.oof_probs,
+              test_probs=result.test_probs, classes=np.asarray(result.classes))
+    write_json(out_dir / "blend.json", {
+        "method": result.method, "options": result.options, "members": list(result.weights),
+        "weights": result.weights, "biases": None if result.biases is None else result.biases.tolist(),
+        "fitted": result.fitted, "cv_in_sample": result.cv_in_sample, "cv_nested": result.cv_nested,
+        "member_scores": result.member_scores, "warnings": result.warnings, "classes": result.classes})
+
+
+def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, **kwargs) -> BlendResult:
+    """Load the named members (default: every finished one under oof_root), blend, print, save."""
+    oof_root = Path(oof_root)
+    names = list(names) if names else discover_members(oof_root)
+    if not names:
+        raise ValueError(f"no ensemble members under {oof_root} (each needs oof.npz; run `foldblend train`)")
+    members = [load_member(oof_root / name) for name in names]
+    result = blend_arrays(members, **kwargs)
+    print(format_table(result, result.options["metric"] if result.options["metric"] in METRICS else "macro_f1"))
+    save_blend(result, out_dir)
+    print(f"wrote {Path(out_dir) / 'blend.json'} and blend.npz")
+    return result
+
+
+def add_blend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", default="mean", choices=E.COMBINE_METHODS, help="how members are combined")
+    parser.add_argument("--metric", default="macro_f1", choices=tuple(HIGHER_IS_BETTER),
+                        help="what greedy selection, bias tuning and the overfit warning optimise")
+    parser.add_argument("--tta", default="mean", choices=TTA_MODES,
+                        help="mean of view probabilities, or the identity view's weight tuned on OOF")
+    parser.add_argument("--fold-combine", default="prob_mean", choices=FOLD_COMBINES,
+                        help="how the fold models' test predictions are averaged")
+    parser.add_argument("--temperature", action="store_true", help="temperature-scale each member on OOF")
+    parser.add_argument("--calibrate", action="store_true", help="temperature-scale the blend on OOF")
+    parser.add_argument("--bias", action="store_true", help="tune per-class decision biases for --metric")
+    parser.add_argument("--rounds", type=int, default=100, help="greedy selection rounds")
+    parser.add_argument("--power", type=float, default=2.0, help="exponent of --method power")
+    parser.add_argument("--members", nargs="+", metavar="NAME", help="experiments to blend (default: all)")
+
+
+def blend_from_args(args: argparse.Namespace, project) -> BlendResult:
+    return run_blend(project.oof, args.members, project.oof / "_blend", method=args.method, metric=args.metric,
+                     tta=args.tta, fold_combine=args.fold_combine, temperature=args.temperature,
+                     calibrate=args.calibrate, bias=args.bias, rounds=args.rounds, power=args.power)

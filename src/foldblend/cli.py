@@ -1,0 +1,139 @@
+"""`foldblend <stage>`: a thin shell around each stage's function. `run.sh` only chains these."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _folds_arg(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--folds expects comma-separated fold numbers like 0,2; got {text!r}")
+
+
+def _devices_arg(text: str) -> list[str]:
+    """`0,1` -> cuda:0, cuda:1; `cpu,cpu` -> two CPU workers."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        out.append(f"cuda:{part}" if part.isdigit() else part)
+    return out
+
+
+def cmd_demo(args, project):
+    from .demo import build_demo, is_demo_complete, is_empty_input
+
+    if is_empty_input(project.input) or args.force or (project.input / ".demo_complete").exists() and not \
+            is_demo_complete(project.input):
+        print(f"building the demo competition (scikit-learn digits) in {project.input.name}/")
+        build_demo(project.input, seed=args.seed)
+    else:
+        print(f"{project.input.name}/ already holds a competition: the demo is not built")
+
+
+def cmd_scan(args, project):
+    from .intake import run_scan
+
+    run_scan(project, workers=args.workers, progress=not args.quiet)
+
+
+def cmd_folds(args, project):
+    from .intake import run_folds
+
+    run_folds(project, progress=not args.quiet)
+
+
+def cmd_train(args, project):
+    from .experiment import run_experiment
+
+    configs = args.configs or sorted(p for p in project.folds_dir.glob("*.yaml"))
+    if not configs:
+        sys.exit(f"no fold configs: put <experiment>.yaml files in {project.folds_dir.name}/ or name one")
+    for path in configs:
+        run_experiment(path, project, folds=args.folds, overrides=args.set, devices=args.gpus,
+                       assemble=not args.no_assemble, progress=not args.quiet)
+
+
+def cmd_blend(args, project):
+    from .blend import blend_from_args
+
+    blend_from_args(args, project)
+
+
+def cmd_submit(args, project):
+    from .competition import load_competition
+    from .submit import submit_from_args
+
+    submit_from_args(args, project, load_competition(project.input))
+
+
+def cmd_summary(args, project):
+    from .summary import print_summary
+
+    print_summary(project)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .blend import add_blend_arguments
+    from .submit import add_submit_arguments
+
+    p = argparse.ArgumentParser(prog="foldblend", description=__doc__)
+    p.add_argument("--root", default=".", help="project folder holding input/ folds/ models/ oof/ submissions/")
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    s = sub.add_parser("demo", help="build the demo competition in input/ if input/ is empty")
+    s.add_argument("--force", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("scan", help="read every image once: unreadable files, duplicates, out-of-domain, EDA")
+    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_scan)
+
+    s = sub.add_parser("folds", help="write folds/folds.csv (stratified, grouped over duplicates)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_folds)
+
+    s = sub.add_parser("train", help="train fold configs and write oof/<exp>/ (finished folds are skipped)")
+    s.add_argument("configs", nargs="*", type=Path, help="fold configs (default: every folds/*.yaml)")
+    s.add_argument("--folds", type=_folds_arg, default=None, help="only these folds, e.g. 0,2")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    s.add_argument("--gpus", type=_devices_arg, default=None,
+                   help="run folds concurrently, one per device: 0,1 (CUDA) or cpu,cpu")
+    s.add_argument("--no-assemble", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("blend", help="ensemble every experiment in oof/ (or --members) on OOF")
+    add_blend_arguments(s)
+    s.set_defaults(fn=cmd_blend)
+
+    s = sub.add_parser("submit", help="write submissions/<name>_cv<score>.csv in the sample's format")
+    add_submit_arguments(s)
+    s.set_defaults(fn=cmd_submit)
+
+    s = sub.add_parser("summary", help="CV of every experiment and blend, and the latest submission")
+    s.set_defaults(fn=cmd_summary)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .paths import Project
+
+    args = build_parser().parse_args(argv)
+    project = Project.at(args.root)
+    try:
+        args.fn(args, project)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"foldblend {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""Find the competition in input/: train images and labels, test images, the sample submission.
+
+Competitions arrive in a handful of real layouts (folder per class, possibly nested one level; or a
+labels CSV next to an image folder), so the pipeline detects the layout instead of asking for a config.
+Anything detected can be overridden in `input/competition.yaml`; an unknown key or a wrong type there is
+an error naming the key and the file, never silently ignored.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .imageio import is_image_name
+
+CONFIG_NAME = "competition.yaml"
+SAMPLE_NAMES = ("sample_submission.csv", "samplesubmission.csv")
+TRAIN_CSV_NAMES = ("train.csv", "train_labels.csv", "labels.csv", "trainlabels.csv")
+IMAGE_DIR_NAMES = ("train", "train_images", "images")
+TRAIN_DIR_NAMES = ("train", "training", "train_images", "train_set", "trainset")
+TEST_DIR_NAMES = ("test", "testset", "test_images", "test_set")
+ID_NAMES = ("id", "image", "image_id", "filename", "file_name", "file", "image_name", "img", "name", "path")
+LABEL_NAMES = ("label", "labels", "class", "category", "target", "class_name", "species", "breed", "genre")
+SUBMISSION_FORMATS = ("label", "probs", "class_id")
+DEDUP_MODES = ("group", "keep_one", "off")
+SETTINGS_DEFAULTS = {"n_splits": 5, "fold_seed": 42, "dedup": "group", "dedup_distance": 4, "ood_threshold": None}
+
+
+def _looks_like_test(name: str) -> bool:
+    """test, testset, kaggle_simpson_testset, but not latest/ or contest/."""
+    return re.search(r"(^|[^a-z])test", name.lower()) is not None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_STR = ("a string (a path or column name)", lambda v: isinstance(v, str) and v != "")
+# key -> (what it must be, check). One table, so the error message and the check cannot drift apart.
+CONFIG_RULES = {
+    **{k: _STR for k in ("train_dir", "train_csv", "id_column", "label_column", "image_column", "test_dir",
+                         "sample_submission")},
+    "classes": ("a list of class names", lambda v: isinstance(v, list) and all(
+        isinstance(c, str) or _is_int(c) for c in v)),
+    "submission_format": (f"one of {', '.join(SUBMISSION_FORMATS)}", lambda v: v is None or v in SUBMISSION_FORMATS),
+    "n_splits": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
+    "fold_seed": ("an integer", _is_int),
+    "dedup": (f"one of {', '.join(DEDUP_MODES)}", lambda v: v in DEDUP_MODES),
+    "dedup_distance": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "ood_threshold": ("a number or null", lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))),
+}
+
+
+class CompetitionError(ValueError):
+    """input/ does not hold a competition we can read; the message names the folder and the fix."""
+
+
+@dataclass
+class Competition:
+    root: Path                      # the input folder
+    classes: list[str]              # class names in index order
+    train: pd.DataFrame             # image (posix path relative to root), label (class name)
+    test: pd.DataFrame              # id (exact string from the sample), image (relative path)
+    sample: pd.DataFrame            # the sample submission, all strings
+    sample_path: Path
+    id_column: str                  # the sample's first column
+    target_columns: list[str]       # the sample's other columns
+    submission_format: str | None   # from competition.yaml, else None (the writer detects it)
+    test_labels_path: Path | None   # demo only: held-back test labels (id,label)
+    settings: dict                  # n_splits, fold_seed, dedup, dedup_distance, ood_threshold
+    ignored: list[str] = field(default_factory=list)  # non-image files skipped (relative paths)
+    layout: str = ""                # how train/test were found, for humans
+
+    def describe(self) -> str:
+        counts = self.train["label"].value_counts()
+        per_class = ", ".join(f"{c}={counts.get(c, 0)}" for c in self.classes)
+        lines = [f"{self.root.name}/: {self.layout}",
+                 f"  {len(self.classes)} classes, {len(self.train)} train images, {len(self.test)} test ids "
+                 f"({self.sample_path.name}: {self.id_column} + {len(self.target_columns)} target column(s))",
+                 f"  per class: {per_class}"]
+        if self.ignored:
+            lines.append(f"  ignored {len(self.ignored)} non-image file(s): {', '.join(self.ignored[:5])}"
+                         + (" ..." if len(self.ignored) > 5 else ""))
+        return "\n".join(lines)
+
+
+def load_competition(input_dir: str | Path) -> Competition:
+    """Detect the layout of `input_dir` and return everything later stages need to know about it."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise CompetitionError(f"{root}/: folder not found; download the competition data into it "
+                               "(or run `foldblend demo` for the built-in demo)")
+    cfg = read_config(root)
+    sample_path = _find_sample(root, cfg)
+    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
+    if sample.shape[1] < 2 or sample.empty:
+        raise CompetitionError(f"{sample_path}: a sample submission needs an id column, at least one target "
+                               f"column and one row (found columns {list(sample.columns)}, {len(sample)} rows)")
+    id_column = sample.columns[0]
+    if sample[id_column].duplicated().any():
+        dup = sample[id_column][sample[id_column].duplicated()].tolist()[:5]
+        raise CompetitionError(f"{sample_path}: duplicated ids in column {id_column!r}: {dup}")
+    test_dir = _find_test_dir(root, cfg)
+    if "train_csv" in cfg or (found := _folder_layout(root, cfg, test_dir)) is None:
+        found = _csv_layout(root, cfg)
+    if found is None:
+        raise CompetitionError(
+            f"{root}/: no training data found (looked for class folders such as train/<class>/*.jpg and for "
+            f"{', '.join(TRAIN_CSV_NAMES)} with an image folder); set train_dir or train_csv in {root / CONFIG_NAME}")
+    layout, train, ignored = found
+    test, test_ignored = _match_test(root, test_dir, sample[id_column].tolist())
+    classes = _order_classes(train["label"].unique().tolist(), cfg.get("classes"), root / CONFIG_NAME)
+    labels_path = root / "demo_test_labels.csv"
+    return Competition(
+        root=root, classes=classes, train=train, test=test, sample=sample, sample_path=sample_path,
+        id_column=id_column, target_columns=list(sample.columns[1:]),
+        submission_format=cfg.get("submission_format"),
+        test_labels_path=labels_path if labels_path.is_file() else None,
+        settings={k: cfg.get(k, v) for k, v in SETTINGS_DEFAULTS.items()},
+        ignored=sorted(ignored + test_ignored),
+        layout=f"{layout}; test: {_rel(test_dir, root)}/")
+
+
+def read_config(input_dir: Path) -> dict:
+    """The validated overrides in input/competition.yaml ({} when there is none)."""
+    path = Path(input_dir) / CONFIG_NAME
+    if not path.is_file():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise CompetitionError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise CompetitionError(f"{path}: expected `key: value` lines, got a {type(raw).__name__}")
+    if raw.get("dedup") is False:  # YAML 1.1 reads a bare `off` as false
+        raw["dedup"] = "off"
+    for key, value in raw.items():
+        if key not in CONFIG_RULES:
+            raise CompetitionError(f"{path}: unknown key {key!r} (known: {', '.join(CONFIG_RULES)})")
+        what, ok = CONFIG_RULES[key]
+        if not ok(value):
+            raise CompetitionError(f"{path}: {key!r} must be {what}, got {value!r}")
+    if "classes" in raw:
+        raw["classes"] = [str(c) for c in raw["classes"]]
+    return raw
+
+
+# ----------------------------------------------------------------------------- file-system helpers
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _subdirs(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.is_dir() and not _hidden(p.name))
+
+
+def _direct_images(d: Path) -> list[Path]:
+    return [p for p in d.iterdir() if p.is_file() and is_image_name(p.name) and not _hidden(p.name)]
+
+
+def _walk(d: Path) -> tuple[list[Path], list[Path]]:
+    """All visible files under d, split into (images, other files), in sorted order."""
+    images, others = [], []
+    for dirpath, dirnames, filenames in os.walk(d):
+        dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
+        for name in sorted(filenames):
+            if not _hidden(name):
+                (images if is_image_name(name) else others).append(Path(dirpath) / name)
+    return images, others
+
+
+def _pick(root: Path, names: tuple[str, ...], want_dir: bool = False) -> Path | None:
+    """The entry of root whose lower-cased name comes first in `names` (Kaggle capitalises freely)."""
+    entries = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() == want_dir and not _hidden(p.name)}
+    return next((entries[n] for n in names if n in entries), None)
+
+
+def _rel(p: Path, root: Path) -> str:
+    return Path(os.path.relpath(p, root)).as_posix()
+
+
+def _configured(root: Path, cfg: dict, key: str, want_dir: bool) -> Path:
+    p = root / cfg[key]
+    if not (p.is_dir() if want_dir else p.is_file()):
+        raise CompetitionError(f"{root / CONFIG_NAME}: {key} {cfg[key]!r} is not a "
+                               f"{'folder' if want_dir else 'file'} in {root}/; fix the path")
+    return p
+
+
+# ----------------------------------------------------------------------------- detection
+
+def _find_sample(root: Path, cfg: dict) -> Path:
+    if "sample_submission" in cfg:
+        return _configured(root, cfg, "sample_submission", want_dir=False)
+    if (p := _pick(root, SAMPLE_NAMES)) is not None:
+        return p
+    matches = sorted(p for p in root.iterdir() if p.is_file() and re.fullmatch(r"sample_?submission.*\.csv", p.name, re.I))
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise CompetitionError(f"{root}/: several sample submissions ({', '.join(p.name for p in matches)}); "
+                               f"set sample_submission in {root / CONFIG_NAME}")
+    raise CompetitionError(f"{root}/: no sample submission found (looked for sample_submission.csv, "
+                           f"sampleSubmission.csv, sample_submission*.csv); put the competition's sample CSV there "
+                           f"or set sample_submission in {root / CONFIG_NAME}")
+
+
+def _find_test_dir(root: Path, cfg: dict) -> Path:
+    if "test_dir" in cfg:
+        d = _configured(root, cfg, "test_dir", want_dir=True)
+    else:
+        d = _pick(root, TEST_DIR_NAMES, want_dir=True)
+        fuzzy = [s for s in _subdirs(root) if _looks_like_test(s.name)]
+        d = d or (fuzzy[0] if len(fuzzy) == 1 else None)
+        if d is None:
+            raise CompetitionError(f"{root}/: no test image folder found (looked for {', '.join(TEST_DIR_NAMES)}); "
+                                   f"put the test images there or set test_dir in {root / CONFIG_NAME}")
+    subs = _subdirs(d)  # testset/testset/*.png: the zip's own folder inside ours
+    return subs[0] if len(subs) == 1 and not _direct_images(d) else d
+
+
+def _class_root(d: Path) -> tuple[Path, dict[str, list[Path]], list[Path]] | None:
+    """(folder whose sub-folders are classes, images per class, other files) if d is a folder per class."""
+    for _ in range(3):  # descend train/simpsons_dataset/<class>, train/train/<class>
+        subs = _subdirs(d)
+        if len(subs) == 1 and not _direct_images(subs[0]) and _subdirs(subs[0]):
+            d = subs[0]
+        else:
+            break
+    per_class, others = {}, []
+    for s in _subdirs(d):
+        images, rest = _walk(s)
+        others += rest
+        if images:
+            per_class[s.name] = images
+    loose = _direct_images(d)
+    if len(per_class) < 2 or len(loose) >= sum(map(len, per_class.values())):
+        return None  # a flat image folder (CSV layout) or a single class is not a folder per class
+    return d, per_class, others + loose
+
+
+def _folder_layout(root: Path, cfg: dict, test_dir: Path):
+    if "train_dir" in cfg:
+        d = _configured(root, cfg, "train_dir", want_dir=True)
+        if (found := _class_root(d)) is None:
+            if _pick(root, TRAIN_CSV_NAMES) is not None:
+                return None  # train_dir is the image folder of a labels-CSV layout
+            raise CompetitionError(f"{d}: train_dir holds no class sub-folders with images; put images in "
+                                   f"{d.name}/<class>/ or set train_csv in {root / CONFIG_NAME}")
+    else:
+        skip = {test_dir, *test_dir.parents}
+        candidates = [s for s in _subdirs(root) if s not in skip and not _looks_like_test(s.name)]
+        preferred = sorted((s for s in candidates if s.name.lower() in TRAIN_DIR_NAMES),
+                           key=lambda s: TRAIN_DIR_NAMES.index(s.name.lower()))
+        found = next((hit for s in preferred if (hit := _class_root(s)) is not None), None)
+        if found is None:  # an unusual name such as simpsons_dataset/: accept it when it is the only one
+            hits = [hit for s in candidates if s not in preferred and (hit := _class_root(s)) is not None]
+            if len(hits) > 1:
+                raise CompetitionError(f"{root}/: class folders found in {', '.join(_rel(h[0], root) for h in hits)}; "
+                                       f"set train_dir in {root / CONFIG_NAME}")
+            if not hits:
+                return None
+            found = hits[0]
+    d, per_class, others = found
+    rows = [(_rel(p, root), label) for label, images in per_class.items() for p in images]
+    train = pd.DataFrame(rows, columns=["image", "label"])
+    return f"folder per class: {_rel(d, root)}/<class>/", train, [_rel(p, root) for p in others]
+
+
+def _guess(columns: list[str], names: tuple[str, ...], exclude: tuple[str, ...] = ()) -> str | None:
+    lower = {c.lower(): c for c in columns if c not in exclude}
+    return next((lower[n] for n in names if n in lower), None)
+
+
+def _csv_layout(root: Path, cfg: dict):
+    csv = _configured(root, cfg, "train_csv", False) if "train_csv" in cfg else _pick(root, TRAIN_CSV_NAMES)
+    if csv is None:
+        return None
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    cols = list(df.columns)
+    id_col = cfg.get("id_column") or _guess(cols, ID_NAMES) or cols[0]
+    image_col = cfg.get("image_column") or id_col
+    label_col = cfg.get("label_column") or _guess(cols, LABEL_NAMES, exclude=(id_col, image_col))
+    rest = [c for c in cols if c not in (id_col, image_col)]
+    if label_col is None and len(rest) == 1:
+        label_col = rest[0]
+    for key, col in (("id_column", id_col), ("image_column", image_col), ("label_column", label_col)):
+        if col is not None and col not in cols:
+            raise CompetitionError(f"{csv}: no column {col!r} (columns: {cols}); fix {key} in {root / CONFIG_NAME}")
+    if label_col is not None:
+        labels = df[label_col].str.strip()
+    elif rest and all(df[c].isin(["0", "1", "0.0", "1.0"]).all() for c in rest) and \
+            (df[rest].astype(float).sum(axis=1) == 1).all():
+        labels = df[rest].astype(float).idxmax(axis=1)  # one-hot columns, e.g. healthy,rust,scab
+    else:
+        raise CompetitionError(f"{csv}: cannot tell which column holds the label (columns: {cols}); "
+                               f"set label_column in {root / CONFIG_NAME}")
+    if (labels == "").any():
+        rows = (df.index[labels == ""] + 2).tolist()[:5]  # +2: header line and 1-based lines
+        raise CompetitionError(f"{csv}: empty label on line(s) {rows}; fill them in or drop those rows")
+    image_dir = _configured(root, cfg, "train_dir", True) if "train_dir" in cfg else _pick(root, IMAGE_DIR_NAMES, True)
+    if image_dir is None:
+        raise CompetitionError(f"{root}/: {csv.name} found but no image folder ({', '.join(IMAGE_DIR_NAMES)}); "
+                               f"set train_dir in {root / CONFIG_NAME}")
+    index = _FileIndex(image_dir, root)
+    images = [index.find(v) for v in df[image_col]]
+    _raise_missing(df[image_col], images, image_dir, root, "train_dir")
+    train = pd.DataFrame({"image": images, "label": labels.to_numpy()})
+    return f"labels CSV: {csv.name} ({image_col} -> {_rel(image_dir, root)}/)", train, index.others
+
+
+class _FileIndex:
+    """Looks ids up as a file name, a stem, id + any image extension, or a relative path."""
+
+    def __init__(self, folder: Path, root: Path):
+        images, others = _walk(folder)
+        self.others = [_rel(p, root) for p in others]
+        self.keys: dict[str, str] = {}
+        for p in images:
+            rel = _rel(p, root)
+            inner = _rel(p, folder)
+            for key in (inner, rel, p.name, inner[: -len(p.suffix)], p.stem):
+                self.keys.setdefault(_norm(key), rel)  # first (sorted) file wins a shared stem
+
+    def find(self, id_: str) -> str | None:
+        return self.keys.get(_norm(id_.strip().replace("\\", "/")))
+
+
+def _norm(key: str) -> str:
+    suffix = Path(key).suffix
+    return key[: -len(suffix)] + suffix.lower() if suffix and is_image_name(key) else key
+
+
+def _raise_missing(ids, found, folder: Path, root: Path, key: str) -> None:
+    missing = [i for i, f in zip(ids, found) if f is None]
+    if missing:
+        raise CompetitionError(
+            f"{_rel(folder, root)}/: no image file for {len(missing)} id(s), e.g. {missing[:5]} (matched as file "
+            f"name, stem, id + image extension, or relative path); add the files or set {key} in {root / CONFIG_NAME}")
+
+
+def _match_test(root: Path, test_dir: Path, ids: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    index = _FileIndex(test_dir, root)
+    images = [index.find(i) for i in ids]
+    _raise_missing(ids, images, test_dir, root, "test_dir")
+    return pd.DataFrame({"id": ids, "image": images}), index.others
+
+
+def _order_classes(found: list[str], override: list[str] | None, config_path: Path) -> list[str]:
+    """Sorted like torchvision's ImageFolder, but numerically when every name is an integer ("2" < "10")."""
+    if override is not None:
+        if sorted(override) != sorted(found):
+            raise CompetitionError(f"{config_path}: classes must list each found class once; missing "
+                                   f"{sorted(set(found) - set(override))}, unknown {sorted(set(override) - set(found))}"
+                                   f"{', duplicated' if len(set(override)) != len(override) else ''}")
+        return list(override)
+    if all(re.fullmatch(r"-?\d+", c) for c in found):
+        return sorted(found, key=int)
+    return sorted(found)

@@ -1,0 +1,210 @@
+"""One typed configuration object per fold config (folds/<exp>.yaml).
+
+Defaults live here as typed values; the YAML file overrides them; `--set key=value` overrides that.
+An unknown key or a value of the wrong type is an error naming the key and the file, never ignored.
+The resolved config is written next to the models it produced (models/<exp>/fold_<k>/config.yaml).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+@dataclass
+class FreezeConfig:
+    epochs: int = 0                                          # epochs with only `train` parts trainable (0 = off)
+    train: list[str] = field(default_factory=lambda: ["head"])  # "head" or backbone module names, e.g. layer4
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = ""                      # experiment name; default: the YAML file's stem
+    # --- model
+    model: str = "cnn_small"            # any timm name, or a built-in: cnn_tiny, cnn_small
+    pretrained: Union[bool, str] = False  # false | true (timm hub) | path to a local weights file
+    drop_rate: float = 0.0              # dropout before the classifier
+    head_hidden: int = 0                # >0: hidden layer in the head (e.g. 512 for 2048->512->C)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    # --- data
+    img_size: int = 64
+    augment: str = "light"              # none | light | medium | strong
+    flip: bool = True                   # horizontal flips in augmentation (off for text, digits, ...)
+    rare_augment: str = "strong"        # pipeline for classes below rare_threshold images
+    rare_threshold: int = 0             # 0 = no separate rare-class pipeline
+    sampler: str = "none"               # none | balanced | sqrt (class-balanced oversampling)
+    class_weight: str = "none"          # none | balanced | sqrt (weighted loss)
+    # --- optimisation
+    epochs: int = 3
+    batch_size: int = 64
+    optimizer: str = "adamw"            # adamw | sgd
+    lr: float = 3e-3
+    backbone_lr_mult: float = 1.0       # discriminative lr: backbone lr = lr * this
+    weight_decay: float = 0.05
+    momentum: float = 0.9               # sgd only
+    scheduler: str = "cosine"           # cosine | onecycle | none
+    warmup_epochs: float = 0.0
+    accumulate: int = 1                 # gradient accumulation steps
+    clip_grad: float = 0.0              # 0 = off
+    label_smoothing: float = 0.0
+    mixup: float = 0.0                  # mixup alpha (0 = off), via timm.data.Mixup
+    cutmix: float = 0.0                 # cutmix alpha (0 = off)
+    mix_prob: float = 1.0
+    ema: bool = False                   # timm ModelEmaV3; evaluated each epoch and kept when better
+    ema_decay: float = 0.998
+    patience: int = 0                   # early stopping on held-out macro-F1 (0 = off)
+    # --- evaluation
+    tta: list[str] = field(default_factory=lambda: ["identity", "hflip"])
+    # --- run
+    folds: Optional[list[int]] = None   # which folds to run (None = all)
+    seed: int = 42
+    num_workers: int = 0
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    amp: str = "auto"                   # auto (bf16/fp16 on CUDA) | bf16 | fp16 | off
+    channels_last: bool = True          # on CUDA only
+    compile: bool = False               # torch.compile the model
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes what a fold's model is (not which folds run, nor workers)."""
+        d = dataclasses.asdict(self)
+        for k in ("folds", "num_workers", "device", "name"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "augment": {"none", "light", "medium", "strong"},
+    "rare_augment": {"none", "light", "medium", "strong"},
+    "sampler": {"none", "balanced", "sqrt"},
+    "class_weight": {"none", "balanced", "sqrt"},
+    "optimizer": {"adamw", "sgd"},
+    "scheduler": {"cosine", "onecycle", "none"},
+    "amp": {"auto", "bf16", "fp16", "off"},
+}
+
+
+class ConfigError(ValueError):
+    """A fold config is invalid; the message names the file and the key."""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints are accepted for floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+        return _build(tp, value, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads 3e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known keys: {', '.join(sorted(known))})")
+    values = {k: _coerce(v, hints[k], f"{where}: key '{k}'") for k, v in data.items()}
+    obj = cls(**{**{f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}, **values})
+    return obj
+
+
+def validate(cfg: ExperimentConfig, where: str) -> ExperimentConfig:
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"{where}: key '{key}' must be one of {sorted(allowed)}, got {getattr(cfg, key)!r}")
+    from .transforms import TTA_VIEWS  # late import: transforms imports albumentations
+
+    bad = [v for v in cfg.tta if v not in TTA_VIEWS]
+    if bad or not cfg.tta:
+        raise ConfigError(f"{where}: key 'tta' has unknown view {bad[0] if bad else '(empty list)'}; "
+                          f"views: {', '.join(TTA_VIEWS)}")
+    for key in ("epochs", "batch_size", "img_size", "accumulate"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{where}: key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    if not cfg.freeze.train:
+        raise ConfigError(f"{where}: key 'freeze.train' must name at least one part (e.g. head)")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` (value parsed as YAML, so `lr=1e-3`, `tta=[identity,hflip]`, `freeze.epochs=2`)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        data = data.setdefault(p, {})
+    data[parts[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: fold config not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    cfg = _build(ExperimentConfig, data, str(path))
+    if not cfg.name:
+        cfg.name = path.stem
+    return validate(cfg, str(path))
+
+
+def config_from_dict(data: dict, where: str = "<dict>") -> ExperimentConfig:
+    cfg = _build(ExperimentConfig, dict(data), where)
+    if not cfg.name:
+        raise ConfigError(f"{where}: key 'name' is required")
+    return validate(cfg, where)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,137 @@
+"""Near-duplicate groups: the same picture resized, re-encoded or re-cropped by a pixel or two.
+
+Why it matters: if copies of one picture land in different folds, the model is scored on images it
+trained on and CV is optimistic (tests/test_dedup.py shows 1-NN going from chance to ~100%). The group
+ids returned here are the `groups` of StratifiedGroupKFold, so all copies share a fold.
+
+Two images are linked when their file bytes are identical (md5) or their 64-bit perceptual hashes differ
+in at most `max_distance` bits; groups are the connected components of those links. Note that every
+blank (single-colour) image has the same pHash, so blank images form one group, which is what you want.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+# Rows per block of the all-pairs comparison: 512 x 25k uint64 = 100 MB at most, a few seconds in total.
+CHUNK = 512
+
+
+def phash_to_uint64(hexes) -> np.ndarray:
+    """imagehash hex strings (16 hex digits = 64 bits) to uint64."""
+    return np.array([int(h, 16) for h in hexes], dtype=np.uint64)
+
+
+def _near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """All index pairs (i < j) with Hamming distance <= max_distance, in blocks (O(N^2/2) bit ops, no Python loop per pair)."""
+    src, dst = [], []
+    n = len(hashes)
+    for start in range(0, n, CHUNK):
+        block = hashes[start:start + CHUNK]
+        rest = hashes[start:]  # only the upper triangle: j >= start
+        dist = np.bitwise_count(block[:, None] ^ rest[None, :])
+        i, j = np.nonzero(dist <= max_distance)
+        keep = j + start > i + start  # drop self and lower-triangle pairs within the block
+        src.append(i[keep] + start)
+        dst.append(j[keep] + start)
+    if not src:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(src), np.concatenate(dst)
+
+
+def duplicate_groups(df: pd.DataFrame, max_distance: int = 4) -> np.ndarray:
+    """An integer group id per row of a scan table (needs `ok`, `md5`, `phash`); ids count up in row order.
+
+    Not-ok rows are each their own group (an unreadable file's hash says nothing about its picture).
+    """
+    n = len(df)
+    if n == 0:
+        return np.empty(0, np.int64)
+    ok = df["ok"].to_numpy(dtype=bool)
+    idx = np.flatnonzero(ok)
+    src, dst = [], []
+    # Identical bytes: link each member to the first with the same md5.
+    md5 = df["md5"].to_numpy()[idx]
+    _, first, inverse = np.unique(md5, return_index=True, return_inverse=True)
+    src.append(idx)
+    dst.append(idx[first[inverse]])
+    # Identical pHash the same way, then compare only the distinct hashes pairwise.
+    if len(idx):
+        hashes = phash_to_uint64(df["phash"].to_numpy()[idx])
+        uniq, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        src.append(idx)
+        dst.append(idx[first[inverse]])
+        a, b = _near_pairs(uniq, max_distance)
+        src.append(idx[first[a]])
+        dst.append(idx[first[b]])
+    src, dst = np.concatenate(src).astype(np.int64), np.concatenate(dst).astype(np.int64)
+    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    # Renumber in order of first appearance so ids are stable and readable (0, 1, 2, ... down the table).
+    _, first_seen, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first_seen))
+    return order[inverse].astype(np.int64)
+
+
+def keep_one_per_group(df: pd.DataFrame, groups: np.ndarray) -> np.ndarray:
+    """Boolean mask keeping one row per group: the largest readable image (ties: the first row).
+
+    Unreadable rows are their own groups and stay True here; combine with `df.ok` to drop them.
+    """
+    groups = np.asarray(groups)
+    area = (df["width"].to_numpy(np.int64) * df["height"].to_numpy(np.int64)) * df["ok"].to_numpy(bool)
+    # Sort by group, then area descending, then row: the first row of each group is the keeper.
+    order = np.lexsort((np.arange(len(groups)), -area, groups))
+    keep = np.zeros(len(groups), bool)
+    first = np.ones(len(order), bool)
+    first[1:] = groups[order][1:] != groups[order][:-1]
+    keep[order[first]] = True
+    return keep
+
+
+def duplicate_report(df: pd.DataFrame, groups: np.ndarray, labels: pd.Series | None = None,
+                     test_mask: np.ndarray | None = None) -> dict:
+    """What the groups mean for the competition.
+
+    `labels` is positional (one per row, NaN/None for test rows); `test_mask` marks test rows.
+    Returns: n_groups (groups with > 1 member), n_images_in_groups, groups (lists of images),
+    label_conflicts (train groups whose labels disagree: [[{image, label}, ...], ...]) and
+    test_near_train ([{test_image, train_image, train_label}] - test images that copy a train image,
+    whose labels you effectively know; also a warning that CV and leaderboard may diverge).
+    """
+    groups = np.asarray(groups)
+    images = df["image"].to_numpy()
+    n = len(df)
+    test = np.zeros(n, bool) if test_mask is None else np.asarray(test_mask, bool)
+    lab = None if labels is None else pd.Series(labels).reset_index(drop=True)
+    if lab is not None and len(lab) != n:
+        raise ValueError(f"labels has {len(lab)} entries for {n} scan rows; pass one label per row (NaN for test)")
+    frame = pd.DataFrame({"row": np.arange(n), "group": groups})
+    sizes = frame.groupby("group")["row"].transform("size").to_numpy()
+    multi = frame[sizes > 1].groupby("group")["row"].apply(list)
+    report = {"n_groups": int(len(multi)), "n_images_in_groups": int((sizes > 1).sum()),
+              "groups": [[str(images[r]) for r in rows] for rows in multi], "label_conflicts": [],
+              "test_near_train": []}
+    for rows in multi:
+        rows = np.asarray(rows)
+        train_rows, test_rows = rows[~test[rows]], rows[test[rows]]
+        if lab is not None and len(train_rows) > 1:
+            values = lab.iloc[train_rows]
+            if values.dropna().astype(str).nunique() > 1:
+                report["label_conflicts"].append(
+                    [{"image": str(images[r]), "label": _plain(lab.iloc[r])} for r in train_rows])
+        if len(train_rows) and len(test_rows):
+            t = train_rows[0]
+            for r in test_rows:
+                report["test_near_train"].append({"test_image": str(images[r]), "train_image": str(images[t]),
+                                                  "train_label": None if lab is None else _plain(lab.iloc[t])})
+    return report
+
+
+def _plain(v):
+    """numpy scalars to Python ones, so the report is JSON-serialisable as is."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return v.item() if hasattr(v, "item") else v

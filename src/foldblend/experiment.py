@@ -1,0 +1,133 @@
+"""An experiment (one fold config) end to end: images from the cache, every fold, the member files.
+
+`run_experiment` is what `foldblend train` does. Folds run in sequence on one device, or concurrently
+one per device with `devices=["cuda:0", "cuda:1"]` (each fold in its own process; two "cpu" workers
+exercise the same path without a GPU).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import load_member
+from .cache import cached_images
+from .competition import Competition, load_competition
+from .config import ExperimentConfig, load_config
+from .folds import folds_fingerprint, read_folds
+from .paths import Project
+from .predict import assemble_member, load_fold_predictions
+from .train import TrainData, fold_signature, is_fold_done, train_fold
+
+
+def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition | None = None,
+                    progress: bool = True) -> TrainData:
+    comp = comp or load_competition(project.input)
+    folds = read_folds(project.folds_csv)
+    unknown = sorted(set(folds["label"]) - set(comp.classes))
+    if unknown:
+        raise ValueError(f"{project.folds_csv}: labels {unknown[:5]} are not classes of {project.input}; "
+                         f"run `foldblend folds` again")
+    index = {c: i for i, c in enumerate(comp.classes)}
+    images, ok = cached_images([comp.root / p for p in folds["image"]], cfg.img_size, project.cache_dir,
+                               progress=progress)
+    if (~ok).any():
+        bad = folds["image"][~ok].tolist()
+        raise ValueError(f"{project.folds_csv}: {len(bad)} image(s) in the folds cannot be read (e.g. {bad[0]}); "
+                         f"run `foldblend scan` and `foldblend folds` so unreadable files are left out")
+    test_paths = [comp.root / p if p else comp.root / ".missing" for p in comp.test["image"]]
+    test_images, test_ok = cached_images(test_paths, cfg.img_size, project.cache_dir, progress=progress)
+    digest = hashlib.sha256((folds_fingerprint(folds) + "|" + "|".join(comp.test["id"])).encode()).hexdigest()
+    data = TrainData(images=images, labels=folds["label"].map(index).to_numpy(np.int64),
+                     fold=folds["fold"].to_numpy(np.int64), classes=list(comp.classes),
+                     test_images=test_images, fingerprint=digest[:16], ids=folds["image"].to_numpy(str),
+                     test_ids=comp.test["id"].to_numpy(str), test_ok=test_ok)
+    return data
+
+
+def run_experiment(config_path: str | Path, project: Project, folds: list[int] | None = None,
+                   overrides: list[str] | None = None, devices: list[str] | None = None,
+                   assemble: bool = True, progress: bool = True) -> dict | None:
+    """Train the requested folds (skipping finished ones), then write oof/<exp>/ when every fold is done."""
+    cfg = load_config(config_path, overrides)
+    data = load_train_data(cfg, project, progress=progress)
+    n_folds = int(data.fold.max()) + 1
+    todo = folds if folds is not None else (cfg.folds if cfg.folds is not None else list(range(n_folds)))
+    bad = [k for k in todo if not 0 <= k < n_folds]
+    if bad:
+        raise ValueError(f"{config_path}: fold {bad[0]} does not exist (folds.csv has folds 0..{n_folds - 1})")
+    signature = fold_signature(cfg, data)
+    pending = [k for k in todo if not is_fold_done(project.model_dir(cfg.name, k), signature)]
+    for k in sorted(set(todo) - set(pending)):
+        print(f"[{cfg.name} fold {k}] finished earlier with this config: skipped")
+    if devices and len(devices) > 1 and len(pending) > 1:
+        _run_on_devices(config_path, project, pending, overrides or [], devices)
+    else:
+        if devices:
+            cfg.device = devices[0]
+        for k in pending:
+            train_fold(cfg, k, data, project.model_dir(cfg.name, k), progress=progress)
+    if not assemble:
+        return None
+    return assemble_experiment(cfg, data, project, n_folds)
+
+
+def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project, n_folds: int) -> dict | None:
+    signature = fold_signature(cfg, data)
+    dirs = [project.model_dir(cfg.name, k) for k in range(n_folds)]
+    missing = [k for k, d in enumerate(dirs) if not is_fold_done(d, signature)]
+    if missing:
+        print(f"[{cfg.name}] folds {missing} not trained yet: oof/{cfg.name}/ is written once every fold is done")
+        return None
+    out = project.oof_dir(cfg.name)
+    stamp = {"signature": signature, "n_folds": n_folds}
+    scores_path = out / "scores.json"
+    if (out / "oof.npz").exists() and scores_path.exists():
+        if json.loads(scores_path.read_text()).get("stamp") == stamp:
+            return load_member(out).scores  # finished earlier: a no-op
+    done = [json.loads((d / "done.json").read_text()) for d in dirs]
+    scores = assemble_member(out, [load_fold_predictions(d / "preds.npz") for d in dirs], ids=data.ids,
+                             labels=data.labels, fold=data.fold, classes=data.classes, test_ids=data.test_ids,
+                             test_ok=data.test_ok, extra_scores={
+                                 "stamp": stamp, "model": cfg.model, "config": cfg.to_dict(),
+                                 "best_epochs": [d["best_epoch"] for d in done]})
+    if (~data.test_ok).any():
+        print(f"WARNING [{cfg.name}] {int((~data.test_ok).sum())} test image(s) unreadable or missing: "
+              f"they are predicted as the training prior's most likely class")
+    return scores
+
+
+def _run_on_devices(config_path, project: Project, folds: list[int], overrides: list[str], devices: list[str]):
+    """One fold per device at a time, each in its own process; folds queue for the next free device."""
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    free = list(devices)
+    import threading
+
+    lock = threading.Lock()
+
+    def one(k: int) -> int:
+        with lock:
+            dev = free.pop(0)
+        try:
+            cmd = [sys.executable, "-m", "foldblend.cli", "--root", str(project.root), "train", str(config_path),
+                   "--folds", str(k), "--no-assemble", "--quiet", "--set", f"device={dev}"]
+            for o in overrides:
+                cmd += ["--set", o]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            print(f"[fold {k}] on {dev}")
+            return subprocess.run(cmd, env=env).returncode
+        finally:
+            with lock:
+                free.append(dev)
+
+    with ThreadPoolExecutor(len(devices)) as pool:
+        codes = list(pool.map(one, folds))
+    failed = [k for k, c in zip(folds, codes) if c != 0]
+    if failed:
+        raise RuntimeError(f"{config_path}: folds {failed} failed in their worker processes (see output above)")

@@ -1,0 +1,172 @@
+"""The split artifact: folds/folds.csv (image, label, group, fold), made once and read by every stage.
+
+No later stage re-splits: OOF predictions, blend weights and reported CV are only honest when every
+model saw exactly the same folds. Near-duplicate images share a `group`, and a group never spans two
+folds, so a duplicate cannot leak from train into its own validation fold.
+
+`folds/folds.json` records what the split was made from (settings and a fingerprint of the input
+table); `ensure_folds` reuses the split while those match, so rerunning the stage is a no-op and a
+changed train set or setting produces new folds (and, downstream, retraining).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from .artifacts import write_csv, write_json
+
+FOLD_COLUMNS = ["image", "label", "group", "fold"]
+FIX = "run `foldblend folds`"
+
+
+class FoldsError(ValueError):
+    """folds.csv is missing or malformed, or the train set cannot be split; the message says what to do."""
+
+
+def make_folds(table: pd.DataFrame, n_splits: int = 5, seed: int = 42,
+               groups: np.ndarray | None = None) -> pd.DataFrame:
+    """Assign each row of `table` (image, label) a fold, stratified by label and, if given, grouped.
+
+    Without groups (or with all-unique groups) this is StratifiedKFold: per-class counts per fold differ
+    by at most one. With groups it is StratifiedGroupKFold: no group spans two folds.
+    """
+    images = table["image"].astype(str).to_numpy()
+    labels = table["label"].astype(str).to_numpy()
+    n = len(table)
+    if n_splits < 2:
+        raise FoldsError(f"n_splits must be at least 2, got {n_splits}")
+    if n < n_splits:
+        raise FoldsError(f"only {n} train image(s) for {n_splits} folds; add training images or lower n_splits "
+                         "in input/competition.yaml")
+    group = _group_codes(groups, n)
+    counts = pd.Series(labels).value_counts()
+    small = counts[counts < n_splits]
+    if len(small):
+        warnings.warn(f"{len(small)} class(es) have fewer images than n_splits={n_splits}, so some folds "
+                      f"validate none of them: {', '.join(f'{c} ({k})' for c, k in small.items())}", stacklevel=2)
+    fold = np.full(n, -1, dtype=np.int64)
+    with warnings.catch_warnings():  # we warned above, by class name; sklearn's warning says less
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        if len(np.unique(group)) == n:
+            splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            splits = splitter.split(np.zeros(n), labels)
+        else:
+            n_groups = len(np.unique(group))
+            if n_groups < n_splits:
+                raise FoldsError(f"only {n_groups} distinct image group(s) for {n_splits} folds; lower n_splits "
+                                 "or set dedup: off in input/competition.yaml")
+            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            splits = splitter.split(np.zeros(n), labels, group)
+        for k, (_, valid) in enumerate(splits):
+            fold[valid] = k
+    return pd.DataFrame({"image": images, "label": labels, "group": group, "fold": fold})
+
+
+def _group_codes(groups, n: int) -> np.ndarray:
+    """Groups as 0..G-1 in order of first appearance, so equal partitions give equal files and hashes."""
+    if groups is None:
+        return np.arange(n, dtype=np.int64)
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise FoldsError(f"groups has {len(groups)} entries for {n} train images")
+    return pd.factorize(groups)[0].astype(np.int64)
+
+
+def fold_class_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Images per class (rows) and fold (columns), with totals: the table `foldblend folds` prints."""
+    return pd.crosstab(df["label"], df["fold"], margins=True, margins_name="all")
+
+
+def _hash_frame(df: pd.DataFrame) -> str:
+    text = df.astype(str).to_csv(index=False, lineterminator="\n")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def folds_fingerprint(df: pd.DataFrame) -> str:
+    """A stable hash of the split's content; a model trained on other folds must be retrained."""
+    return _hash_frame(df[FOLD_COLUMNS])
+
+
+def table_fingerprint(table: pd.DataFrame, groups: np.ndarray | None = None) -> str:
+    """A stable hash of what a split is made from: images, labels and the grouping."""
+    return _hash_frame(pd.DataFrame({"image": table["image"].astype(str).to_numpy(),
+                                     "label": table["label"].astype(str).to_numpy(),
+                                     "group": _group_codes(groups, len(table))}))
+
+
+def write_folds(df: pd.DataFrame, path: str | Path) -> None:
+    _check_columns(df, Path(path))
+    write_csv(path, df[FOLD_COLUMNS])
+
+
+def read_folds(path: str | Path) -> pd.DataFrame:
+    """Read and validate folds.csv; labels stay strings even when a class is called "NA" or "1"."""
+    path = Path(path)
+    if not path.is_file():
+        raise FoldsError(f"{path}: not found; {FIX} to make the split")
+    try:
+        df = pd.read_csv(path, dtype={"image": str, "label": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise FoldsError(f"{path}: unreadable ({e}); delete it and {FIX}") from e
+    _check_columns(df, path)
+    for col in ("group", "fold"):
+        if not pd.api.types.is_integer_dtype(df[col]):
+            raise FoldsError(f"{path}: column {col!r} must hold integers; delete the file and {FIX}")
+    n_splits = int(df["fold"].max()) + 1 if len(df) else 0
+    if len(df) == 0 or df["fold"].min() < 0 or set(df["fold"]) != set(range(n_splits)):
+        raise FoldsError(f"{path}: folds must be 0..k-1 with every fold used; delete the file and {FIX}")
+    return df[FOLD_COLUMNS]
+
+
+def _check_columns(df: pd.DataFrame, path: Path) -> None:
+    missing = [c for c in FOLD_COLUMNS if c not in df.columns]
+    if missing:
+        raise FoldsError(f"{path}: missing column(s) {missing} (need {FOLD_COLUMNS}); {FIX}")
+
+
+def settings_path(folds_path: str | Path) -> Path:
+    """folds/folds.csv -> folds/folds.json, the sidecar recording what the split was made from."""
+    return Path(folds_path).with_suffix(".json")
+
+
+def ensure_folds(table: pd.DataFrame, path: str | Path, n_splits: int = 5, seed: int = 42,
+                 groups: np.ndarray | None = None, verbose: bool = True) -> tuple[pd.DataFrame, bool]:
+    """Return (folds, changed): reuse `path` while its sidecar matches the inputs, else make and write new ones.
+
+    The sidecar is written after folds.csv, so a kill between the two leaves a split that is not trusted
+    and is remade on the next run.
+    """
+    path = Path(path)
+    wanted = {"n_splits": int(n_splits), "seed": int(seed), "table_fingerprint": table_fingerprint(table, groups)}
+    sidecar = settings_path(path)
+    df = _reusable(path, sidecar, wanted)
+    changed = df is None
+    if changed:
+        df = make_folds(table, n_splits=n_splits, seed=seed, groups=groups)
+        write_folds(df, path)
+        write_json(sidecar, {**wanted, "folds_fingerprint": folds_fingerprint(df), "n_images": len(df)})
+    if verbose:
+        n_groups = df["group"].nunique()
+        print(f"{'wrote' if changed else 'reusing'} {path.name}: {len(df)} images, {n_splits} folds, seed {seed}"
+              + (f", {n_groups} groups" if n_groups < len(df) else ""))
+        print(fold_class_counts(df).to_string())
+    return df, changed
+
+
+def _reusable(path: Path, sidecar: Path, wanted: dict) -> pd.DataFrame | None:
+    if not (path.is_file() and sidecar.is_file()):
+        return None
+    try:
+        saved = json.loads(sidecar.read_text(encoding="utf-8"))
+        df = read_folds(path)
+    except (OSError, ValueError):
+        return None  # unreadable or hand-broken: remake rather than fail
+    if any(saved.get(k) != v for k, v in wanted.items()) or saved.get("folds_fingerprint") != folds_fingerprint(df):
+        return None
+    return df

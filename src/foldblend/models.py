@@ -1,0 +1,197 @@
+"""One factory for every network: timm backbones (any name) or the built-in small CNNs, plus our head.
+
+The checkpoint carries the constructor arguments (`arch`), the class names and the normalisation, so
+`load_checkpoint(path)` rebuilds a model for inference without the training config.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+BUILTIN = {
+    # name: channels per stage; each stage = conv-bn-relu x2, then 2x2 max-pool (not after the last)
+    "cnn_tiny": (16, 32, 64),
+    "cnn_small": (32, 64, 128, 256),
+}
+
+
+@dataclass
+class Arch:
+    """Everything needed to rebuild the network (stored in every checkpoint)."""
+
+    model: str
+    num_classes: int
+    drop_rate: float = 0.0
+    head_hidden: int = 0
+
+
+class SmallCNN(nn.Module):
+    """A plain VGG-style CNN for CPU demos and for rules that forbid pretrained models."""
+
+    def __init__(self, widths: tuple[int, ...]):
+        super().__init__()
+        layers, c_in = [], 3
+        for i, c in enumerate(widths):
+            stage = [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                     nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            if i < len(widths) - 1:
+                stage.append(nn.MaxPool2d(2))
+            layers.append(nn.Sequential(*stage))
+            c_in = c
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = c_in
+
+    def forward(self, x):
+        return self.pool(self.stages(x)).flatten(1)
+
+
+class Head(nn.Module):
+    """dropout -> [Linear(hidden) -> ReLU -> dropout] -> Linear(C): e.g. 2048->512->42."""
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0, hidden: int = 0):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Dropout(drop_rate)] if drop_rate > 0 else []
+        if hidden > 0:
+            layers += [nn.Linear(in_features, hidden), nn.ReLU(inplace=True)]
+            layers += [nn.Dropout(drop_rate)] if drop_rate > 0 else []
+            in_features = hidden
+        layers.append(nn.Linear(in_features, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, head: Head):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
+    """A feature extractor returning pooled features (B, num_features)."""
+    if name in BUILTIN:
+        if pretrained:
+            raise ValueError(f"model {name!r} is a built-in CNN without pretrained weights; set pretrained: false")
+        return SmallCNN(BUILTIN[name])
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown model {name!r}: not a timm model nor a built-in ({', '.join(BUILTIN)})"
+                         + (f"; similar timm names: {', '.join(close)}" if close else ""))
+    backbone = timm.create_model(name, pretrained=pretrained is True, num_classes=0)
+    if isinstance(pretrained, str) and pretrained:
+        load_weights_file(backbone, pretrained)
+    return backbone
+
+
+def load_weights_file(module: nn.Module, path: str | Path) -> None:
+    """Load a local weights file (safetensors or a plain state dict, never arbitrary pickles)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"pretrained weights file {path} not found (set pretrained: to an existing "
+                                f"file, true for timm's hub weights, or false)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # refuses arbitrary objects
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+    state = {re.sub(r"^(module\.|model\.|backbone\.)", "", k): v for k, v in state.items()}
+    own = module.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(f"{path}: no tensor matches the model's parameters (wrong architecture?)")
+    module.load_state_dict(usable, strict=False)
+    skipped = len(own) - len(usable)
+    print(f"loaded {len(usable)} tensors from {path}" + (f"; {skipped} left at init (e.g. the classifier)" if skipped else ""))
+
+
+def create_model(arch: Arch, pretrained: bool | str = False) -> Classifier:
+    backbone = create_backbone(arch.model, pretrained)
+    # timm models with a pre-logits layer (e.g. MobileNetV3's conv_head) emit head_hidden_size features
+    n_features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+    head = Head(n_features, arch.num_classes, arch.drop_rate, arch.head_hidden)
+    return Classifier(backbone, head)
+
+
+def normalisation(model: Classifier) -> tuple[tuple, tuple]:
+    cfg = getattr(model.backbone, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+
+# ----------------------------------------------------------------------------- parameter groups
+
+
+def part_names(model: Classifier) -> list[str]:
+    """Names usable in `freeze.train`: 'head' and the backbone's top-level children (e.g. layer4, blocks)."""
+    return ["head"] + [n for n, _ in model.backbone.named_children()]
+
+
+def _in_part(param_name: str, parts: list[str]) -> bool:
+    for part in parts:
+        prefix = "head." if part == "head" else f"backbone.{part}."
+        if param_name.startswith(prefix) or param_name == prefix[:-1]:
+            return True
+    return False
+
+
+def set_trainable(model: Classifier, parts: list[str] | None) -> None:
+    """Only parameters under `parts` train (None = everything). Frozen BatchNorms stay in eval mode."""
+    if parts is not None:
+        known = part_names(model)
+        for p in parts:
+            if p != "head" and not any(n.startswith(f"backbone.{p}") for n, _ in model.named_parameters()):
+                raise ValueError(f"freeze.train names {p!r}, which is not a part of this model; parts: {', '.join(known)}")
+    for name, param in model.named_parameters():
+        param.requires_grad_(parts is None or _in_part(name, parts))
+
+
+def param_groups(model: Classifier, lr: float, weight_decay: float, backbone_lr_mult: float) -> list[dict]:
+    """Head at `lr`, backbone at `lr * backbone_lr_mult`; no weight decay on norms and biases."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        is_head = name.startswith("head.")
+        no_decay = p.ndim <= 1
+        groups.setdefault((is_head, no_decay), []).append(p)
+    out = []
+    for (is_head, no_decay), params in groups.items():
+        out.append({"params": params, "lr": lr * (1.0 if is_head else backbone_lr_mult),
+                    "weight_decay": 0.0 if no_decay else weight_decay, "name": f"{'head' if is_head else 'backbone'}"
+                    f"{'_no_decay' if no_decay else ''}"})
+    for g in out:
+        g["initial_lr"] = g["lr"]
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_payload(model: nn.Module, arch: Arch, classes: list[str], img_size: int, tta: list[str],
+                       mean, std, **extra) -> dict:
+    return {"arch": asdict(arch), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "classes": list(classes), "img_size": img_size, "tta": list(tta), "mean": list(mean),
+            "std": list(std), **extra}
+
+
+def load_checkpoint(path: str | Path, device="cpu") -> tuple[Classifier, dict]:
+    """Rebuild the model from a checkpoint alone (no config needed)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = create_model(Arch(**ckpt["arch"]), pretrained=False)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,104 @@
+"""Inference returns logits per TTA view; assembling fold predictions into the member contract.
+
+`infer` knows nothing of scores; `assemble_member` turns models/<exp>/fold_<k>/preds.npz into
+oof/<exp>/{oof.npz, test.npz, scores.json} and scores every fold and every view on held-out data.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .artifacts import save_member
+from .metrics import classification_scores, softmax
+from .transforms import TTA_VIEWS, to_input
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); plain fp32 on CPU unless asked."""
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def amp_dtype(device: torch.device, amp: str):
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+@torch.no_grad()
+def infer(model: torch.nn.Module, loader, views: list[str], device, mean, std, amp: str = "auto",
+          channels_last: bool = False, desc: str | None = None) -> np.ndarray:
+    """Logits of every image under every view: float32 (V, N, C)."""
+    model.eval()
+    device = torch.device(device)
+    out: list[list[np.ndarray]] = [[] for _ in views]
+    for batch, _ in tqdm(loader, desc=desc, leave=False, disable=desc is None):
+        x = to_input(batch, mean, std, device, channels_last)
+        with autocast(device, amp):
+            for v, name in enumerate(views):
+                out[v].append(model(TTA_VIEWS[name](x)).float().cpu().numpy())
+    return np.stack([np.concatenate(chunks) for chunks in out]).astype(np.float32)
+
+
+@dataclass
+class FoldPredictions:
+    val_index: np.ndarray    # rows of folds.csv this fold held out
+    val_logits: np.ndarray   # (V, n, C)
+    test_logits: np.ndarray  # (V, M, C)
+    views: list[str]
+
+
+def load_fold_predictions(path: Path) -> FoldPredictions:
+    with np.load(path, allow_pickle=False) as z:
+        return FoldPredictions(z["val_index"], z["val_logits"], z["test_logits"], [str(v) for v in z["views"]])
+
+
+def log_prior(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64) + 0.5
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def assemble_member(out_dir: Path, fold_preds: list[FoldPredictions], *, ids, labels, fold, classes,
+                    test_ids, test_ok: np.ndarray, extra_scores: dict | None = None) -> dict:
+    """Write oof/<exp>/ from every fold's predictions; returns scores.json's content."""
+    views = fold_preds[0].views
+    n, c = len(ids), len(classes)
+    oof = np.full((len(views), n, c), np.nan, dtype=np.float32)
+    for fp in fold_preds:
+        if fp.views != views:
+            raise ValueError(f"{out_dir}: folds were predicted with different TTA views ({fp.views} vs {views})")
+        oof[:, fp.val_index] = fp.val_logits
+    missing = np.isnan(oof[0, :, 0])
+    if missing.any():
+        raise ValueError(f"{out_dir}: {int(missing.sum())} train images have no out-of-fold prediction "
+                         f"(a fold is missing); train every fold before assembling")
+    test = np.stack([fp.test_logits for fp in fold_preds]).astype(np.float32)
+    if (~test_ok).any():  # unreadable test images: every model predicts the training prior
+        test[:, :, ~test_ok] = log_prior(labels, c)
+    scores = score_member(oof, labels, fold, views, c)
+    scores.update(extra_scores or {})
+    save_member(out_dir, classes=classes, ids=ids, labels=labels, fold=fold, views=views, oof_logits=oof,
+                test_ids=test_ids, test_logits=test, scores=scores)
+    return scores
+
+
+def score_member(oof_logits: np.ndarray, labels, fold, views: list[str], n_classes: int) -> dict:
+    """OOF metrics overall (views averaged as probabilities), per fold and per view."""
+    probs_views = softmax(oof_logits, axis=-1)
+    probs = probs_views.mean(0)
+    per_fold = {int(k): classification_scores(labels[fold == k], probs[fold == k], n_classes)
+                for k in np.unique(fold)}
+    per_view = {v: classification_scores(labels, probs_views[i], n_classes) for i, v in enumerate(views)}
+    return {"overall": classification_scores(labels, probs, n_classes), "per_fold": per_fold,
+            "per_view": per_view, "views": list(views), "n_images": int(len(labels))}

@@ -1,0 +1,292 @@
+"""Write predictions in the competition's own sample-submission format, and keep a log of every file.
+
+The sample submission is the specification: its header, row order and id spelling are reproduced
+exactly, and a file is validated before it is written and again after, because a malformed CSV costs a
+daily submission. Files are never overwritten, so `submissions/log.csv` always describes what is on disk.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .artifacts import load_member, write_csv
+from .metrics import classification_scores, softmax
+
+FORMATS = ("label", "probs", "class_id")
+ROW_SUM_TOLERANCE = 1e-6
+LOG_NAME = "log.csv"
+LOG_COLUMNS = ["file", "time", "cv", "lb", "format"]
+
+
+class SubmissionError(ValueError):
+    """A submission would not be accepted (or would be scored against the wrong rows)."""
+
+
+def read_sample(path: str | Path) -> pd.DataFrame:
+    """Read a CSV exactly as written: every cell a string, nothing turned into NaN."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _is_int_text(values) -> bool:
+    return len(values) > 0 and all(v.strip().lstrip("-").isdigit() for v in values)
+
+
+def detect_format(sample: pd.DataFrame, classes: list[str]) -> str:
+    """`probs` if the target columns are the class names; else one target column holding integer
+    placeholders (while the class names are not all integers) means `class_id`; else `label`."""
+    targets = list(sample.columns[1:])
+    if not targets:
+        raise SubmissionError(f"the sample has only the id column {sample.columns[0]!r}; it needs a target column")
+    if len(targets) > 1:
+        if sorted(targets) != sorted(classes):
+            raise SubmissionError(f"the sample has {len(targets)} target columns but they are not the class names: "
+                                  f"missing {sorted(set(classes) - set(targets))}, unknown {sorted(set(targets) - set(classes))}")
+        return "probs"
+    if _is_int_text(sample[targets[0]].tolist()) and not _is_int_text(list(classes)):
+        return "class_id"
+    return "label"
+
+
+def _format_prob(p: float) -> str:
+    # 10 significant digits: rows of 100+ classes still sum to 1 far inside the 1e-6 check
+    return f"{p:.10g}"
+
+
+def build_frame(sample: pd.DataFrame, test_ids: np.ndarray, probs: np.ndarray, classes: list[str],
+                fmt: str) -> pd.DataFrame:
+    """The submission as strings: the sample's ids and columns, our predictions aligned by id."""
+    id_col = sample.columns[0]
+    sample_ids = sample[id_col].astype(str)
+    position = pd.Index(np.asarray(test_ids).astype(str))
+    if position.has_duplicates:
+        raise SubmissionError(f"test ids repeat: {position[position.duplicated()].tolist()[:5]}")
+    rows = position.get_indexer(sample_ids)
+    if (rows < 0).any():
+        missing = sample_ids[rows < 0].tolist()
+        raise SubmissionError(f"{len(missing)} sample ids have no prediction, e.g. {missing[:10]}")
+    probs = np.asarray(probs, dtype=np.float64)[rows]
+    _check_columns_fit(sample, classes, fmt)
+    out = sample.copy()
+    if fmt == "probs":
+        probs = probs / probs.sum(axis=1, keepdims=True)
+        for col in sample.columns[1:]:
+            out[col] = [_format_prob(p) for p in probs[:, classes.index(col)]]
+    elif fmt == "label":
+        out[sample.columns[1]] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
+    elif fmt == "class_id":
+        out[sample.columns[1]] = probs.argmax(axis=1).astype(str)
+    else:
+        raise SubmissionError(f"unknown submission format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return out
+
+
+def _check_columns_fit(sample: pd.DataFrame, classes: list[str], fmt: str) -> None:
+    targets = list(sample.columns[1:])
+    if fmt == "probs" and sorted(targets) != sorted(classes):
+        raise SubmissionError(f"format 'probs' needs one sample column per class; the sample has {targets}")
+    if fmt in ("label", "class_id") and len(targets) != 1:
+        raise SubmissionError(f"format {fmt!r} needs exactly one target column; the sample has {targets}")
+
+
+def check_frame(frame: pd.DataFrame, sample: pd.DataFrame, classes: list[str], fmt: str) -> None:
+    """Raise SubmissionError unless `frame` is a valid submission for this sample, in this format."""
+    if list(frame.columns) != list(sample.columns):
+        raise SubmissionError(f"header {list(frame.columns)} differs from the sample's {list(sample.columns)}")
+    ids, expected = frame.iloc[:, 0].tolist(), sample.iloc[:, 0].tolist()
+    if len(set(expected)) != len(expected):
+        raise SubmissionError("the sample submission itself repeats ids")
+    if ids != expected:
+        bad = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
+        raise SubmissionError(f"ids differ from the sample's at row {bad} ({len(ids)} rows vs {len(expected)})")
+    targets = frame.iloc[:, 1:]
+    if fmt == "label":
+        unknown = sorted(set(targets.iloc[:, 0]) - set(classes))
+        if unknown:
+            raise SubmissionError(f"labels that are not classes: {unknown[:10]}")
+    elif fmt == "class_id":
+        values = targets.iloc[:, 0].tolist()
+        if not _is_int_text(values) or not all(0 <= int(v) < len(classes) for v in values):
+            raise SubmissionError(f"class ids must be integers in [0, {len(classes)})")
+    elif fmt == "probs":
+        _check_probabilities(targets)
+    else:
+        raise SubmissionError(f"unknown submission format {fmt!r}")
+
+
+def _check_probabilities(targets: pd.DataFrame) -> None:
+    try:
+        values = targets.to_numpy(dtype=np.float64)
+    except ValueError as e:
+        raise SubmissionError(f"probabilities are not numbers: {e}") from None
+    if not np.isfinite(values).all() or (values < 0).any() or (values > 1).any():
+        raise SubmissionError("probabilities must be finite and in [0, 1]")
+    worst = np.abs(values.sum(axis=1) - 1.0).max(initial=0.0)
+    if worst > ROW_SUM_TOLERANCE:
+        raise SubmissionError(f"probability rows must sum to 1 (worst row is off by {worst:.2e})")
+
+
+def validate_submission(path: str | Path, sample: pd.DataFrame, classes: list[str], fmt: str) -> None:
+    """Re-read a written file as Kaggle will and check it."""
+    check_frame(read_sample(path), sample, classes, fmt)
+
+
+def _free_name(out_dir: Path, stem: str) -> Path:
+    candidate, n = out_dir / f"{stem}.csv", 1
+    while candidate.exists():
+        n += 1
+        candidate = out_dir / f"{stem}_{n}.csv"
+    return candidate
+
+
+def _write_new(frame: pd.DataFrame, out_dir: Path, stem: str) -> Path:
+    """Write to a temporary file, then hard-link it under the first free name: the link fails rather
+    than replace a file that appeared meanwhile, so an earlier submission is never overwritten, and
+    the name only ever points at a complete file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp.csv", dir=out_dir)
+    os.close(fd)
+    try:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+        while True:
+            target = _free_name(out_dir, stem)
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                continue
+    finally:
+        os.unlink(tmp)
+
+
+def _json_cell(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+
+
+def append_log(out_dir: Path, row: dict) -> None:
+    """Add one row to out_dir/log.csv (columns are the union of old and new; written atomically)."""
+    log_path = Path(out_dir) / LOG_NAME
+    log = read_sample(log_path) if log_path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
+    new = pd.DataFrame([{k: _json_cell(v) for k, v in row.items()}])
+    write_csv(log_path, pd.concat([log, new], ignore_index=True).fillna(""), lineterminator="\n")
+
+
+def write_submission(sample: pd.DataFrame, test_ids: np.ndarray, probs: np.ndarray, classes: list[str],
+                     out_dir: Path, name: str, cv: float | None, info: dict, fmt: str | None = None) -> Path:
+    """Validate, write `<name>_cv<cv>.csv` (never overwriting), re-validate, log. Returns the path."""
+    classes = [str(c) for c in classes]
+    fmt = fmt or detect_format(sample, classes)
+    frame = build_frame(sample, test_ids, probs, classes, fmt)
+    check_frame(frame, sample, classes, fmt)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = _write_new(frame, out_dir, f"{name}_cv{cv:.4f}" if cv is not None else name)
+    validate_submission(path, sample, classes, fmt)
+    append_log(out_dir, {"file": path.name, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                         "cv": "" if cv is None else f"{cv:.6f}", "lb": "", "format": fmt, **info})
+    return path
+
+
+def record_lb(out_dir: Path, file: str | Path, lb: float) -> dict:
+    """Write a public-leaderboard score into the log row of `file` (matched by file name)."""
+    log_path = Path(out_dir) / LOG_NAME
+    if not log_path.exists():
+        raise SubmissionError(f"{log_path} does not exist: no submission was written there")
+    log = read_sample(log_path)
+    match = log["file"] == Path(file).name
+    if not match.any():
+        raise SubmissionError(f"{Path(file).name} is not in {log_path} (known: {log['file'].tolist()[-5:]})")
+    log.loc[match, "lb"] = f"{lb:g}"
+    write_csv(log_path, log, lineterminator="\n")
+    return log[match].iloc[-1].to_dict()
+
+
+# ----------------------------------------------------------------------------- upload
+
+def kaggle_command(competition: str, file: str | Path, message: str) -> list[str]:
+    return ["kaggle", "competitions", "submit", "-c", competition, "-f", str(file), "-m", message]
+
+
+def _kaggle_configured() -> bool:
+    """Credentials exist (we only look for them; the kaggle CLI reads them itself)."""
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    return (config_dir / "kaggle.json").exists()
+
+
+def upload(competition: str, file: str | Path, message: str) -> bool:
+    """Submit with the official kaggle CLI when it is installed and configured; else print the command."""
+    command = kaggle_command(competition, file, message)
+    if shutil.which("kaggle") and _kaggle_configured():
+        subprocess.run(command, check=True)
+        return True
+    print("kaggle CLI not installed or not configured; to submit, run:\n  " + shlex.join(command))
+    return False
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", help="with --lb: the submission file whose leaderboard score to record")
+    parser.add_argument("--lb", type=float, help="record this public-leaderboard score for FILE in log.csv")
+    parser.add_argument("--exp", metavar="NAME", help="submit one experiment's test predictions instead of the blend")
+    parser.add_argument("--name", help="file name stem (default blend_<method>, or the experiment's name)")
+    parser.add_argument("--format", choices=FORMATS, help="override the format detected from the sample")
+    parser.add_argument("--upload", metavar="COMPETITION", help="also submit with the kaggle CLI to this competition")
+    parser.add_argument("--message", default="", help="submission message (default: file name and CV)")
+
+
+def blend_prediction(oof_root: Path) -> tuple[np.ndarray, np.ndarray, list[str], float | None, dict, str]:
+    """Test ids, probabilities, classes, honest CV, log info and default name of the saved blend."""
+    blend_dir = Path(oof_root) / "_blend"
+    if not (blend_dir / "blend.json").exists():
+        raise SubmissionError(f"{blend_dir}/blend.json not found: run `foldblend blend` first (or use --exp NAME)")
+    meta = json.loads((blend_dir / "blend.json").read_text(encoding="utf-8"))
+    with np.load(blend_dir / "blend.npz", allow_pickle=False) as z:
+        test_ids, probs = z["test_ids"].astype(str), z["test_probs"]
+    metric = meta.get("options", {}).get("metric", "macro_f1")
+    info = {"members": meta["members"], "weights": meta["weights"], "method": meta["method"],
+            "metric": metric, "options": meta.get("options", {}), "biases": meta.get("biases")}
+    return test_ids, probs, meta["classes"], meta["cv_nested"].get(metric), info, f"blend_{meta['method']}"
+
+
+def member_prediction(oof_root: Path, exp: str):
+    """The same for one experiment: views and fold models combined by mean of probabilities."""
+    member = load_member(Path(oof_root) / exp)
+    probs = softmax(member.test_logits).mean(axis=(0, 1))
+    cv = classification_scores(member.labels, softmax(member.oof_logits).mean(axis=0), member.n_classes)["macro_f1"]
+    info = {"members": [exp], "weights": {exp: 1.0}, "method": "single", "metric": "macro_f1"}
+    return member.test_ids, probs, member.classes, cv, info, exp
+
+
+def submit_from_args(args: argparse.Namespace, project, competition) -> Path:
+    """`foldblend submit`: write the blend's (or --exp's) test predictions in the sample's format."""
+    if args.lb is not None:
+        if not args.file:
+            raise SubmissionError("--lb needs the submission FILE it belongs to")
+        record_lb(project.submissions, args.file, args.lb)
+        print(f"recorded lb={args.lb:g} for {Path(args.file).name} in {project.submissions / LOG_NAME}")
+        return Path(args.file)
+    sample = competition.sample
+    if sample.columns[0] != competition.id_column:
+        raise SubmissionError(f"the sample's first column is {sample.columns[0]!r}, not the id column "
+                              f"{competition.id_column!r}")
+    source = member_prediction(project.oof, args.exp) if args.exp else blend_prediction(project.oof)
+    test_ids, probs, classes, cv, info, default_name = source
+    if sorted(classes) != sorted(competition.classes):
+        raise SubmissionError(f"predicted classes {classes} are not the competition's {competition.classes}")
+    path = write_submission(sample, test_ids, probs, classes, project.submissions, args.name or default_name, cv,
+                            info, fmt=args.format or competition.submission_format)
+    print(path)
+    if args.upload:
+        upload(args.upload, path, args.message or f"{path.stem} (cv {cv})")
+    return path

@@ -1,0 +1,78 @@
+"""The closing table of a run: each experiment's CV (per fold and overall), each blend's CV, the submission."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from .paths import Project
+
+
+def experiment_rows(project: Project) -> pd.DataFrame:
+    rows = []
+    for scores_path in sorted(project.oof.glob("*/scores.json")):
+        if scores_path.parent.name.startswith("_") or not (scores_path.parent / "oof.npz").exists():
+            continue
+        s = json.loads(scores_path.read_text())
+        row = {"experiment": scores_path.parent.name, "model": s.get("model", "")}
+        for k, v in sorted(s.get("per_fold", {}).items(), key=lambda kv: int(kv[0])):
+            row[f"fold {k}"] = round(v["macro_f1"], 4)
+        row["CV macro-F1"] = round(s["overall"]["macro_f1"], 4)
+        row["CV acc"] = round(s["overall"]["accuracy"], 4)
+        for view, v in s.get("per_view", {}).items():
+            row[f"view {view}"] = round(v["macro_f1"], 4)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def blend_row(project: Project) -> dict | None:
+    path = project.oof / "_blend" / "blend.json"
+    if not path.exists():
+        return None
+    b = json.loads(path.read_text())
+    return {"method": b.get("method"), "in-sample": b.get("cv_in_sample", {}).get("macro_f1"),
+            "nested CV": b.get("cv_nested", {}).get("macro_f1"),
+            "weights": ", ".join(f"{k} {v:.2f}" for k, v in b.get("weights", {}).items())}
+
+
+def latest_submission(project: Project) -> pd.Series | None:
+    log = project.submissions / "log.csv"
+    if not log.exists():
+        return None
+    df = pd.read_csv(log)
+    return df.iloc[-1] if len(df) else None
+
+
+def demo_test_score(project: Project, submission_file) -> float | None:
+    """Only for the demo: the true test macro-F1 of a submission, from the held-back labels."""
+    from sklearn.metrics import f1_score
+
+    labels_path = project.input / "demo_test_labels.csv"
+    sub_path = project.submissions / str(submission_file)
+    if not (labels_path.exists() and sub_path.exists()):
+        return None
+    truth = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
+    sub = pd.read_csv(sub_path, dtype=str, keep_default_na=False)
+    merged = truth.merge(sub, on=truth.columns[0], suffixes=("_true", "_pred"))
+    col = truth.columns[1]
+    return float(f1_score(merged[f"{col}_true"], merged[f"{col}_pred"], average="macro"))
+
+
+def print_summary(project: Project) -> None:
+    exps = experiment_rows(project)
+    print("\n=== foldblend summary ===")
+    if len(exps):
+        with pd.option_context("display.width", 200, "display.max_columns", 50):
+            print(exps.to_string(index=False))
+    else:
+        print("no finished experiments in oof/")
+    blend = blend_row(project)
+    if blend:
+        print(f"blend ({blend['method']}): nested CV macro-F1 {blend['nested CV']:.4f} "
+              f"(in-sample {blend['in-sample']:.4f}); weights: {blend['weights']}")
+    sub = latest_submission(project)
+    if sub is not None:
+        print(f"submission: {project.submissions.name}/{sub['file']}  (CV {sub.get('cv')})")
+        test_f1 = demo_test_score(project, sub["file"])
+        if test_f1 is not None:
+            print(f"demo only - true test macro-F1 of that file (held-back labels): {test_f1:.4f}")

@@ -1,0 +1,238 @@
+"""Layout detection on tiny generated copies of real Kaggle layouts."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from foldblend.competition import CompetitionError, load_competition
+
+_PNG = io.BytesIO()
+Image.new("RGB", (4, 4), (10, 20, 30)).save(_PNG, format="PNG")
+PNG = _PNG.getvalue()
+
+
+def touch(root: Path, *rels: str, data: bytes = PNG) -> None:
+    for rel in rels:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def write(root: Path, rel: str, text: str) -> None:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text, encoding="utf-8")
+
+
+def sample(root: Path, ids, name="sample_submission.csv", header="Id,Expected"):
+    write(root, name, header + "\n" + "".join(f"{i},x\n" for i in ids))
+
+
+@pytest.mark.parametrize("train_dir", ["train", "train/simpsons_dataset", "simpsons_dataset", "train/train"])
+@pytest.mark.parametrize("test_dir", ["test", "testset/testset", "kaggle_simpson_testset"])
+def test_folder_per_class_layouts(tmp_path, train_dir, test_dir):
+    touch(tmp_path, f"{train_dir}/bart/a.jpg", f"{train_dir}/bart/b.JPEG", f"{train_dir}/homer/c.png",
+          f"{test_dir}/t1.jpg", f"{test_dir}/t2.png")
+    sample(tmp_path, ["t1.jpg", "t2.png"])
+    comp = load_competition(tmp_path)
+    assert comp.classes == ["bart", "homer"]
+    assert sorted(comp.train["image"]) == [f"{train_dir}/bart/a.jpg", f"{train_dir}/bart/b.JPEG",
+                                           f"{train_dir}/homer/c.png"]
+    assert comp.train.set_index("image").loc[f"{train_dir}/homer/c.png", "label"] == "homer"
+    assert comp.test["image"].tolist() == [f"{test_dir}/t1.jpg", f"{test_dir}/t2.png"]
+    assert comp.id_column == "Id" and comp.target_columns == ["Expected"]
+
+
+def test_hidden_and_non_image_files(tmp_path):
+    touch(tmp_path, "train/a/1.jpg", "train/b/2.jpg", "train/.hidden/3.jpg", "train/__MACOSX/a/._1.jpg",
+          "train/a/.DS_Store", "test/x.jpg")
+    write(tmp_path, "train/a/notes.txt", "hi")
+    write(tmp_path, "train/b/Thumbs.db", "")
+    sample(tmp_path, ["x"])
+    comp = load_competition(tmp_path)
+    assert comp.classes == ["a", "b"]
+    assert len(comp.train) == 2
+    assert comp.ignored == ["train/a/notes.txt", "train/b/Thumbs.db"]
+    assert "2 classes, 2 train images, 1 test ids" in comp.describe()
+    assert "a=1, b=1" in comp.describe()
+
+
+def test_integer_classes_sort_numerically(tmp_path):
+    touch(tmp_path, *[f"train/{c}/i.png" for c in ("10", "2", "1")], "test/t.png")
+    sample(tmp_path, ["t.png"])
+    assert load_competition(tmp_path).classes == ["1", "2", "10"]
+
+
+def test_mixed_names_sort_like_imagefolder(tmp_path):
+    touch(tmp_path, *[f"train/{c}/i.png" for c in ("b", "B", "10", "2")], "test/t.png")
+    sample(tmp_path, ["t.png"])
+    assert load_competition(tmp_path).classes == ["10", "2", "B", "b"]
+
+
+@pytest.mark.parametrize("csv_name,header", [("train.csv", "id,label"), ("labels.csv", "id,breed"),
+                                             ("trainLabels.csv", "image,level"),
+                                             ("train_labels.csv", "image_id,label")])
+def test_csv_layout_ids_without_extension(tmp_path, csv_name, header):
+    touch(tmp_path, "train/aa.JPG", "train/bb.png", "train/cc.jpeg", "test_images/t1.jpg", "test_images/t2.jpg")
+    write(tmp_path, csv_name, f"{header}\naa,2\nbb,10\ncc,2\n")
+    sample(tmp_path, ["t1", "t2"], header="id,2,10")
+    comp = load_competition(tmp_path)
+    assert comp.train["image"].tolist() == ["train/aa.JPG", "train/bb.png", "train/cc.jpeg"]
+    assert comp.train["label"].tolist() == ["2", "10", "2"]
+    assert comp.classes == ["2", "10"]
+    assert comp.test["image"].tolist() == ["test_images/t1.jpg", "test_images/t2.jpg"]
+    assert comp.target_columns == ["2", "10"]
+
+
+def test_csv_layout_ids_with_extension_and_images_dir(tmp_path):
+    touch(tmp_path, "images/p.JPG", "images/q.png", "test/r.jpg")
+    write(tmp_path, "train.csv", "filename,genre\np.jpg,rock\nq.png,jazz\n")
+    sample(tmp_path, ["r.jpg"])
+    comp = load_competition(tmp_path)
+    assert comp.train["image"].tolist() == ["images/p.JPG", "images/q.png"]
+    assert comp.classes == ["jazz", "rock"]
+
+
+def test_csv_one_hot_labels(tmp_path):
+    touch(tmp_path, "images/Train_0.jpg", "images/Train_1.jpg", "images/Test_0.jpg")
+    write(tmp_path, "train.csv", "image_id,healthy,rust,scab\nTrain_0,0,1,0\nTrain_1,1,0,0\n")
+    write(tmp_path, "competition.yaml", "test_dir: images\n")
+    sample(tmp_path, ["Test_0"], header="image_id,healthy,rust,scab")
+    comp = load_competition(tmp_path)
+    assert comp.train["label"].tolist() == ["rust", "healthy"]
+
+
+def test_test_ids_as_relative_path_and_stem(tmp_path):
+    touch(tmp_path, "train/a/1.png", "train/b/2.png", "test/sub/x.png", "test/y.webp")
+    sample(tmp_path, ["sub/x.png", "y"])
+    assert load_competition(tmp_path).test["image"].tolist() == ["test/sub/x.png", "test/y.webp"]
+
+
+def test_sample_id_exact_string_kept(tmp_path):
+    touch(tmp_path, "train/a/1.png", "train/b/2.png", "test/007.png", "test/NA.png")
+    sample(tmp_path, ["007", "NA"])
+    comp = load_competition(tmp_path)
+    assert comp.test["id"].tolist() == ["007", "NA"]
+    assert comp.sample.iloc[1, 0] == "NA"
+
+
+def test_missing_test_image_names_ids_and_folder(tmp_path):
+    touch(tmp_path, "train/a/1.png", "train/b/2.png", "testset/t1.png")
+    sample(tmp_path, ["t1.png", "t9.png"])
+    with pytest.raises(CompetitionError, match=r"testset/.*t9\.png"):
+        load_competition(tmp_path)
+
+
+def test_missing_test_folder(tmp_path):
+    touch(tmp_path, "train/a/1.png", "train/b/2.png")
+    sample(tmp_path, ["t1.png"])
+    with pytest.raises(CompetitionError, match="no test image folder.*test_dir"):
+        load_competition(tmp_path)
+
+
+def test_missing_sample_submission(tmp_path):
+    touch(tmp_path, "train/a/1.png", "train/b/2.png", "test/t.png")
+    with pytest.raises(CompetitionError, match="no sample submission found.*sample_submission"):
+        load_competition(tmp_path)
+
+
+def test_sample_submission_name_variants(tmp_path):
+    touch(tmp_path, "train/a/1.png", "train/b/2.png", "test/t.png")
+    sample(tmp_path, ["t"], name="sample_submission_stage1.csv")
+    assert load_competition(tmp_path).sample_path.name == "sample_submission_stage1.csv"
+    (tmp_path / "sample_submission_stage1.csv").rename(tmp_path / "SampleSubmission.csv")
+    assert load_competition(tmp_path).sample_path.name == "SampleSubmission.csv"
+
+
+def test_no_training_data(tmp_path):
+    touch(tmp_path, "test/t.png")
+    sample(tmp_path, ["t"])
+    with pytest.raises(CompetitionError, match="no training data found"):
+        load_competition(tmp_path)
+
+
+def test_demo_labels_file_is_not_a_train_csv(tmp_path):
+    touch(tmp_path, "train/0/a.png", "train/1/b.png", "testset/img_0001.png")
+    sample(tmp_path, ["img_0001.png"])
+    write(tmp_path, "demo_test_labels.csv", "Id,Expected\nimg_0001.png,1\n")
+    comp = load_competition(tmp_path)
+    assert comp.layout.startswith("folder per class")
+    assert comp.test_labels_path == tmp_path / "demo_test_labels.csv"
+    assert len(comp.train) == 2
+
+
+def _base(tmp_path):
+    touch(tmp_path, "train/a/1.png", "train/b/2.png", "train/c/3.png", "test/t.png")
+    sample(tmp_path, ["t"])
+
+
+def test_yaml_overrides_and_defaults(tmp_path):
+    _base(tmp_path)
+    comp = load_competition(tmp_path)
+    assert comp.settings == {"n_splits": 5, "fold_seed": 42, "dedup": "group", "dedup_distance": 4,
+                             "ood_threshold": None}
+    assert comp.submission_format is None and comp.test_labels_path is None
+    write(tmp_path, "competition.yaml", "classes: [c, a, b]\nn_splits: 3\nsubmission_format: probs\n"
+                                        "dedup: off\nood_threshold: 0.5\n")
+    comp = load_competition(tmp_path)
+    assert comp.classes == ["c", "a", "b"]
+    assert comp.settings["n_splits"] == 3
+    assert comp.settings["dedup"] == "off"  # regression: YAML reads a bare `off` as False
+    assert comp.settings["ood_threshold"] == 0.5
+    assert comp.submission_format == "probs"
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("n_split: 3\n", "unknown key 'n_split'"),
+    ("n_splits: three\n", "'n_splits' must be an integer"),
+    ("n_splits: true\n", "'n_splits' must be an integer"),
+    ("dedup: maybe\n", "'dedup' must be one of group"),
+    ("submission_format: csv\n", "'submission_format' must be one of"),
+    ("classes: [a, b]\n", r"missing \['c'\]"),
+    ("classes: [a, b, c, d]\n", r"unknown \['d'\]"),
+    ("- a\n- b\n", "expected `key: value`"),
+    ("test_dir: nowhere\n", "test_dir 'nowhere' is not a folder"),
+])
+def test_yaml_errors_name_key_and_file(tmp_path, text, pattern):
+    _base(tmp_path)
+    write(tmp_path, "competition.yaml", text)
+    with pytest.raises(CompetitionError, match=pattern) as err:
+        load_competition(tmp_path)
+    assert "competition.yaml" in str(err.value)
+
+
+def test_yaml_train_csv_with_custom_columns(tmp_path):
+    touch(tmp_path, "pics/train/u.png", "pics/train/v.png", "pics/test/w.png")
+    write(tmp_path, "meta.csv", "key,file,tag\n1,train/u.png,cat\n2,train/v.png,dog\n")
+    write(tmp_path, "competition.yaml", "train_csv: meta.csv\nimage_column: file\nlabel_column: tag\n"
+                                        "train_dir: pics\ntest_dir: pics/test\n")
+    sample(tmp_path, ["w"])
+    comp = load_competition(tmp_path)
+    assert comp.train["image"].tolist() == ["pics/train/u.png", "pics/train/v.png"]
+    assert comp.classes == ["cat", "dog"]
+
+
+def test_csv_missing_train_image_is_an_error(tmp_path):
+    touch(tmp_path, "train/aa.png", "test/t.png")
+    write(tmp_path, "train.csv", "id,label\naa,x\nzz,y\n")
+    sample(tmp_path, ["t"])
+    with pytest.raises(CompetitionError, match=r"train/.*'zz'"):
+        load_competition(tmp_path)
+
+
+def test_csv_empty_label_is_an_error(tmp_path):
+    touch(tmp_path, "train/aa.png", "train/bb.png", "test/t.png")
+    write(tmp_path, "train.csv", "id,label\naa,x\nbb,\n")
+    sample(tmp_path, ["t"])
+    with pytest.raises(CompetitionError, match=r"train\.csv: empty label on line\(s\) \[3\]"):
+        load_competition(tmp_path)
+
+
+def test_folder_named_like_latest_is_not_a_test_folder(tmp_path):
+    touch(tmp_path, "latest/a/1.png", "latest/b/2.png", "test/t.png")
+    sample(tmp_path, ["t"])
+    comp = load_competition(tmp_path)
+    assert comp.layout == "folder per class: latest/<class>/; test: test/"
