@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # foldblend end to end.
 #   bash run.sh              set up .venv, build the demo competition if input/ is empty, then
-#                            scan -> folds -> train every folds/*.yaml -> blend -> submit -> summary
+#                            scan -> folds -> train every folds/*.yaml -> blend -> submit -> summary -> report
 #   bash run.sh test         set up .venv with the dev extras and run the test suite
 #   bash run.sh <stage> ...  any single stage, e.g. `bash run.sh train folds/cnn_small.yaml --folds 0`
 # Rerunning is cheap: finished folds, scans and splits are reused; a changed fold config retrains.
@@ -37,6 +37,7 @@ main() {
   foldblend blend ${BLEND_ARGS:---method greedy --bias}
   foldblend submit
   foldblend summary
+  foldblend report
   echo "pipeline time: $((SECONDS - start)) s"
 }
 

@@ -68,11 +68,22 @@ def test_never_overwrites_an_earlier_file(tmp_path):
     first = write_submission(sample, TEST_IDS, PROBS, CLASSES, tmp_path / "s", "b", 0.5, {})
     before = first.read_bytes()
     second = write_submission(sample, TEST_IDS, PROBS[:, ::-1], CLASSES, tmp_path / "s", "b", 0.5, {})
-    third = write_submission(sample, TEST_IDS, PROBS, CLASSES, tmp_path / "s", "b", 0.5, {})
+    third = write_submission(sample, TEST_IDS, PROBS[:, [1, 0, 2]], CLASSES, tmp_path / "s", "b", 0.5, {})
     assert [p.name for p in (first, second, third)] == ["b_cv0.5000.csv", "b_cv0.5000_2.csv", "b_cv0.5000_3.csv"]
     assert first.read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["b_cv0.5000.csv", "b_cv0.5000_2.csv",
                                                                     "b_cv0.5000_3.csv", "log.csv"]
+
+
+def test_identical_predictions_are_not_written_twice(tmp_path):
+    """Rerunning an unchanged pipeline returns the earlier file instead of adding a copy and a log row."""
+    sample = _sample(tmp_path, "Id,Character\n" + "".join(f"{i},homer\n" for i in SAMPLE_IDS))
+    first = write_submission(sample, TEST_IDS, PROBS, CLASSES, tmp_path / "s", "b", 0.5, {})
+    second = write_submission(sample, TEST_IDS, PROBS[:, ::-1], CLASSES, tmp_path / "s", "b", 0.5, {})
+    again = write_submission(sample, TEST_IDS, PROBS, CLASSES, tmp_path / "s", "b", 0.5, {})
+    assert again == first and second != first
+    log = (tmp_path / "s" / "log.csv").read_text().strip().splitlines()
+    assert len(log) == 3  # header + two files
 
 
 def test_rejects_unknown_labels_and_bad_probabilities(tmp_path):
@@ -103,7 +114,7 @@ def test_log_rows_and_lb_write_back(tmp_path):
     sample = _sample(tmp_path, "Id,Character\n" + "".join(f"{i},homer\n" for i in SAMPLE_IDS))
     info = {"members": ["a", "b"], "weights": {"a": 0.75, "b": 0.25}, "method": "greedy"}
     first = write_submission(sample, TEST_IDS, PROBS, CLASSES, tmp_path, "g", 0.8, info)
-    write_submission(sample, TEST_IDS, PROBS, CLASSES, tmp_path, "g", 0.8, {"method": "mean"})
+    write_submission(sample, TEST_IDS, PROBS[:, ::-1], CLASSES, tmp_path, "g", 0.8, {"method": "mean"})
     log = read_sample(tmp_path / "log.csv")
     assert log["file"].tolist() == ["g_cv0.8000.csv", "g_cv0.8000_2.csv"]
     assert log["format"].tolist() == ["label", "label"] and log["lb"].tolist() == ["", ""]

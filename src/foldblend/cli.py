@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -116,6 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("summary", help="CV of every experiment and blend, and the latest submission")
     s.set_defaults(fn=cmd_summary)
+
+    from .evaluate import add_evaluate_arguments, evaluate_from_args
+    from .inference import add_predict_arguments, predict_from_args
+    from .report import add_report_arguments, report_from_args
+
+    s = sub.add_parser("evaluate", help="classification_report of an experiment or the blend on a labelled folder")
+    add_evaluate_arguments(s)
+    s.set_defaults(fn=evaluate_from_args)
+
+    s = sub.add_parser("predict", help="predict image files or folders (CSV with top-k classes)")
+    add_predict_arguments(s)
+    s.set_defaults(fn=predict_from_args)
+
+    s = sub.add_parser("report", help="write oof/report.html: CV, curves, blend, per-class F1, confusions, mistakes")
+    add_report_arguments(s)
+    s.set_defaults(fn=report_from_args)
     return p
 
 
@@ -130,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"foldblend {args.stage}: error: {e}", file=sys.stderr)
+        if os.environ.get("FOLDBLEND_DEBUG"):
+            raise
+        print(f"foldblend {args.stage}: error: {e}\n(set FOLDBLEND_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class ExperimentConfig:
     pretrained: Union[bool, str] = False  # false | true (timm hub) | path to a local weights file
     drop_rate: float = 0.0              # dropout before the classifier
     head_hidden: int = 0                # >0: hidden layer in the head (e.g. 512 for 2048->512->C)
+    drop_path_rate: float = 0.0         # stochastic depth in timm backbones (e.g. 0.2 for EfficientNet)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     # --- data
     img_size: int = 64
@@ -91,6 +93,20 @@ CHOICES = {
     "scheduler": {"cosine", "onecycle", "none"},
     "amp": {"auto", "bf16", "fp16", "off"},
 }
+
+
+RANGES = {  # mathematical interval notation: [ included, ( excluded
+    "lr": "(0, inf)", "weight_decay": "[0, inf)", "backbone_lr_mult": "[0, inf)", "momentum": "[0, 1)",
+    "warmup_epochs": "[0, inf)", "clip_grad": "[0, inf)", "label_smoothing": "[0, 1)", "mixup": "[0, inf)",
+    "cutmix": "[0, inf)", "mix_prob": "[0, 1]", "ema_decay": "(0, 1)", "patience": "[0, inf)",
+    "drop_rate": "[0, 1)", "drop_path_rate": "[0, 1)", "head_hidden": "[0, inf)", "rare_threshold": "[0, inf)",
+    "seed": "[0, inf)", "num_workers": "[0, inf)", "freeze.epochs": "[0, inf)",
+}
+
+
+def _within(value: float, interval: str) -> bool:
+    lo, hi = (float(v) for v in interval[1:-1].split(","))
+    return (lo <= value if interval[0] == "[" else lo < value) and (value <= hi if interval[-1] == "]" else value < hi)
 
 
 class ConfigError(ValueError):
@@ -160,6 +176,14 @@ def validate(cfg: ExperimentConfig, where: str) -> ExperimentConfig:
     for key in ("epochs", "batch_size", "img_size", "accumulate"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{where}: key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    for key, interval in RANGES.items():
+        value = getattr(cfg.freeze, key[7:]) if key.startswith("freeze.") else getattr(cfg, key)
+        if not _within(value, interval):
+            raise ConfigError(f"{where}: key '{key}' must be in {interval}, got {value!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device):
+        raise ConfigError(f"{where}: key 'device' must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    if cfg.pretrained == "":
+        raise ConfigError(f"{where}: key 'pretrained' must be true, false or the path of a weights file")
     if not cfg.freeze.train:
         raise ConfigError(f"{where}: key 'freeze.train' must name at least one part (e.g. head)")
     return cfg

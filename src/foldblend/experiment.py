@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -103,28 +104,46 @@ def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project
     return scores
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def worker_env(device: str, n_workers: int, base: dict | None = None) -> tuple[dict, str]:
+    """(environment, device name inside the worker) for one fold process.
+
+    Each worker gets its share of the CPU cores (torch, OpenMP and BLAS would otherwise each start one
+    thread per core in every process: n_workers x cores threads fighting over the cores). A CUDA worker
+    sees only its own GPU, so nothing in it (a bf16 probe, a stray tensor) opens a context on GPU 0.
+    """
+    env = dict(os.environ if base is None else base)
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    env.update({var: threads for var in THREAD_VARS})
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        env["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
+        device = "cuda:0"
+    return env, device
+
+
 def _run_on_devices(config_path, project: Project, folds: list[int], overrides: list[str], devices: list[str]):
     """One fold per device at a time, each in its own process; folds queue for the next free device."""
-    threads = max(1, (os.cpu_count() or 1) // len(devices))
-    free = list(devices)
-    import threading
-
-    lock = threading.Lock()
+    free: queue.Queue[str] = queue.Queue()
+    for dev in devices:
+        free.put(dev)
+    config_path = Path(config_path).resolve()
 
     def one(k: int) -> int:
-        with lock:
-            dev = free.pop(0)
+        dev = free.get()
         try:
+            env, worker_device = worker_env(dev, len(devices))
+            # the worker's device goes last: it wins over a `device=` in the user's overrides
+            sets = [*overrides, f"device={worker_device}"]
             cmd = [sys.executable, "-m", "foldblend.cli", "--root", str(project.root), "train", str(config_path),
-                   "--folds", str(k), "--no-assemble", "--quiet", "--set", f"device={dev}"]
-            for o in overrides:
-                cmd += ["--set", o]
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            print(f"[fold {k}] on {dev}")
+                   "--folds", str(k), "--no-assemble", "--quiet"] + [a for o in sets for a in ("--set", o)]
+            print(f"[fold {k}] on {dev}", flush=True)
             return subprocess.run(cmd, env=env).returncode
         finally:
-            with lock:
-                free.append(dev)
+            free.put(dev)
 
     with ThreadPoolExecutor(len(devices)) as pool:
         codes = list(pool.map(one, folds))

@@ -76,6 +76,10 @@ def _print_duplicates(report: dict, mode: str) -> None:
     print(f"duplicates: {report['n_groups']} groups covering {report['n_images_in_groups']} images "
           f"(mode '{mode}': {'kept together in one fold' if mode == 'group' else mode}); "
           f"details in folds/duplicates.json")
+    largest = max(len(g) for g in report["groups"])
+    if largest > 20:  # near-duplicate links chain: a huge group means the distance joins distinct images
+        print(f"  WARNING: the largest group holds {largest} images; dedup_distance may be too high for this "
+              f"data (lower it in input/competition.yaml, or look at the groups in folds/eda.html)")
     for conflict in report["label_conflicts"][:10]:
         print("  label conflict: " + ", ".join(f"{m['image']} [{m['label']}]" for m in conflict))
     if report["test_near_train"]:

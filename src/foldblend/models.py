@@ -5,6 +5,7 @@ The checkpoint carries the constructor arguments (`arch`), the class names and t
 """
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ class Arch:
     num_classes: int
     drop_rate: float = 0.0
     head_hidden: int = 0
+    drop_path_rate: float = 0.0   # stochastic depth inside timm backbones that support it
 
 
 class SmallCNN(nn.Module):
@@ -79,51 +81,73 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def create_backbone(name: str, pretrained: bool | str = False) -> nn.Module:
-    """A feature extractor returning pooled features (B, num_features)."""
-    if name in BUILTIN:
-        if pretrained:
-            raise ValueError(f"model {name!r} is a built-in CNN without pretrained weights; set pretrained: false")
-        return SmallCNN(BUILTIN[name])
-    import timm
+def create_backbone(name: str, pretrained: bool | str = False, drop_path_rate: float = 0.0) -> nn.Module:
+    """A feature extractor returning pooled features (B, num_features).
 
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise ValueError(f"unknown model {name!r}: not a timm model nor a built-in ({', '.join(BUILTIN)})"
-                         + (f"; similar timm names: {', '.join(close)}" if close else ""))
-    backbone = timm.create_model(name, pretrained=pretrained is True, num_classes=0)
+    `pretrained`: False, True (timm's hub weights) or the path of a local weights file.
+    """
+    if name in BUILTIN:
+        if pretrained is True:
+            raise ValueError(f"model {name!r} is a built-in CNN without hub weights; set pretrained: false "
+                             f"or the path of a weights file")
+        backbone = SmallCNN(BUILTIN[name])
+    else:
+        import timm
+
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+            raise ValueError(f"unknown model {name!r}: not a timm model nor a built-in ({', '.join(BUILTIN)})"
+                             + (f"; similar timm names: {', '.join(close)}" if close else ""))
+        kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
+        backbone = timm.create_model(name, pretrained=pretrained is True, num_classes=0, **kwargs)
     if isinstance(pretrained, str) and pretrained:
         load_weights_file(backbone, pretrained)
     return backbone
 
 
-def load_weights_file(module: nn.Module, path: str | Path) -> None:
-    """Load a local weights file (safetensors or a plain state dict, never arbitrary pickles)."""
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors or a torch file loaded with weights_only (never arbitrary pickles)."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file {path} not found (set pretrained: to an existing "
                                 f"file, true for timm's hub weights, or false)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # refuses arbitrary objects
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-    state = {re.sub(r"^(module\.|model\.|backbone\.)", "", k): v for k, v in state.items()}
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused: the file holds pickled Python objects, not only tensors "
+                         f"(save a state_dict or a .safetensors file instead)") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
+    return state
+
+
+def load_weights_file(module: nn.Module, path: str | Path) -> None:
+    """Load a local weights file into a backbone; every backbone tensor must be found, with its shape.
+
+    Keys may carry a `module.`/`model.`/`backbone.` prefix (DataParallel, Lightning, a foldblend
+    best.pt); tensors the backbone has no use for (a classifier) are skipped.
+    """
+    state = {re.sub(r"^(module\.|model\.|backbone\.)", "", k): v for k, v in read_weights_file(path).items()}
     own = module.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ValueError(f"{path}: no tensor matches the model's parameters (wrong architecture?)")
-    module.load_state_dict(usable, strict=False)
-    skipped = len(own) - len(usable)
-    print(f"loaded {len(usable)} tensors from {path}" + (f"; {skipped} left at init (e.g. the classifier)" if skipped else ""))
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or wrong:
+        raise ValueError(f"{path}: does not fit this backbone (wrong architecture?): "
+                         + (f"{len(missing)} tensor(s) missing, e.g. {', '.join(missing[:3])}; " if missing else "")
+                         + (f"{len(wrong)} of another shape, e.g. {', '.join(wrong[:3])}" if wrong else ""))
+    module.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
 
 
 def create_model(arch: Arch, pretrained: bool | str = False) -> Classifier:
-    backbone = create_backbone(arch.model, pretrained)
+    backbone = create_backbone(arch.model, pretrained, arch.drop_path_rate)
     # timm models with a pre-logits layer (e.g. MobileNetV3's conv_head) emit head_hidden_size features
     n_features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
     head = Head(n_features, arch.num_classes, arch.drop_rate, arch.head_hidden)
@@ -151,13 +175,19 @@ def _in_part(param_name: str, parts: list[str]) -> bool:
     return False
 
 
+def check_parts(model: Classifier, parts: list[str]) -> None:
+    """Every name is 'head', a backbone child, or a dotted path below one (e.g. layer4.2); else an error."""
+    modules = dict(model.backbone.named_modules())
+    bad = [p for p in parts if p != "head" and (not p or p not in modules)]
+    if bad:
+        raise ValueError(f"freeze.train names {bad[0]!r}, which is not a part of this model; "
+                         f"parts: {', '.join(part_names(model))}")
+
+
 def set_trainable(model: Classifier, parts: list[str] | None) -> None:
-    """Only parameters under `parts` train (None = everything). Frozen BatchNorms stay in eval mode."""
+    """Only parameters under `parts` train (None = everything); see keep_frozen_norms_in_eval for BatchNorm."""
     if parts is not None:
-        known = part_names(model)
-        for p in parts:
-            if p != "head" and not any(n.startswith(f"backbone.{p}") for n, _ in model.named_parameters()):
-                raise ValueError(f"freeze.train names {p!r}, which is not a part of this model; parts: {', '.join(known)}")
+        check_parts(model, parts)
     for name, param in model.named_parameters():
         param.requires_grad_(parts is None or _in_part(name, parts))
 

@@ -167,6 +167,16 @@ def _write_new(frame: pd.DataFrame, out_dir: Path, stem: str) -> Path:
         os.unlink(tmp)
 
 
+def _identical_earlier(frame: pd.DataFrame, out_dir: Path, stem: str) -> Path | None:
+    """An earlier file of this name (or its _2, _3 ... versions) with byte-identical content, if any."""
+    text = frame.to_csv(index=False, lineterminator="\n").encode()
+    versions = [out_dir / f"{stem}.csv"] + [p for p in out_dir.glob(f"{stem}_*.csv") if p.stem[len(stem) + 1:].isdigit()]
+    for path in versions:
+        if path.exists() and path.stat().st_size == len(text) and path.read_bytes() == text:
+            return path
+    return None
+
+
 def _json_cell(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
 
@@ -188,7 +198,12 @@ def write_submission(sample: pd.DataFrame, test_ids: np.ndarray, probs: np.ndarr
     check_frame(frame, sample, classes, fmt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = _write_new(frame, out_dir, f"{name}_cv{cv:.4f}" if cv is not None else name)
+    stem = f"{name}_cv{cv:.4f}" if cv is not None else name
+    same = _identical_earlier(frame, out_dir, stem)
+    if same is not None:  # rerunning an unchanged pipeline is a no-op, not a new file
+        print(f"unchanged: {same.name} already holds exactly these predictions")
+        return same
+    path = _write_new(frame, out_dir, stem)
     validate_submission(path, sample, classes, fmt)
     append_log(out_dir, {"file": path.name, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          "cv": "" if cv is None else f"{cv:.6f}", "lb": "", "format": fmt, **info})

@@ -1,0 +1,166 @@
+"""Score trained models on a labelled folder (`<class>/<image>`): per-class F1, confusion matrix, mistakes.
+
+The competition deliverable "a script that takes the evaluation folder and the weights and prints each
+class's F1 and the average": `evaluate_folder` predicts (inference.py) and scores (scikit-learn's
+`classification_report`), `format_evaluation` prints, `write_evaluation` writes the files.
+
+Averages are over the classes present in the folder or predicted (scikit-learn's default), so a folder
+holding a subset of the classes is not penalised for classes it cannot contain.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+from .artifacts import write_csv, write_text
+from .imageio import is_image_name
+from .inference import Predictor, load_predictor, predict_images
+from .report_plots import confusion_png
+from .train import resolve_device
+
+REPORT_DIGITS = 4
+
+
+@dataclass
+class Evaluation:
+    name: str
+    classes: list[str]          # the model's classes, index order
+    ids: list[str]              # readable images, relative to the folder
+    y_true: np.ndarray          # (N,) class indices
+    y_pred: np.ndarray          # (N,)
+    probs: np.ndarray           # (N, C)
+    failures: dict[str, str]    # unreadable file -> reason
+    report: dict                # classification_report(output_dict=True)
+    report_text: str
+    accuracy: float
+    micro_f1: float
+
+    @property
+    def macro_f1(self) -> float:
+        return float(self.report["macro avg"]["f1-score"])
+
+
+def labelled_images(folder: str | Path) -> tuple[list[Path], list[str]]:
+    """Image files under `folder/<class>/` (any depth below the class folder) and their class names."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder (expected {folder}/<class>/<image> files)")
+    paths, labels = [], []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_name(p.name))
+        paths += found
+        labels += [class_dir.name] * len(found)
+    if not paths:
+        raise ValueError(f"{folder}: no images in class sub-folders (expected {folder}/<class>/<image>)")
+    return paths, labels
+
+
+def check_known_classes(labels: list[str], classes: list[str], model_name: str) -> None:
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise ValueError(f"the evaluation folder has classes the model {model_name!r} does not know: "
+                         f"{', '.join(unknown)} (model classes: {', '.join(classes)})")
+
+
+def report_scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> tuple[dict, str, float, float]:
+    """(report dict, report text, accuracy, micro-F1) from scikit-learn, labelled with class names."""
+    present = sorted(set(np.asarray(y_true).tolist()) | set(np.asarray(y_pred).tolist()))
+    names = [classes[i] for i in present]
+    kwargs = dict(labels=present, target_names=names, digits=REPORT_DIGITS, zero_division=0)
+    report = classification_report(y_true, y_pred, output_dict=True, **kwargs)
+    text = classification_report(y_true, y_pred, **kwargs)
+    micro = f1_score(y_true, y_pred, labels=present, average="micro", zero_division=0)
+    return report, text, float(accuracy_score(y_true, y_pred)), float(micro)
+
+
+def evaluate_predictions(name: str, classes: list[str], ids: list[str], y_true, probs: np.ndarray,
+                         failures: dict[str, str] | None = None) -> Evaluation:
+    """Score (N, C) probabilities against true class indices (argmax decisions)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(probs).argmax(axis=1)
+    report, text, acc, micro = report_scores(y_true, y_pred, classes)
+    return Evaluation(name, list(classes), list(ids), y_true, y_pred, np.asarray(probs), dict(failures or {}),
+                      report, text, acc, micro)
+
+
+def evaluate_folder(predictor: Predictor, folder: str | Path, batch_size: int = 64, device="cpu",
+                    progress: bool = True) -> Evaluation:
+    """Predict every readable image of `folder/<class>/` and score it; unreadable files are listed, skipped."""
+    folder = Path(folder)
+    paths, labels = labelled_images(folder)
+    check_known_classes(labels, predictor.classes, predictor.name)
+    pred = predict_images(predictor, paths, batch_size, device, progress)
+    if not pred.ok.any():
+        raise ValueError(f"{folder}: none of the {len(paths)} images could be read")
+    index = {c: i for i, c in enumerate(predictor.classes)}
+    ids = [p.relative_to(folder).as_posix() for p, good in zip(paths, pred.ok) if good]
+    y_true = [index[lab] for lab, good in zip(labels, pred.ok) if good]
+    return evaluate_predictions(predictor.name, predictor.classes, ids, y_true, pred.probs[pred.ok], pred.failures)
+
+
+# ----------------------------------------------------------------------------- output
+
+def predictions_table(ev: Evaluation) -> pd.DataFrame:
+    """image, true, predicted, prob of predicted, correct: one row per scored image."""
+    return pd.DataFrame({
+        "image": ev.ids,
+        "true": [ev.classes[i] for i in ev.y_true],
+        "predicted": [ev.classes[i] for i in ev.y_pred],
+        "prob": np.round(ev.probs[np.arange(len(ev.y_pred)), ev.y_pred], 6),
+        "correct": ev.y_true == ev.y_pred,
+    })
+
+
+def format_evaluation(ev: Evaluation) -> str:
+    lines = [f"evaluation of {ev.name} on {len(ev.ids)} images", "", ev.report_text.rstrip(), "",
+             f"accuracy  {ev.accuracy:.{REPORT_DIGITS}f}",
+             f"macro-F1  {ev.macro_f1:.{REPORT_DIGITS}f}",
+             f"micro-F1  {ev.micro_f1:.{REPORT_DIGITS}f}"]
+    if ev.failures:
+        lines += ["", f"{len(ev.failures)} unreadable image(s) skipped:"]
+        lines += [f"  {why if path in why else f'{path}: {why}'}" for path, why in sorted(ev.failures.items())]
+    return "\n".join(lines)
+
+
+def write_evaluation(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
+    """predictions.csv, confusion_matrix.png, report.txt (and unreadable.csv when any file was skipped)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"predictions": out_dir / "predictions.csv", "confusion": out_dir / "confusion_matrix.png",
+             "report": out_dir / "report.txt"}
+    write_csv(files["predictions"], predictions_table(ev))
+    png = confusion_png(ev.y_true, ev.y_pred, ev.classes,
+                        title=f"{ev.name}: macro-F1 {ev.macro_f1:.4f}, accuracy {ev.accuracy:.4f}")
+    files["confusion"].write_bytes(png)
+    write_text(files["report"], format_evaluation(ev) + "\n")
+    if ev.failures:
+        files["unreadable"] = out_dir / "unreadable.csv"
+        write_csv(files["unreadable"], pd.DataFrame({"file": list(ev.failures), "reason": list(ev.failures.values())}))
+    return files
+
+
+# ----------------------------------------------------------------------------- CLI hooks
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="labelled folder: <class>/<image> files")
+    parser.add_argument("--exp", required=True, help="an experiment under models/, or `blend` for the last blend")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: oof/eval_<exp>/)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+
+
+def evaluate_from_args(args: argparse.Namespace, project) -> Evaluation:
+    device = resolve_device(args.device)
+    predictor = load_predictor(project, args.exp, device)
+    for note in predictor.notes:
+        print(f"note: {note}")
+    ev = evaluate_folder(predictor, args.data, args.batch_size, device)
+    print(format_evaluation(ev))
+    files = write_evaluation(ev, args.out or project.oof / f"eval_{args.exp}")
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return ev

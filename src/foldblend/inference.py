@@ -1,0 +1,293 @@
+"""Predicting new images with trained models: one experiment's fold models, or the last blend.
+
+An experiment predicts as the mean of its fold models' probabilities, each averaged over the TTA views
+its checkpoint names. The blend (`oof/_blend/blend.json`) combines its members' probabilities the way
+it was fitted: fold combination, TTA identity weights, per-member temperatures, member weights and
+the combination method, a calibration temperature and per-class decision biases (added to
+log-probabilities), whichever it recorded; the result equals the blend's own test predictions.
+Images are decoded once with `imageio.load_rgb` and resized per model size with `cache.resize_square`;
+unreadable files are reported and left out, never fatal.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import ensemble as E
+from .artifacts import write_csv
+from .cache import resize_square
+from .data import eval_loader
+from .imageio import ImageReadError, is_image_name, load_rgb
+from .models import load_checkpoint
+from .predict import infer
+from .train import resolve_device
+
+BLEND = "blend"
+
+
+@dataclass
+class FoldModel:
+    """One fold's best checkpoint, ready to predict."""
+
+    name: str              # e.g. cnn_small/fold_0
+    model: torch.nn.Module
+    classes: list[str]
+    img_size: int
+    views: list[str]
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass
+class Predictor:
+    """Everything that turns images into class probabilities: groups of fold models and how to combine them."""
+
+    name: str
+    classes: list[str]
+    members: dict[str, list[FoldModel]]
+    weights: dict[str, float]
+    method: str = "mean"
+    temperatures: dict[str, float] = field(default_factory=dict)
+    identity_weights: dict[str, float | None] = field(default_factory=dict)
+    fold_combine: str = "prob_mean"
+    calibration: float = 1.0
+    biases: np.ndarray | None = None
+    power: float = 2.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted({m.img_size for models in self.members.values() for m in models})
+
+
+@dataclass
+class Prediction:
+    """Probabilities for the readable images; `failures` maps each unreadable file to the reason."""
+
+    paths: list[Path]
+    ok: np.ndarray          # (N,) bool
+    probs: np.ndarray       # (N, C); rows of unreadable images are NaN
+    classes: list[str]
+    failures: dict[str, str]
+
+
+# ----------------------------------------------------------------------------- loading models
+
+def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
+    """Every fold's best.pt under models/<exp>/, in fold order."""
+    exp_dir = project.models / exp
+    checkpoints = sorted(exp_dir.glob("fold_*/best.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not checkpoints:
+        known = sorted(p.name for p in project.models.glob("*") if not p.name.startswith(".") and p.is_dir())
+        raise FileNotFoundError(f"no trained fold models in {exp_dir} (fold_<k>/best.pt); "
+                                f"experiments with models: {', '.join(known) or 'none'}")
+    out = []
+    for path in checkpoints:
+        model, ckpt = load_checkpoint(path, device)
+        out.append(FoldModel(f"{exp}/{path.parent.name}", model, list(ckpt["classes"]), int(ckpt["img_size"]),
+                             list(ckpt.get("tta") or ["identity"]), list(ckpt["mean"]), list(ckpt["std"])))
+    _check_same_classes({m.name: m.classes for m in out})
+    return out
+
+
+def _check_same_classes(classes_by_name: dict[str, list[str]]) -> list[str]:
+    (first_name, first), *rest = classes_by_name.items()
+    for name, classes in rest:
+        if classes != first:
+            raise ValueError(f"{name} predicts classes {classes[:5]}... but {first_name} predicts {first[:5]}...; "
+                             "models trained on different class lists cannot be averaged")
+    return first
+
+
+def read_blend(project) -> dict:
+    path = project.oof / "_blend" / "blend.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `foldblend blend` first, or name an experiment with --exp")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_predictor(project, name: str, device="cpu") -> Predictor:
+    """`name` is an experiment under models/, or `blend` for the last blend's members and weights."""
+    if name != BLEND:
+        models = load_experiment(project, name, device)
+        return Predictor(name, models[0].classes, {name: models}, {name: 1.0})
+    blend = read_blend(project)
+    weights = {k: float(v) for k, v in (blend.get("weights") or {}).items()}
+    names = list(blend.get("members") or weights)
+    if not names:
+        raise ValueError("blend.json lists no members")
+    weights = {n: weights.get(n, 1.0 / len(names)) for n in names}
+    members = {n: load_experiment(project, n, device) for n in names if weights[n] > 0}
+    classes = _check_same_classes({n: models[0].classes for n, models in members.items()})
+    fitted, options = blend.get("fitted") or {}, blend.get("options") or {}
+    biases = blend.get("biases")
+    predictor = Predictor(BLEND, classes, members, {n: weights[n] for n in members},
+                          method=blend.get("method", "mean"), temperatures=fitted.get("temperatures") or {},
+                          identity_weights=fitted.get("identity_weights") or {},
+                          fold_combine=options.get("fold_combine", "prob_mean"),
+                          calibration=float(fitted.get("calibration", 1.0) or 1.0),
+                          biases=None if biases is None else np.asarray(biases, dtype=np.float64),
+                          power=float(options.get("power", 2.0)))
+    if predictor.method == "stack":
+        predictor.notes.append("the blend's stacker is not saved: members are combined by its weight shares")
+    return predictor
+
+
+# ----------------------------------------------------------------------------- images
+
+def list_images(sources: list[str | Path]) -> list[Path]:
+    """Image files named directly, or found (recursively, sorted) in the folders named."""
+    out: list[Path] = []
+    for src in map(Path, sources):
+        if src.is_dir():
+            out += sorted(p for p in src.rglob("*") if p.is_file() and is_image_name(p.name))
+        elif src.exists():
+            out.append(src)
+        else:
+            raise FileNotFoundError(f"{src}: no such file or folder")
+    return out
+
+
+def decode_images(paths: list[Path], sizes: list[int], workers: int | None = None,
+                  progress: bool = True) -> tuple[dict[int, np.ndarray], np.ndarray, dict[str, str]]:
+    """Decode each file once into every size: ({size: uint8 (N, S, S, 3)}, ok (N,), {path: why})."""
+    from tqdm.auto import tqdm
+
+    arrays = {s: np.zeros((len(paths), s, s, 3), np.uint8) for s in sizes}
+    ok = np.zeros(len(paths), bool)
+    failures: dict[str, str] = {}
+
+    def one(i: int) -> None:
+        try:
+            rgb = load_rgb(paths[i], draft_size=max(sizes))
+        except ImageReadError as e:
+            failures[str(paths[i])] = str(e)
+            return
+        for s in sizes:
+            arrays[s][i] = resize_square(rgb, s)
+        ok[i] = True
+
+    with ThreadPoolExecutor(workers) as pool:  # Pillow and cv2 release the GIL while decoding/resizing
+        list(tqdm(pool.map(one, range(len(paths))), total=len(paths), desc="decode", unit="img",
+                  disable=not progress))
+    return arrays, ok, failures
+
+
+# ----------------------------------------------------------------------------- predicting
+
+def fold_model_logits(fm: FoldModel, images: np.ndarray, batch_size: int, device, progress: bool) -> np.ndarray:
+    """(V, N, C) logits of one fold model under each of its TTA views."""
+    loader = eval_loader(images, np.arange(len(images)), batch_size)
+    return infer(fm.model, loader, fm.views, device, fm.mean, fm.std, desc=fm.name if progress else None)
+
+
+def _identity_first(views: list[str]) -> list[int]:
+    first = views.index("identity") if "identity" in views else 0
+    return [first] + [i for i in range(len(views)) if i != first]
+
+
+def member_probs(predictor: Predictor, name: str, images: dict[int, np.ndarray], batch_size: int, device,
+                 progress: bool) -> np.ndarray:
+    """(N, C): the member's fold models combined, then its views, exactly as the blend combined its test set."""
+    models = predictor.members[name]
+    logits = np.stack([fold_model_logits(fm, images[fm.img_size], batch_size, device, progress)
+                       for fm in models])                                         # (F, V, N, C)
+    views = E.combine_folds(logits[:, _identity_first(models[0].views)], predictor.fold_combine)
+    probs = E.combine_views(views, predictor.identity_weights.get(name))
+    t = float(predictor.temperatures.get(name, 1.0) or 1.0)
+    return E.apply_temperature(probs, t) if t != 1.0 else probs
+
+
+def combine_members(predictor: Predictor, probs: dict[str, np.ndarray]) -> np.ndarray:
+    """The blend's combination of (N, C) member probabilities, then calibration and decision biases."""
+    names = list(probs)
+    stacked = np.stack([probs[n] for n in names])
+    weights = np.array([predictor.weights[n] for n in names])
+    if predictor.method == "logit_mean":
+        combined = E.logit_mean(stacked)
+    elif predictor.method == "rank":
+        combined = E.rank_average(stacked)
+    elif predictor.method == "power":
+        combined = E.power_mean(stacked, predictor.power)
+    else:  # mean, scipy, greedy (and stack, approximated by its weight shares)
+        combined = E.mean_probs(stacked, weights)
+    if predictor.calibration != 1.0:
+        combined = E.apply_temperature(combined, predictor.calibration)
+    if predictor.biases is not None:
+        combined = E.apply_biases(combined, predictor.biases)
+    return combined
+
+
+def predict_images(predictor: Predictor, paths: list[Path], batch_size: int = 64, device="cpu",
+                   progress: bool = True) -> Prediction:
+    """Class probabilities of every readable image in `paths`."""
+    paths = [Path(p) for p in paths]
+    images, ok, failures = decode_images(paths, predictor.sizes, progress=progress)
+    probs = np.full((len(paths), len(predictor.classes)), np.nan)
+    if ok.any():
+        readable = {s: a[ok] for s, a in images.items()}
+        per_member = {n: member_probs(predictor, n, readable, batch_size, device, progress)
+                      for n in predictor.members}
+        probs[ok] = combine_members(predictor, per_member)
+    return Prediction(paths, ok, probs, predictor.classes, failures)
+
+
+def top_k_table(pred: Prediction, ids: list[str], k: int = 3) -> pd.DataFrame:
+    """id, predicted, then class_i / prob_i for the k most probable classes (readable images only)."""
+    k = max(1, min(k, len(pred.classes)))
+    probs = pred.probs[pred.ok]
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    table = {"id": [i for i, good in zip(ids, pred.ok) if good],
+             "predicted": [pred.classes[j] for j in order[:, 0]]}
+    for r in range(k):
+        table[f"class_{r + 1}"] = [pred.classes[j] for j in order[:, r]]
+        table[f"prob_{r + 1}"] = np.round(np.take_along_axis(probs, order[:, r:r + 1], axis=1)[:, 0], 6)
+    return pd.DataFrame(table)
+
+
+def relative_ids(paths: list[Path], sources: list[str | Path]) -> list[str]:
+    """Each path relative to the folder it was found in (a file named directly keeps its name as given)."""
+    folders = [Path(s) for s in sources if Path(s).is_dir()]
+    out = []
+    for p in paths:
+        base = next((f for f in folders if p.is_relative_to(f)), None)
+        out.append(p.relative_to(base).as_posix() if base is not None else p.as_posix())
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI hooks
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", nargs="+", required=True, metavar="FOLDER|FILE",
+                        help="image files, or folders searched recursively")
+    parser.add_argument("--exp", required=True, help="an experiment under models/, or `blend` for the last blend")
+    parser.add_argument("--top-k", type=int, default=3, help="how many classes (with probabilities) per image")
+    parser.add_argument("--out", type=Path, default=None, help="CSV to write (default: oof/predict_<exp>.csv)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+
+
+def predict_from_args(args: argparse.Namespace, project) -> Path:
+    device = resolve_device(args.device)
+    predictor = load_predictor(project, args.exp, device)
+    for note in predictor.notes:
+        print(f"note: {note}")
+    paths = list_images(args.images)
+    if not paths:
+        raise ValueError(f"no image files in {', '.join(map(str, args.images))}")
+    pred = predict_images(predictor, paths, args.batch_size, device)
+    table = top_k_table(pred, relative_ids(paths, args.images), args.top_k)
+    out = Path(args.out) if args.out else project.oof / f"predict_{args.exp}.csv"
+    write_csv(out, table)
+    for path, why in pred.failures.items():
+        print(f"skipped unreadable image: {why if path in why else f'{path}: {why}'}")
+    print(f"predicted {len(table)} images with {args.exp} on {device}"
+          + (f" ({len(pred.failures)} unreadable, skipped)" if pred.failures else "") + f": wrote {out}")
+    return out

@@ -1,0 +1,100 @@
+"""`foldblend evaluate`: sklearn's numbers, the unknown-class error, unreadable files, the written files."""
+import argparse
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+from foldblend.evaluate import (add_evaluate_arguments, evaluate_folder, evaluate_from_args, evaluate_predictions,
+                                format_evaluation, labelled_images, write_evaluation)
+from foldblend.inference import load_predictor
+from foldblend.paths import Project
+from test_inference import CLASSES, make_experiment, make_labelled_folder
+
+NAMES = ["ant", "bee", "cat", "dog"]
+
+
+def _known_predictions():
+    rng = np.random.default_rng(3)
+    y_true = rng.integers(0, 4, 60)
+    y_pred = np.where(rng.random(60) < 0.6, y_true, rng.integers(0, 4, 60))
+    probs = np.full((60, 4), 0.1)
+    probs[np.arange(60), y_pred] = 0.7
+    return y_true, y_pred, probs
+
+
+def test_scores_are_sklearns_classification_report():
+    y_true, y_pred, probs = _known_predictions()
+    ev = evaluate_predictions("m", NAMES, [f"{i}.png" for i in range(60)], y_true, probs)
+    expected = classification_report([NAMES[i] for i in y_true], [NAMES[i] for i in y_pred], output_dict=True,
+                                      zero_division=0)
+    assert set(ev.report) == set(expected)
+    for key, row in expected.items():
+        if isinstance(row, dict):
+            for metric, value in row.items():
+                assert ev.report[key][metric] == pytest.approx(value), (key, metric)
+    assert ev.accuracy == pytest.approx(accuracy_score(y_true, y_pred))
+    assert ev.micro_f1 == pytest.approx(f1_score(y_true, y_pred, average="micro"))
+    assert ev.macro_f1 == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    text = format_evaluation(ev)
+    assert "macro avg" in text and "weighted avg" in text and f"{ev.report['bee']['f1-score']:.4f}" in text
+
+
+def test_classes_absent_from_the_folder_do_not_dilute_the_average():
+    y_true = np.array([0, 0, 1, 1])
+    probs = np.eye(4)[[0, 1, 1, 1]]
+    ev = evaluate_predictions("m", NAMES, list("abcd"), y_true, probs)
+    assert "cat" not in ev.report and "dog" not in ev.report
+    assert ev.macro_f1 == pytest.approx(f1_score(y_true, probs.argmax(1), average="macro"))
+
+
+@pytest.fixture()
+def project(tmp_path):
+    p = Project.at(tmp_path / "proj")
+    make_experiment(p, "exp_a", folds=2, img_size=16)
+    return p
+
+
+def test_unknown_class_in_folder_is_an_error_naming_it(project, tmp_path):
+    make_labelled_folder(tmp_path / "eval", per_class=1, classes=CLASSES + ["zebra", "yak"])
+    with pytest.raises(ValueError, match="does not know: yak, zebra"):
+        evaluate_folder(load_predictor(project, "exp_a"), tmp_path / "eval", progress=False)
+
+
+def test_unreadable_image_is_reported_and_skipped(project, tmp_path):
+    make_labelled_folder(tmp_path / "eval", per_class=3)
+    (tmp_path / "eval" / "square" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (tmp_path / "eval" / "square" / ".DS_Store").write_bytes(b"junk")  # not an image name: never listed
+    ev = evaluate_folder(load_predictor(project, "exp_a"), tmp_path / "eval", progress=False)
+    assert len(ev.ids) == 9 and "square/broken.jpg" not in ev.ids
+    assert list(ev.failures) == [str(tmp_path / "eval" / "square" / "broken.jpg")]
+    assert "broken.jpg" in format_evaluation(ev) and "1 unreadable image(s) skipped" in format_evaluation(ev)
+    files = write_evaluation(ev, tmp_path / "out")
+    assert sorted(files) == ["confusion", "predictions", "report", "unreadable"]
+    assert files["confusion"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = pd.read_csv(files["predictions"])
+    assert list(table.columns) == ["image", "true", "predicted", "prob", "correct"]
+    assert (table["correct"] == (table["true"] == table["predicted"])).all()
+    assert table["prob"].between(1 / 3 - 1e-6, 1).all()  # argmax of 3 classes is at least a third
+
+
+def test_labelled_images_reads_class_folders(tmp_path):
+    make_labelled_folder(tmp_path / "eval", per_class=2)
+    paths, labels = labelled_images(tmp_path / "eval")
+    assert labels == ["circle"] * 2 + ["square"] * 2 + ["stripes"] * 2
+    with pytest.raises(ValueError, match="no images"):
+        labelled_images(tmp_path / "eval" / "circle")
+
+
+def test_evaluate_cli_prints_the_report_and_writes_default_folder(project, tmp_path, capsys, monkeypatch):
+    make_labelled_folder(tmp_path / "eval", per_class=2)
+    monkeypatch.chdir(tmp_path)  # a relative --data path works
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    ev = evaluate_from_args(parser.parse_args(["--data", "eval", "--exp", "exp_a", "--device", "cpu"]), project)
+    out = capsys.readouterr().out
+    assert "precision" in out and "macro-F1" in out and "micro-F1" in out
+    folder = project.oof / "eval_exp_a"
+    assert {p.name for p in folder.iterdir()} == {"predictions.csv", "confusion_matrix.png", "report.txt"}
+    assert len(pd.read_csv(folder / "predictions.csv")) == len(ev.ids) == 6
