@@ -34,7 +34,7 @@ main() {
   foldblend scan
   foldblend folds
   foldblend train
-  foldblend blend ${BLEND_ARGS:---method greedy --bias}
+  foldblend blend ${BLEND_ARGS:---method greedy --tta weighted --bias}
   foldblend submit
   foldblend summary
   foldblend report

@@ -4,6 +4,8 @@ import json
 import numpy as np
 import pytest
 
+from foldblend.paths import Project
+
 from foldblend import ensemble as E
 from foldblend.artifacts import Member, save_member
 from foldblend.blend import (add_blend_arguments, blend_arrays, blend_from_args, check_alignment, run_blend)
@@ -250,14 +252,14 @@ def test_run_blend_discovers_members_and_writes_outputs(tmp_path, capsys):
 
 def test_blend_from_args_passes_flags(tmp_path):
     y, probs = _perfect_and_wrong()
-    _save(tmp_path, "good", member("good", probs[0], y))
+    project = Project.at(tmp_path)
+    _save(project.oof, "good", member("good", probs[0], y))
     parser = argparse.ArgumentParser()
     add_blend_arguments(parser)
     args = parser.parse_args(["--method", "power", "--fold-combine", "logit_mean", "--members", "good"])
-    project = argparse.Namespace(oof=tmp_path)
     result = blend_from_args(args, project)
     assert result.method == "power" and result.options["fold_combine"] == "logit_mean"
-    assert (tmp_path / "_blend" / "blend.json").exists()
+    assert (project.oof / "_blend" / "blend.json").exists()
 
 
 def test_unknown_option_value_is_an_error():

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from foldblend.paths import Project
+
 from foldblend.artifacts import save_member
 from foldblend.blend import run_blend
 from foldblend.submit import (SubmissionError, add_submit_arguments, check_frame, detect_format, kaggle_command,
@@ -148,7 +150,7 @@ def _project(tmp_path):
                     oof_logits=3 * np.eye(3)[labels][None] + rng.normal(0, 0.1, (1, n, 3)),
                     test_ids=TEST_IDS, test_logits=np.log(PROBS)[None, None].repeat(2, axis=0), scores={})
     sample = _sample(tmp_path, "Id,Character\n" + "".join(f"{i},homer\n" for i in SAMPLE_IDS))
-    project = SimpleNamespace(oof=tmp_path / "oof", submissions=tmp_path / "submissions", input=tmp_path)
+    project = Project.at(tmp_path)
     competition = SimpleNamespace(sample=sample, id_column="Id", classes=CLASSES, submission_format=None)
     return project, competition
 
@@ -170,7 +172,7 @@ def test_submit_from_args_blend_exp_and_lb(tmp_path, capsys):
     submit_from_args(_args(["--lb", "0.95", str(path)]), project, competition)
     log = read_sample(project.submissions / "log.csv")
     assert log["lb"].tolist() == ["0.95", ""] and log["method"].tolist() == ["greedy", "single"]
-    assert str(path) in capsys.readouterr().out
+    assert f"submission: submissions/{path.name}" in capsys.readouterr().out
 
 
 def test_submit_without_a_blend_says_what_to_run(tmp_path):

@@ -278,7 +278,6 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, **kwargs) 
     result = blend_arrays(members, **kwargs)
     print(format_table(result, result.options["metric"] if result.options["metric"] in METRICS else "macro_f1"))
     save_blend(result, out_dir)
-    print(f"wrote {Path(out_dir) / 'blend.json'} and blend.npz")
     return result
 
 
@@ -299,6 +298,9 @@ def add_blend_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def blend_from_args(args: argparse.Namespace, project) -> BlendResult:
-    return run_blend(project.oof, args.members, project.oof / "_blend", method=args.method, metric=args.metric,
-                     tta=args.tta, fold_combine=args.fold_combine, temperature=args.temperature,
-                     calibrate=args.calibrate, bias=args.bias, rounds=args.rounds, power=args.power)
+    out_dir = project.oof / "_blend"
+    result = run_blend(project.oof, args.members, out_dir, method=args.method, metric=args.metric,
+                       tta=args.tta, fold_combine=args.fold_combine, temperature=args.temperature,
+                       calibrate=args.calibrate, bias=args.bias, rounds=args.rounds, power=args.power)
+    print(f"wrote {project.rel(out_dir / 'blend.json')} and blend.npz")
+    return result

@@ -162,5 +162,5 @@ def evaluate_from_args(args: argparse.Namespace, project) -> Evaluation:
     ev = evaluate_folder(predictor, args.data, args.batch_size, device)
     print(format_evaluation(ev))
     files = write_evaluation(ev, args.out or project.oof / f"eval_{args.exp}")
-    print("wrote " + ", ".join(str(p) for p in files.values()))
+    print("wrote " + ", ".join(project.rel(p) for p in files.values()))
     return ev

@@ -46,6 +46,11 @@ class Project:
     def submissions(self) -> Path:
         return self.root / "submissions"
 
+    def rel(self, path: str | Path) -> str:
+        """`path` as the user should read it: relative to the project folder when inside it."""
+        path = Path(path).resolve()
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
     def model_dir(self, exp: str, fold: int) -> Path:
         return self.models / exp / f"fold_{fold}"
 

@@ -279,5 +279,5 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def report_from_args(args: argparse.Namespace, project: Project) -> Path:
     path = write_report(project)
-    print(f"report: {path}")
+    print(f"report: {project.rel(path)} (open it in a browser; it works offline)")
     return path

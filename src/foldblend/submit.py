@@ -289,7 +289,7 @@ def submit_from_args(args: argparse.Namespace, project, competition) -> Path:
         if not args.file:
             raise SubmissionError("--lb needs the submission FILE it belongs to")
         record_lb(project.submissions, args.file, args.lb)
-        print(f"recorded lb={args.lb:g} for {Path(args.file).name} in {project.submissions / LOG_NAME}")
+        print(f"recorded lb={args.lb:g} for {Path(args.file).name} in {project.rel(project.submissions / LOG_NAME)}")
         return Path(args.file)
     sample = competition.sample
     if sample.columns[0] != competition.id_column:
@@ -301,7 +301,7 @@ def submit_from_args(args: argparse.Namespace, project, competition) -> Path:
         raise SubmissionError(f"predicted classes {classes} are not the competition's {competition.classes}")
     path = write_submission(sample, test_ids, probs, classes, project.submissions, args.name or default_name, cv,
                             info, fmt=args.format or competition.submission_format)
-    print(path)
+    print(f"submission: {project.rel(path)}")
     if args.upload:
         upload(args.upload, path, args.message or f"{path.stem} (cv {cv})")
     return path
