@@ -70,6 +70,11 @@ def print_summary(project: Project) -> None:
     if blend:
         print(f"blend ({blend['method']}): nested CV macro-F1 {blend['nested CV']:.4f} "
               f"(in-sample {blend['in-sample']:.4f}); weights: {blend['weights']}")
+        if len(exps):
+            best = exps.loc[exps["CV macro-F1"].idxmax()]
+            if best["CV macro-F1"] > blend["nested CV"]:
+                print(f"note: {best['experiment']} alone (CV {best['CV macro-F1']:.4f}) beats the blend's nested CV; "
+                      f"try another `foldblend blend --method`, or `foldblend submit --exp {best['experiment']}`")
     sub = latest_submission(project)
     if sub is not None:
         print(f"submission: {project.submissions.name}/{sub['file']}  (CV {sub.get('cv')})")
