@@ -90,3 +90,89 @@ def test_messy_competition_still_gets_a_complete_submission(tiny_project):
     why = scan.set_index("image")["why"]
     assert why["train/class_1/broken.png"] and why["testset/t004.png"]
     assert (tiny_project / "folds" / "eda.html").exists()
+
+
+def _write(path, img, fmt="PNG"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path, format=fmt)
+
+
+def _images(n_classes=3, per_class=10, seed=1):
+    from conftest import class_image
+
+    rng = np.random.default_rng(seed)
+    return [(c, class_image(c, rng, (int(rng.integers(24, 48)), int(rng.integers(24, 48)))))
+            for c in range(n_classes) for _ in range(per_class)]
+
+
+NAMES = ["abraham_grampa_simpson", "bart_simpson", "lisa_simpson"]
+
+
+def _simpsons(root):
+    """Kaggle's journey-springfield layout: nested train folder, nested testset, JPEGs, Id,Expected."""
+    for i, (c, img) in enumerate(_images()):
+        _write(root / "input" / "train" / "simpsons_dataset" / NAMES[c] / f"pic_{i:04d}.JPG", img, "JPEG")
+    ids = []
+    for j, (c, img) in enumerate(_images(per_class=3, seed=2)):
+        ids.append(f"img{j}.jpg")
+        _write(root / "input" / "testset" / "testset" / ids[-1], img, "JPEG")
+    (root / "input" / "sample_submission.csv").write_text("Id,Expected\n" + "".join(f"{i},bart_simpson\n" for i in ids))
+    return {"header": "Id,Expected", "labels": set(NAMES)}
+
+
+def _csv_layout(root):
+    """train.csv (id,label) + train_images/<id>.png, test_images/, sample ids without extension."""
+    rows = []
+    for i, (c, img) in enumerate(_images()):
+        rows.append(f"{i:05d},{NAMES[c]}")
+        _write(root / "input" / "train_images" / f"{i:05d}.png", img)
+    (root / "input" / "train.csv").write_text("image_id,label\n" + "\n".join(rows) + "\n")
+    ids = [f"t{j:04d}" for j in range(9)]
+    for j, (c, img) in enumerate(_images(per_class=3, seed=2)):
+        _write(root / "input" / "test_images" / f"{ids[j]}.png", img)
+    (root / "input" / "sample_submission.csv").write_text("image_id,label\n" + "".join(f"{i},x\n" for i in ids))
+    return {"header": "image_id,label", "labels": set(NAMES)}
+
+
+def _class_id_layout(root):
+    """Illustration style: class id = sub-folder order, written as integers because the sample has them."""
+    for i, (c, img) in enumerate(_images()):
+        _write(root / "input" / "train" / ["anime", "comic", "sketch"][c] / f"{i}.png", img)
+    ids = [f"{j}.png" for j in range(9)]
+    for j, (c, img) in enumerate(_images(per_class=3, seed=2)):
+        _write(root / "input" / "test" / ids[j], img)
+    (root / "input" / "sample_submission.csv").write_text("id,class\n" + "".join(f"{i},0\n" for i in ids))
+    return {"header": "id,class", "labels": {"0", "1", "2"}}
+
+
+def _probs_layout(root):
+    """One probability column per class, in the sample's (not sorted) column order."""
+    _simpsons(root)
+    ids = [f"img{j}.jpg" for j in range(9)]
+    cols = ["lisa_simpson", "abraham_grampa_simpson", "bart_simpson"]
+    (root / "input" / "sample_submission.csv").write_text(
+        "Id," + ",".join(cols) + "\n" + "".join(f"{i},0.3,0.3,0.4\n" for i in ids))
+    return {"header": "Id," + ",".join(cols), "labels": None}
+
+
+@pytest.mark.parametrize("layout", [_simpsons, _csv_layout, _class_id_layout, _probs_layout],
+                         ids=["simpsons", "csv", "class_id", "probs"])
+def test_unseen_layouts_run_end_to_end(tmp_path, layout):
+    from conftest import TINY_CONFIG
+
+    expect = layout(tmp_path)
+    (tmp_path / "input" / "competition.yaml").write_text("n_splits: 2\n")
+    (tmp_path / "folds").mkdir(exist_ok=True)
+    (tmp_path / "folds" / "tiny.yaml").write_text(TINY_CONFIG)
+    pipeline(tmp_path)
+    sample = pd.read_csv(tmp_path / "input" / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sub_path = only_submission(tmp_path)
+    sub = pd.read_csv(sub_path, dtype=str, keep_default_na=False)
+    assert sub_path.read_text().splitlines()[0] == expect["header"]
+    assert sub.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
+    if expect["labels"] is not None:
+        assert set(sub.iloc[:, 1]) <= expect["labels"]
+    else:
+        np.testing.assert_allclose(sub.iloc[:, 1:].astype(float).sum(axis=1), 1.0, atol=1e-6)
