@@ -266,3 +266,24 @@ def test_unknown_option_value_is_an_error():
     y, probs = _perfect_and_wrong()
     with pytest.raises(ValueError, match="method='median'"):
         blend_arrays([member("good", probs[0], y)], method="median")
+
+
+def test_blend_leaves_out_members_made_on_another_split(tmp_path, capsys):
+    """After the split changes, a member still in oof/ from before is named and left out, not blended."""
+    import pandas as pd
+
+    y, probs = _perfect_and_wrong()
+    project = Project.at(tmp_path)
+    current = member("current", probs[0], y)
+    _save(project.oof, "current", current)
+    old = member("old", probs[1], y)
+    old.fold = (old.fold + 1) % (old.fold.max() + 1)  # same images, another split
+    _save(project.oof, "old", old)
+    project.folds_dir.mkdir(parents=True)
+    pd.DataFrame({"image": current.ids, "label": current.labels, "group": range(len(y)),
+                  "fold": current.fold}).to_csv(project.folds_csv, index=False)
+    parser = argparse.ArgumentParser()
+    add_blend_arguments(parser)
+    result = blend_from_args(parser.parse_args([]), project)
+    assert list(result.weights) == ["current"]
+    assert "left out oof/old" in capsys.readouterr().out

@@ -297,9 +297,38 @@ def add_blend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", nargs="+", metavar="NAME", help="experiments to blend (default: all)")
 
 
+def split_members(oof_root: Path, folds_csv: Path) -> tuple[list[str], list[str]]:
+    """(current, stale): members whose OOF rows are exactly folds.csv's images and folds, and the others.
+
+    A member trained before the split or the competition changed would be refused by check_alignment
+    (or, worse, blended against a different split); by default it is left out and named instead.
+    """
+    import pandas as pd
+
+    names = discover_members(oof_root)
+    if not Path(folds_csv).exists():
+        return names, []
+    folds = pd.read_csv(folds_csv, dtype={"image": str}, keep_default_na=False)
+    current, stale = [], []
+    for name in names:
+        with np.load(Path(oof_root) / name / "oof.npz", allow_pickle=False) as z:
+            same = (len(z["ids"]) == len(folds) and (z["ids"].astype(str) == folds["image"].to_numpy(str)).all()
+                    and (z["fold"] == folds["fold"].to_numpy()).all())
+        (current if same else stale).append(name)
+    return current, stale
+
+
 def blend_from_args(args: argparse.Namespace, project) -> BlendResult:
     out_dir = project.oof / "_blend"
-    result = run_blend(project.oof, args.members, out_dir, method=args.method, metric=args.metric,
+    members = args.members
+    if not members:
+        members, stale = split_members(project.oof, project.folds_csv)
+        for name in stale:
+            print(f"left out oof/{name}: made on another split than {project.rel(project.folds_csv)} "
+                  f"(retrain it with `foldblend train`, or delete oof/{name}/)")
+        if not members:
+            raise ValueError(f"no ensemble member matches {project.rel(project.folds_csv)}: run `foldblend train`")
+    result = run_blend(project.oof, members, out_dir, method=args.method, metric=args.metric,
                        tta=args.tta, fold_combine=args.fold_combine, temperature=args.temperature,
                        calibrate=args.calibrate, bias=args.bias, rounds=args.rounds, power=args.power)
     print(f"wrote {project.rel(out_dir / 'blend.json')} and blend.npz")

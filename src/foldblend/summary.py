@@ -9,12 +9,16 @@ from .paths import Project
 
 
 def experiment_rows(project: Project) -> pd.DataFrame:
+    from .blend import split_members
+
+    _, stale = split_members(project.oof, project.folds_csv) if project.oof.exists() else ([], [])
     rows = []
     for scores_path in sorted(project.oof.glob("*/scores.json")):
         if scores_path.parent.name.startswith("_") or not (scores_path.parent / "oof.npz").exists():
             continue
         s = json.loads(scores_path.read_text())
-        row = {"experiment": scores_path.parent.name, "model": s.get("model", "")}
+        name = scores_path.parent.name
+        row = {"experiment": name + (" (stale: other split)" if name in stale else ""), "model": s.get("model", "")}
         for k, v in sorted(s.get("per_fold", {}).items(), key=lambda kv: int(kv[0])):
             row[f"fold {k}"] = round(v["macro_f1"], 4)
         row["CV macro-F1"] = round(s["overall"]["macro_f1"], 4)
