@@ -144,3 +144,17 @@ def test_backbone_lr_mult_and_no_decay_groups():
     assert groups["head"]["weight_decay"] == 0.05 and groups["head_no_decay"]["weight_decay"] == 0.0
     n = sum(len(g["params"]) for g in groups.values())
     assert n == len(list(model.parameters()))
+
+
+def test_offline_hub_weights_fail_with_the_fix(monkeypatch):
+    """Without a network, `pretrained: true` says how to use a local weights file instead."""
+    import timm
+
+    from foldblend.models import create_backbone
+
+    def offline(*args, **kwargs):
+        raise FileNotFoundError("cannot reach the hub")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(RuntimeError, match="pretrained: path/to/weights.safetensors"):
+        create_backbone("resnet18", pretrained=True)

@@ -99,7 +99,16 @@ def create_backbone(name: str, pretrained: bool | str = False, drop_path_rate: f
             raise ValueError(f"unknown model {name!r}: not a timm model nor a built-in ({', '.join(BUILTIN)})"
                              + (f"; similar timm names: {', '.join(close)}" if close else ""))
         kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
-        backbone = timm.create_model(name, pretrained=pretrained is True, num_classes=0, **kwargs)
+        try:
+            backbone = timm.create_model(name, pretrained=pretrained is True, num_classes=0, **kwargs)
+        except OSError as e:  # offline, or the hub has no weights for this name
+            if pretrained is not True:
+                raise
+            raise RuntimeError(
+                f"could not fetch timm's pretrained weights for {name!r} ({type(e).__name__}; offline?). "
+                f"Download them where there is a network (timm.create_model({name!r}, pretrained=True) then "
+                f"save the backbone's state_dict, or the model.safetensors of huggingface.co/timm/<name>) "
+                f"and set `pretrained: path/to/weights.safetensors`, or set `pretrained: false`") from e
     if isinstance(pretrained, str) and pretrained:
         load_weights_file(backbone, pretrained)
     return backbone
