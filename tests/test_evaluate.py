@@ -98,3 +98,23 @@ def test_evaluate_cli_prints_the_report_and_writes_default_folder(project, tmp_p
     folder = project.oof / "eval_exp_a"
     assert {p.name for p in folder.iterdir()} == {"predictions.csv", "confusion_matrix.png", "report.txt"}
     assert len(pd.read_csv(folder / "predictions.csv")) == len(ev.ids) == 6
+
+
+def test_evaluate_trained_weights_copied_out_of_the_project(project, tmp_path):
+    """The illustration deliverable: an image folder + weight files, no project tree needed."""
+    import shutil
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for k in (0, 1):
+        shutil.copy(project.model_dir("exp_a", k) / "best.pt", weights / f"model_f{k}.pt")
+    make_labelled_folder(tmp_path / "eval", per_class=2)
+    by_name = evaluate_folder(load_predictor(project, "exp_a"), tmp_path / "eval", progress=False)
+    elsewhere = Project.at(tmp_path / "empty")
+    for source in (weights, weights / "model_f0.pt"):
+        ev = evaluate_folder(load_predictor(elsewhere, str(source)), tmp_path / "eval", progress=False)
+        assert ev.ids == by_name.ids
+    np.testing.assert_allclose(evaluate_folder(load_predictor(elsewhere, str(weights)), tmp_path / "eval",
+                                               progress=False).probs, by_name.probs, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_predictor(elsewhere, str(tmp_path / "nothing_here.pt"))

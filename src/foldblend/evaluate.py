@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from .artifacts import write_csv, write_text
 from .imageio import is_image_name
-from .inference import Predictor, load_predictor, predict_images
+from .inference import Predictor, load_predictor, output_name, predict_images
 from .report_plots import confusion_png
 from .train import resolve_device
 
@@ -148,7 +148,8 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="labelled folder: <class>/<image> files")
-    parser.add_argument("--exp", required=True, help="an experiment under models/, or `blend` for the last blend")
+    parser.add_argument("--exp", required=True, help="an experiment under models/, `blend` for the last blend, "
+                        "or a checkpoint file / folder of checkpoints")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: oof/eval_<exp>/)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
@@ -161,6 +162,6 @@ def evaluate_from_args(args: argparse.Namespace, project) -> Evaluation:
         print(f"note: {note}")
     ev = evaluate_folder(predictor, args.data, args.batch_size, device)
     print(format_evaluation(ev))
-    files = write_evaluation(ev, args.out or project.oof / f"eval_{args.exp}")
+    files = write_evaluation(ev, args.out or project.oof / f"eval_{output_name(args.exp)}")
     print("wrote " + ", ".join(project.rel(p) for p in files.values()))
     return ev

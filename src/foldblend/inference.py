@@ -80,10 +80,35 @@ class Prediction:
 
 # ----------------------------------------------------------------------------- loading models
 
+def output_name(exp: str) -> str:
+    """A file-name-safe name for outputs of `exp` (an experiment, `blend`, or a checkpoint path)."""
+    return Path(exp).stem if ("/" in exp or exp.endswith(".pt")) else exp
+
+
+def _checkpoints_at(path: Path) -> list[Path]:
+    """A checkpoint file, or every *.pt below a folder (e.g. a copied models/<exp>/), sorted."""
+    if path.is_file():
+        return [path]
+    found = sorted(path.glob("fold_*/best.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+    return found or sorted(p for p in path.rglob("*.pt") if p.name != "last.pt")
+
+
 def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
-    """Every fold's best.pt under models/<exp>/, in fold order."""
+    """Every fold's best.pt under models/<exp>/, in fold order; or checkpoints at a path (file or folder).
+
+    A path lets `evaluate`/`predict` run on trained weights copied out of the project: each checkpoint
+    carries its architecture, classes, image size, TTA views and normalisation.
+    """
+    as_path = Path(exp)
     exp_dir = project.models / exp
-    checkpoints = sorted(exp_dir.glob("fold_*/best.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+    named = as_path.name == exp and as_path.suffix != ".pt" and exp_dir.is_dir()  # an experiment, not a path
+    if not named and (as_path.suffix == ".pt" or as_path.is_dir()):
+        checkpoints = _checkpoints_at(as_path) if as_path.exists() else []
+        if not checkpoints:
+            raise FileNotFoundError(f"{as_path}: no checkpoint (.pt) there")
+        exp_dir = as_path
+    else:
+        checkpoints = sorted(exp_dir.glob("fold_*/best.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
     if not checkpoints:
         known = sorted(p.name for p in project.models.glob("*") if not p.name.startswith(".") and p.is_dir())
         raise FileNotFoundError(f"no trained fold models in {exp_dir} (fold_<k>/best.pt); "
@@ -91,7 +116,8 @@ def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
     out = []
     for path in checkpoints:
         model, ckpt = load_checkpoint(path, device)
-        out.append(FoldModel(f"{exp}/{path.parent.name}", model, list(ckpt["classes"]), int(ckpt["img_size"]),
+        label = path.parent.name if path.name == "best.pt" else path.stem
+        out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]), int(ckpt["img_size"]),
                              list(ckpt.get("tta") or ["identity"]), list(ckpt["mean"]), list(ckpt["std"])))
     _check_same_classes({m.name: m.classes for m in out})
     return out
@@ -267,7 +293,8 @@ def relative_ids(paths: list[Path], sources: list[str | Path]) -> list[str]:
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", nargs="+", required=True, metavar="FOLDER|FILE",
                         help="image files, or folders searched recursively")
-    parser.add_argument("--exp", required=True, help="an experiment under models/, or `blend` for the last blend")
+    parser.add_argument("--exp", required=True, help="an experiment under models/, `blend` for the last blend, "
+                        "or a checkpoint file / folder of checkpoints")
     parser.add_argument("--top-k", type=int, default=3, help="how many classes (with probabilities) per image")
     parser.add_argument("--out", type=Path, default=None, help="CSV to write (default: oof/predict_<exp>.csv)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -284,7 +311,7 @@ def predict_from_args(args: argparse.Namespace, project) -> Path:
         raise ValueError(f"no image files in {', '.join(map(str, args.images))}")
     pred = predict_images(predictor, paths, args.batch_size, device)
     table = top_k_table(pred, relative_ids(paths, args.images), args.top_k)
-    out = Path(args.out) if args.out else project.oof / f"predict_{args.exp}.csv"
+    out = Path(args.out) if args.out else project.oof / f"predict_{output_name(args.exp)}.csv"
     write_csv(out, table)
     for path, why in pred.failures.items():
         print(f"skipped unreadable image: {why if path in why else f'{path}: {why}'}")
