@@ -62,3 +62,20 @@ def test_report_ranks_top_rows_and_names_the_outlying_stat():
     assert rep["stands_out"].str.contains(" sd").all()
     with pytest.raises(ValueError, match="scores for"):
         ood_report(df, scores[:3])
+
+
+def test_scan_table_carries_the_statistics_so_nothing_decodes_twice(tmp_path):
+    """The scan computes image_stats while hashing; scoring its columns finds the photographs too."""
+    from foldblend.ood import STAT_COLUMNS, scores_from_stats
+    from foldblend.scan import scan_images
+
+    images, photos = _mixed(24, photos=(3, 11))
+    paths = [gen.save(tmp_path / f"{i:02d}.png", img) for i, img in enumerate(images)]
+    paths.append(gen.truncated(tmp_path / "bad.jpg", gen.photo(1, 48)))
+    table = scan_images(paths, tmp_path, cache_csv=tmp_path / "cache.csv", progress=False)
+    stats = table[STAT_COLUMNS].to_numpy(np.float64)
+    assert np.isnan(stats[-1]).all() and np.isfinite(stats[:-1]).all()
+    scores = scores_from_stats(stats)
+    assert np.isnan(scores[-1]) and set(np.argsort(-np.nan_to_num(scores, nan=-1))[:2]) == set(photos)
+    cached = scan_images(paths, tmp_path, cache_csv=tmp_path / "cache.csv", progress=False)
+    np.testing.assert_allclose(cached[STAT_COLUMNS].to_numpy(np.float64), stats, rtol=1e-12)  # from the cache

@@ -14,7 +14,7 @@ from .competition import Competition, load_competition
 from .dedup import duplicate_groups, duplicate_report, keep_one_per_group
 from .eda import write_eda
 from .folds import ensure_folds
-from .ood import ood_report, ood_scores
+from .ood import STAT_COLUMNS, ood_report, scores_from_stats
 from .paths import Project
 from .scan import scan_images, scan_summary
 
@@ -33,10 +33,10 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
     table["group"] = duplicate_groups(table, comp.settings["dedup_distance"])
     is_train = (table["split"] == "train").to_numpy()
     ok_train = is_train & table["ok"].to_numpy(bool)
+    stats = table[STAT_COLUMNS].to_numpy(np.float64)
     scores = np.full(len(table), np.nan)
     if ok_train.sum() >= 3:
-        scores[ok_train] = ood_scores([paths[i] for i in np.flatnonzero(ok_train)], workers=workers,
-                                      progress=progress)
+        scores[ok_train] = scores_from_stats(stats[ok_train])
     table["ood"] = scores
     write_csv(project.scan_csv, table)
 
@@ -50,11 +50,11 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
     write_json(project.folds_dir / "duplicates.json", report)
     _print_duplicates(report, comp.settings["dedup"])
     if ok_train.sum() >= 3:
-        suspects = ood_report(table, scores, top=10)
+        suspects = ood_report(table, scores, top=10, stats=stats)
         print(f"most out-of-domain train images (score; set ood_threshold in {comp.root.name}/competition.yaml "
               f"to leave out those above it):")
         for row in suspects.itertuples():
-            print(f"  {row.score:.3f}  {row.image}")
+            print(f"  {row.score:.3f}  {row.image}  ({row.stands_out})")
     eda = write_eda(table, table["group"].to_numpy(), scores, table["label"], project.folds_dir / "eda.html",
                     comp.root)
     print(f"data report: {eda.relative_to(project.root)}")

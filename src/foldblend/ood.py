@@ -23,6 +23,7 @@ from .imageio import ImageReadError, load_rgb
 STAT_SIZE = 128
 STAT_NAMES = ["colourfulness", "log_distinct_colours", "top_colour_share", "edge_density", "laplacian_energy",
               "noise_level", "saturation_mean", "saturation_std", "value_mean", "value_std"]
+STAT_COLUMNS = [f"stat_{name}" for name in STAT_NAMES]  # as the scan table stores them
 
 
 def image_stats(rgb: np.ndarray) -> np.ndarray:
@@ -81,6 +82,16 @@ def ood_scores(images, ok: np.ndarray | None = None, *, workers: int | None = No
     (fastest: nothing is decoded again). Deterministic for a given `random_state`.
     """
     stats = stats_table(images, ok, workers=workers, progress=progress)
+    return scores_from_stats(stats, random_state=random_state, n_estimators=n_estimators)
+
+
+def scores_from_stats(stats: np.ndarray, random_state: int = 0, n_estimators: int = 300) -> np.ndarray:
+    """The IsolationForest score of each row of `image_stats` values (NaN rows stay NaN).
+
+    The scan computes the statistics while it decodes each file for its hashes, so scoring a folder
+    needs no second decode.
+    """
+    stats = np.asarray(stats, dtype=np.float64)
     valid = ~np.isnan(stats).any(axis=1)
     scores = np.full(len(stats), np.nan)
     if valid.sum() < 3:  # nothing to compare against

@@ -20,8 +20,10 @@ from tqdm.auto import tqdm
 
 from .artifacts import write_csv
 from .imageio import ImageReadError, inspect_bytes, read_bytes
+from .ood import STAT_COLUMNS, image_stats
 
-COLUMNS = ["image", "ok", "why", "format", "mode", "width", "height", "bytes", "md5", "phash"]
+# The out-of-domain statistics ride along: the file is decoded here anyway, so nothing decodes it again.
+COLUMNS = ["image", "ok", "why", "format", "mode", "width", "height", "bytes", "md5", "phash"] + STAT_COLUMNS
 _CACHE_KEY = ["image", "bytes", "mtime_ns"]
 # Perceptual hashes only look at a 32x32 thumbnail; decoding large JPEGs at reduced scale is ~4x faster.
 PHASH_DRAFT = 256
@@ -52,7 +54,8 @@ def _stat(path: Path) -> tuple[int, int]:
 
 def scan_one(path: Path, image: str) -> dict:
     """One row of the scan table for one file; never raises."""
-    row = dict(image=image, ok=False, why="", format="", mode="", width=0, height=0, bytes=-1, md5="", phash="")
+    row = dict(image=image, ok=False, why="", format="", mode="", width=0, height=0, bytes=-1, md5="", phash="",
+               **{c: np.nan for c in STAT_COLUMNS})
     try:
         data = read_bytes(path)
     except ImageReadError as e:
@@ -64,6 +67,8 @@ def scan_one(path: Path, image: str) -> dict:
                height=check.height, bytes=len(data))
     if rgb is not None:
         row["phash"] = str(imagehash.phash(Image.fromarray(rgb)))
+        if check.ok:
+            row.update(zip(STAT_COLUMNS, image_stats(rgb)))
     return row
 
 
@@ -80,6 +85,8 @@ def _read_cache(cache_csv: Path | None) -> dict[tuple, dict]:
             raise ValueError("column ok must be True/False")
         for c in ("width", "height", "bytes", "mtime_ns"):
             old[c] = old[c].astype(np.int64)
+        for c in STAT_COLUMNS:
+            old[c] = pd.to_numeric(old[c].replace("", np.nan))
     except Exception as e:  # a stale or hand-edited cache is only a cache: rescan
         warnings.warn(f"{cache_csv}: ignoring unreadable scan cache ({e}); rescanning everything", stacklevel=3)
         return {}
