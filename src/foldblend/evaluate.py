@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from .artifacts import write_csv, write_text
 from .imageio import is_image_name
-from .inference import Predictor, load_predictor, output_name, predict_images
+from .inference import Predictor, add_model_arguments, load_predictor, output_name, predict_images
 from .report_plots import confusion_png
 from .train import resolve_device
 
@@ -148,11 +148,8 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="labelled folder: <class>/<image> files")
-    parser.add_argument("--exp", required=True, help="an experiment under models/, `blend` for the last blend, "
-                        "or a checkpoint file / folder of checkpoints")
+    add_model_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: oof/eval_<exp>/)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 
 
 def evaluate_from_args(args: argparse.Namespace, project) -> Evaluation:

@@ -290,15 +290,20 @@ def relative_ids(paths: list[Path], sources: list[str | Path]) -> list[str]:
 
 # ----------------------------------------------------------------------------- CLI hooks
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `evaluate` and `predict` both take: which models, in what batches, on which device."""
+    parser.add_argument("--exp", required=True, help="an experiment under models/, `blend` for the last blend, "
+                        "or a checkpoint file / folder of checkpoints")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+
+
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", nargs="+", required=True, metavar="FOLDER|FILE",
                         help="image files, or folders searched recursively")
-    parser.add_argument("--exp", required=True, help="an experiment under models/, `blend` for the last blend, "
-                        "or a checkpoint file / folder of checkpoints")
+    add_model_arguments(parser)
     parser.add_argument("--top-k", type=int, default=3, help="how many classes (with probabilities) per image")
     parser.add_argument("--out", type=Path, default=None, help="CSV to write (default: oof/predict_<exp>.csv)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 
 
 def predict_from_args(args: argparse.Namespace, project) -> Path:
