@@ -176,3 +176,14 @@ def test_unseen_layouts_run_end_to_end(tmp_path, layout):
         assert set(sub.iloc[:, 1]) <= expect["labels"]
     else:
         np.testing.assert_allclose(sub.iloc[:, 1:].astype(float).sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_folds_name_classes_that_one_duplicate_group_swallows(capsys):
+    from foldblend.intake import _warn_unseen_classes, classes_unseen_in_training
+
+    folds = pd.DataFrame({"image": list("abcdefgh"), "label": ["x"] * 4 + ["y"] * 4,
+                          "group": [0, 0, 0, 0, 1, 2, 3, 4], "fold": [1, 1, 1, 1, 0, 1, 0, 1]})
+    assert classes_unseen_in_training(folds) == {"x": 1}
+    _warn_unseen_classes(folds)
+    assert "x (fold 1)" in capsys.readouterr().out
+    assert classes_unseen_in_training(folds.assign(fold=[0, 1] * 4)) == {}

@@ -111,7 +111,25 @@ def run_folds(project: Project, comp: Competition | None = None, progress: bool 
     print("left out of training: " + ", ".join(f"{v} {k}" for k, v in left_out.items()))
     folds, _ = ensure_folds(kept[["image", "label"]], project.folds_csv, comp.settings["n_splits"],
                             comp.settings["fold_seed"], groups)
+    _warn_unseen_classes(folds)
     return folds
+
+
+def classes_unseen_in_training(folds: pd.DataFrame) -> dict[str, int]:
+    """Classes whose every image sits in one fold: that fold's model is scored on a class it never saw."""
+    counts = pd.crosstab(folds["label"], folds["fold"])
+    whole = counts.eq(counts.sum(axis=1), axis=0) & (counts.sum(axis=1) > 1).to_numpy()[:, None]
+    return {str(c): int(counts.columns[whole.loc[c].to_numpy()][0]) for c in counts.index[whole.any(axis=1)]}
+
+
+def _warn_unseen_classes(folds: pd.DataFrame) -> None:
+    unseen = classes_unseen_in_training(folds)
+    if unseen:
+        listed = ", ".join(f"{c} (fold {k})" for c, k in list(unseen.items())[:10])
+        print(f"WARNING: {len(unseen)} class(es) have every image in one fold (usually one duplicate group holds them all) "
+              f": {listed}{' ...' if len(unseen) > 10 else ''}. That fold's model never trains on "
+              f"them and its CV counts them as misses. If these are not true duplicates, lower dedup_distance "
+              f"in input/competition.yaml (or set dedup: keep_one / off)")
 
 
 def scan_table(project: Project, comp: Competition, progress: bool = True) -> pd.DataFrame:
