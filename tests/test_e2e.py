@@ -187,3 +187,60 @@ def test_folds_name_classes_that_one_duplicate_group_swallows(capsys):
     _warn_unseen_classes(folds)
     assert "x (fold 1)" in capsys.readouterr().out
     assert classes_unseen_in_training(folds.assign(fold=[0, 1] * 4)) == {}
+
+
+def _mtimes(paths):
+    return [os.stat(p).st_mtime_ns for p in paths]
+
+
+def test_tta_or_test_image_changes_predict_again_without_retraining(tiny_project):
+    """Review findings: a changed test image or TTA list must reach the submission, and cost no retraining."""
+    run(tiny_project, "scan", "--quiet")
+    run(tiny_project, "folds", "--quiet")
+    run(tiny_project, "train", "--quiet")
+    member = tiny_project / "oof" / "tiny"
+    weights = sorted((tiny_project / "models" / "tiny").glob("fold_*/best.pt"))
+    trained = _mtimes(weights)
+    with np.load(member / "test.npz") as z:
+        before = z["logits"].copy()
+
+    # a corrected test image under the same id
+    test_img = tiny_project / "input" / "testset" / "t000.png"
+    other = tiny_project / "input" / "testset" / "t001.png"
+    test_img.write_bytes(other.read_bytes())
+    run(tiny_project, "train", "--quiet")
+    assert _mtimes(weights) == trained
+    with np.load(member / "test.npz") as z:
+        assert not np.allclose(z["logits"][:, :, 0], before[:, :, 0])
+        np.testing.assert_allclose(z["logits"][:, :, 0], z["logits"][:, :, 1], rtol=1e-5, atol=1e-5)
+
+    # another TTA list: new views in the member, same weights
+    cfg = tiny_project / "folds" / "tiny.yaml"
+    cfg.write_text(cfg.read_text().replace("tta: [identity, hflip]", "tta: [identity, vflip, zoom]"))
+    run(tiny_project, "train", "--quiet")
+    assert _mtimes(weights) == trained
+    with np.load(member / "oof.npz") as z:
+        assert list(z["views"]) == ["identity", "vflip", "zoom"]
+
+
+def test_class_order_and_split_changes_retrain_and_drop_stale_folds(tiny_project):
+    run(tiny_project, "scan", "--quiet")
+    run(tiny_project, "folds", "--quiet")
+    run(tiny_project, "train", "--quiet")
+    weights = sorted((tiny_project / "models" / "tiny").glob("fold_*/best.pt"))
+    trained = _mtimes(weights)
+    comp_yaml = tiny_project / "input" / "competition.yaml"
+    comp_yaml.write_text("n_splits: 2\nclasses: [class_2, class_0, class_1]\n")
+    run(tiny_project, "folds", "--quiet")
+    run(tiny_project, "train", "--quiet")
+    assert _mtimes(weights) != trained, "a new class order must retrain (class indices changed)"
+    scores = json.loads((tiny_project / "oof" / "tiny" / "scores.json").read_text())
+    assert scores["classes"] == ["class_2", "class_0", "class_1"]
+
+    comp_yaml.write_text("n_splits: 3\n")
+    run(tiny_project, "folds", "--quiet")
+    run(tiny_project, "train", "--quiet")
+    comp_yaml.write_text("n_splits: 2\n")
+    run(tiny_project, "folds", "--quiet")
+    run(tiny_project, "train", "--quiet")
+    assert sorted(p.name for p in (tiny_project / "models" / "tiny").iterdir()) == ["fold_0", "fold_1"]

@@ -179,3 +179,23 @@ def test_submit_without_a_blend_says_what_to_run(tmp_path):
     project, competition = _project(tmp_path)
     with pytest.raises(SubmissionError, match="run `foldblend blend` first"):
         submit_from_args(_args([]), project, competition)
+
+
+def test_submit_refuses_predictions_in_another_class_order(tmp_path):
+    """Same classes, other order: a class_id file would be silently wrong, so submit refuses."""
+    project, competition = _project(tmp_path)
+    run_blend(project.oof, None, project.oof / "_blend", method="mean")
+    competition.classes = list(reversed(CLASSES))
+    with pytest.raises(SubmissionError, match="in that order"):
+        submit_from_args(_args([]), project, competition)
+
+
+def test_single_probability_column_sample_gets_the_positive_class_probability(tmp_path):
+    """Dogs-vs-cats style `id,label` filled with 0.5: write P(class 1), never class names."""
+    sample = _sample(tmp_path, "id,label\n1,0.5\n2,0.5\n3,0.5\n")
+    assert detect_format(sample, ["cat", "dog"]) == "positive_prob"
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    path = write_submission(sample, np.array(["1", "2", "3"]), probs, ["cat", "dog"], tmp_path / "s", "p", None, {})
+    assert path.read_text().splitlines() == ["id,label", "1,0.1", "2,0.8", "3,0.5"]
+    with pytest.raises(SubmissionError, match="set submission_format"):
+        detect_format(sample, ["a", "b", "c"])

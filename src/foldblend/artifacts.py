@@ -97,6 +97,9 @@ def save_member(out_dir: str | Path, *, classes, ids, labels, fold, views, oof_l
     oof_logits = np.asarray(oof_logits, dtype=np.float32)
     test_logits = np.asarray(test_logits, dtype=np.float32)
     views = np.asarray(list(views))
+    # oof.npz marks a complete member: remove it first, so a kill while rewriting leaves no member at all
+    # (remade on the next run) rather than a new test.npz beside an old oof.npz
+    (out_dir / "oof.npz").unlink(missing_ok=True)
     write_npz(out_dir / "test.npz", ids=np.asarray(test_ids).astype(str), views=views, logits=test_logits)
     write_json(out_dir / "scores.json", {**scores, "classes": list(classes)})
     # oof.npz last: its presence marks the member complete.

@@ -258,6 +258,7 @@ def format_table(result: BlendResult, metric: str = "macro_f1") -> str:
 def save_blend(result: BlendResult, out_dir: Path) -> None:
     """blend.npz (arrays with their ids) and blend.json (what was done, and how well), both atomic."""
     out_dir = Path(out_dir)
+    (out_dir / "blend.json").unlink(missing_ok=True)  # written last: a kill between the two leaves no blend
     write_npz(out_dir / "blend.npz", ids=np.asarray(result.ids).astype(str), labels=result.labels,
               test_ids=np.asarray(result.test_ids).astype(str), oof_probs=result.oof_probs,
               test_probs=result.test_probs, classes=np.asarray(result.classes))

@@ -25,7 +25,7 @@ TRAIN_DIR_NAMES = ("train", "training", "train_images", "train_set", "trainset")
 TEST_DIR_NAMES = ("test", "testset", "test_images", "test_set")
 ID_NAMES = ("id", "image", "image_id", "filename", "file_name", "file", "image_name", "img", "name", "path")
 LABEL_NAMES = ("label", "labels", "class", "category", "target", "class_name", "species", "breed", "genre")
-SUBMISSION_FORMATS = ("label", "probs", "class_id")
+SUBMISSION_FORMATS = ("label", "probs", "class_id", "positive_prob")
 DEDUP_MODES = ("group", "keep_one", "off")
 SETTINGS_DEFAULTS = {"n_splits": 5, "fold_seed": 42, "dedup": "group", "dedup_distance": 4, "ood_threshold": None}
 

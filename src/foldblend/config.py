@@ -74,9 +74,10 @@ class ExperimentConfig:
     compile: bool = False               # torch.compile the model
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes what a fold's model is (not which folds run, nor workers)."""
+        """Hash of everything that changes what a fold's weights are: not which folds run, workers, device,
+        speed-only switches, nor the TTA views (a TTA change predicts again without retraining)."""
         d = dataclasses.asdict(self)
-        for k in ("folds", "num_workers", "device", "name"):
+        for k in ("folds", "num_workers", "device", "name", "tta", "channels_last", "compile"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import queue
 import subprocess
 import sys
@@ -18,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import load_member
-from .cache import cached_images
+from .cache import cache_key, cached_images
 from .competition import Competition, load_competition
 from .config import ExperimentConfig, load_config
 from .folds import folds_fingerprint, read_folds
 from .paths import Project
 from .predict import assemble_member, load_fold_predictions
-from .train import TrainData, fold_signature, is_fold_done, train_fold
+from .train import TrainData, fold_signature, is_fold_done, is_trained, predict_signature, train_fold
 
 
 def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition | None = None,
@@ -37,19 +38,26 @@ def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition |
                          f"run `foldblend folds` again")
     index = {c: i for i, c in enumerate(comp.classes)}
     images, ok = cached_images([comp.root / p for p in folds["image"]], cfg.img_size, project.cache_dir,
-                               progress=progress)
+                               progress=progress, root=comp.root)
     if (~ok).any():
         bad = folds["image"][~ok].tolist()
         raise ValueError(f"{project.folds_csv}: {len(bad)} image(s) in the folds cannot be read (e.g. {bad[0]}); "
                          f"run `foldblend scan` and `foldblend folds` so unreadable files are left out")
     test_paths = [comp.root / p if p else comp.root / ".missing" for p in comp.test["image"]]
-    test_images, test_ok = cached_images(test_paths, cfg.img_size, project.cache_dir, progress=progress)
-    digest = hashlib.sha256((folds_fingerprint(folds) + "|" + "|".join(comp.test["id"])).encode()).hexdigest()
-    data = TrainData(images=images, labels=folds["label"].map(index).to_numpy(np.int64),
+    test_images, test_ok = cached_images(test_paths, cfg.img_size, project.cache_dir, progress=progress,
+                                         root=comp.root)
+    # weights depend on the split and the class order; predictions also on the test files themselves
+    train_digest = _digest(folds_fingerprint(folds), *comp.classes)
+    test_digest = _digest(*comp.test["id"], cache_key(test_paths, cfg.img_size, comp.root),
+                          np.packbits(test_ok).tobytes().hex())
+    return TrainData(images=images, labels=folds["label"].map(index).to_numpy(np.int64),
                      fold=folds["fold"].to_numpy(np.int64), classes=list(comp.classes),
-                     test_images=test_images, fingerprint=digest[:16], ids=folds["image"].to_numpy(str),
-                     test_ids=comp.test["id"].to_numpy(str), test_ok=test_ok)
-    return data
+                     test_images=test_images, fingerprint=train_digest, ids=folds["image"].to_numpy(str),
+                     test_ids=comp.test["id"].to_numpy(str), test_ok=test_ok, test_fingerprint=test_digest)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def run_experiment(config_path: str | Path, project: Project, folds: list[int] | None = None,
@@ -63,10 +71,14 @@ def run_experiment(config_path: str | Path, project: Project, folds: list[int] |
     bad = [k for k in todo if not 0 <= k < n_folds]
     if bad:
         raise ValueError(f"{config_path}: fold {bad[0]} does not exist (folds.csv has folds 0..{n_folds - 1})")
-    signature = fold_signature(cfg, data)
-    pending = [k for k in todo if not is_fold_done(project.model_dir(cfg.name, k), signature)]
+    _remove_folds_of_an_older_split(project, cfg.name, n_folds)
+    signature, predictions = fold_signature(cfg, data), predict_signature(cfg, data)
+    pending = [k for k in todo if not is_fold_done(project.model_dir(cfg.name, k), signature, predictions)]
     for k in sorted(set(todo) - set(pending)):
         print(f"[{cfg.name} fold {k}] finished earlier with this config: skipped")
+    for k in pending:
+        if is_trained(project.model_dir(cfg.name, k), signature):
+            print(f"[{cfg.name} fold {k}] weights are current; predicting again (TTA views or test images changed)")
     if devices and len(devices) > 1 and len(pending) > 1:
         _run_on_devices(config_path, project, pending, overrides or [], devices)
     else:
@@ -79,15 +91,30 @@ def run_experiment(config_path: str | Path, project: Project, folds: list[int] |
     return assemble_experiment(cfg, data, project, n_folds)
 
 
+def _remove_folds_of_an_older_split(project: Project, exp: str, n_folds: int) -> None:
+    """fold_<k> for k >= n_folds was trained on a split that no longer exists; predict would still load it."""
+    for d in sorted(project.models.glob(f"{exp}/fold_*")):
+        suffix = d.name.split("_", 1)[1]
+        if suffix.isdigit() and int(suffix) >= n_folds:
+            print(f"[{exp}] removing {project.rel(d)}: folds.csv now has {n_folds} folds")
+            shutil.rmtree(d)
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project, n_folds: int) -> dict | None:
-    signature = fold_signature(cfg, data)
+    signature, predictions = fold_signature(cfg, data), predict_signature(cfg, data)
     dirs = [project.model_dir(cfg.name, k) for k in range(n_folds)]
-    missing = [k for k, d in enumerate(dirs) if not is_fold_done(d, signature)]
+    missing = [k for k, d in enumerate(dirs) if not is_fold_done(d, signature, predictions)]
     if missing:
         print(f"[{cfg.name}] folds {missing} not trained yet: oof/{cfg.name}/ is written once every fold is done")
         return None
     out = project.oof_dir(cfg.name)
-    stamp = {"signature": signature, "n_folds": n_folds}
+    # the member is current only if made from exactly these fold predictions (a retrained fold changes them)
+    stamp = {"signature": signature, "predictions": predictions, "n_folds": n_folds,
+             "preds": [_file_digest(d / "preds.npz") for d in dirs]}
     scores_path = out / "scores.json"
     if (out / "oof.npz").exists() and scores_path.exists():
         if json.loads(scores_path.read_text()).get("stamp") == stamp:

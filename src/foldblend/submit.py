@@ -22,7 +22,7 @@ import pandas as pd
 from .artifacts import load_member, write_csv
 from .metrics import classification_scores, softmax
 
-FORMATS = ("label", "probs", "class_id")
+FORMATS = ("label", "probs", "class_id", "positive_prob")
 ROW_SUM_TOLERANCE = 1e-6
 LOG_NAME = "log.csv"
 LOG_COLUMNS = ["file", "time", "cv", "lb", "format"]
@@ -52,9 +52,24 @@ def detect_format(sample: pd.DataFrame, classes: list[str]) -> str:
             raise SubmissionError(f"the sample has {len(targets)} target columns but they are not the class names: "
                                   f"missing {sorted(set(classes) - set(targets))}, unknown {sorted(set(targets) - set(classes))}")
         return "probs"
-    if _is_int_text(sample[targets[0]].tolist()) and not _is_int_text(list(classes)):
+    values = sample[targets[0]].tolist()
+    if _is_int_text(values) and not _is_int_text(list(classes)):
         return "class_id"
+    if _is_fraction_text(values) and not set(values) <= set(map(str, classes)):
+        # e.g. dogs-vs-cats `id,label` filled with 0.5: one probability column, not class names
+        if len(classes) != 2:
+            raise SubmissionError(f"the sample's {targets[0]!r} column holds probabilities ({values[0]}) but there "
+                                  f"are {len(classes)} classes; set submission_format in input/competition.yaml")
+        return "positive_prob"
     return "label"
+
+
+def _is_fraction_text(values) -> bool:
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return False
+    return len(numbers) > 0 and all(0.0 <= x <= 1.0 for x in numbers) and not _is_int_text(values)
 
 
 def _format_prob(p: float) -> str:
@@ -85,6 +100,10 @@ def build_frame(sample: pd.DataFrame, test_ids: np.ndarray, probs: np.ndarray, c
         out[sample.columns[1]] = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
     elif fmt == "class_id":
         out[sample.columns[1]] = probs.argmax(axis=1).astype(str)
+    elif fmt == "positive_prob":  # binary: the probability of the second class (index 1)
+        if len(classes) != 2:
+            raise SubmissionError(f"format 'positive_prob' needs 2 classes, not {len(classes)}")
+        out[sample.columns[1]] = [_format_prob(p) for p in probs[:, 1] / probs.sum(axis=1)]
     else:
         raise SubmissionError(f"unknown submission format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return out
@@ -94,7 +113,7 @@ def _check_columns_fit(sample: pd.DataFrame, classes: list[str], fmt: str) -> No
     targets = list(sample.columns[1:])
     if fmt == "probs" and sorted(targets) != sorted(classes):
         raise SubmissionError(f"format 'probs' needs one sample column per class; the sample has {targets}")
-    if fmt in ("label", "class_id") and len(targets) != 1:
+    if fmt in ("label", "class_id", "positive_prob") and len(targets) != 1:
         raise SubmissionError(f"format {fmt!r} needs exactly one target column; the sample has {targets}")
 
 
@@ -119,11 +138,13 @@ def check_frame(frame: pd.DataFrame, sample: pd.DataFrame, classes: list[str], f
             raise SubmissionError(f"class ids must be integers in [0, {len(classes)})")
     elif fmt == "probs":
         _check_probabilities(targets)
+    elif fmt == "positive_prob":
+        _check_probabilities(targets, rows_sum_to_one=False)
     else:
         raise SubmissionError(f"unknown submission format {fmt!r}")
 
 
-def _check_probabilities(targets: pd.DataFrame) -> None:
+def _check_probabilities(targets: pd.DataFrame, rows_sum_to_one: bool = True) -> None:
     try:
         values = targets.to_numpy(dtype=np.float64)
     except ValueError as e:
@@ -131,7 +152,7 @@ def _check_probabilities(targets: pd.DataFrame) -> None:
     if not np.isfinite(values).all() or (values < 0).any() or (values > 1).any():
         raise SubmissionError("probabilities must be finite and in [0, 1]")
     worst = np.abs(values.sum(axis=1) - 1.0).max(initial=0.0)
-    if worst > ROW_SUM_TOLERANCE:
+    if rows_sum_to_one and worst > ROW_SUM_TOLERANCE:
         raise SubmissionError(f"probability rows must sum to 1 (worst row is off by {worst:.2e})")
 
 
@@ -297,8 +318,10 @@ def submit_from_args(args: argparse.Namespace, project, competition) -> Path:
                               f"{competition.id_column!r}")
     source = member_prediction(project.oof, args.exp) if args.exp else blend_prediction(project.oof)
     test_ids, probs, classes, cv, info, default_name = source
-    if sorted(classes) != sorted(competition.classes):
-        raise SubmissionError(f"predicted classes {classes} are not the competition's {competition.classes}")
+    if list(classes) != list(competition.classes):
+        # same set in another order: class indices (and class_id submissions) would silently be wrong
+        raise SubmissionError(f"the predictions' classes {classes} are not the competition's "
+                              f"{list(competition.classes)} in that order; retrain (`foldblend train`) and blend again")
     path = write_submission(sample, test_ids, probs, classes, project.submissions, args.name or default_name, cv,
                             info, fmt=args.format or competition.submission_format)
     print(f"submission: {project.rel(path)}")

@@ -40,10 +40,11 @@ class TrainData:
     fold: np.ndarray          # (N,)
     classes: list[str]
     test_images: np.ndarray   # (M, S, S, 3) uint8, sample order
-    fingerprint: str          # of folds.csv and the test ids: what changes what a fold sees
+    fingerprint: str          # of folds.csv and the class order: what changes what a fold's weights learn
     ids: np.ndarray           # (N,) train image ids (folds.csv `image`)
     test_ids: np.ndarray      # (M,) sample-submission ids
     test_ok: np.ndarray       # (M,) False where the test image is missing or unreadable
+    test_fingerprint: str = ""  # of the test ids, files (path, size, mtime) and readability
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,14 +56,29 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fold_signature(cfg: ExperimentConfig, data: TrainData) -> dict:
+    """What a fold's weights depend on: a change here retrains the fold."""
     return {"config": cfg.fingerprint(), "data": data.fingerprint}
 
 
-def is_fold_done(out_dir: Path, signature: dict) -> bool:
-    done = out_dir / "done.json"
-    if not (done.exists() and (out_dir / "preds.npz").exists()):
+def predict_signature(cfg: ExperimentConfig, data: TrainData) -> dict:
+    """What a fold's predictions depend on beyond its weights: a change here only predicts again."""
+    return {"tta": list(cfg.tta), "amp": cfg.amp, "test": data.test_fingerprint}
+
+
+def read_done(out_dir: Path) -> dict:
+    done = Path(out_dir) / "done.json"
+    return json.loads(done.read_text()) if done.exists() else {}
+
+
+def is_trained(out_dir: Path, signature: dict) -> bool:
+    return read_done(out_dir).get("signature") == signature and (Path(out_dir) / "best.pt").exists()
+
+
+def is_fold_done(out_dir: Path, signature: dict, predictions: dict | None = None) -> bool:
+    """Trained with these weights' inputs and (when given) predicted with these predictions' inputs."""
+    if not (is_trained(out_dir, signature) and (Path(out_dir) / "preds.npz").exists()):
         return False
-    return json.loads(done.read_text()).get("signature") == signature
+    return predictions is None or read_done(out_dir).get("predictions") == predictions
 
 
 def freeze_for_epoch(model, cfg: ExperimentConfig, epoch: int) -> None:
@@ -156,8 +172,13 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
     """Train fold k (held-out = data.fold == k), predict its held-out images and the test set."""
     out_dir = Path(out_dir)
     signature = fold_signature(cfg, data)
-    if is_fold_done(out_dir, signature):
-        return json.loads((out_dir / "done.json").read_text())
+    if is_trained(out_dir, signature):  # the weights are current: at most the predictions are not
+        done = read_done(out_dir)
+        if is_fold_done(out_dir, signature, predict_signature(cfg, data)):
+            return done
+        best = {"epoch": done["best_epoch"], "score": done["best_macro_f1"], "weights": done["weights"]}
+        return predict_fold(cfg, k, data, out_dir, signature, best, resolve_device(cfg.device),
+                            np.flatnonzero(data.fold == k), progress)
     last_path = out_dir / "last.pt"
     resume = _load_resume(last_path, signature)
     if resume is None and out_dir.exists():
@@ -249,7 +270,7 @@ def predict_fold(cfg, k, data: TrainData, out_dir: Path, signature, best, device
                         cfg.amp, channels_last, desc)
     write_npz(out_dir / "preds.npz", val_index=val_idx, val_logits=val_logits, test_logits=test_logits,
               views=np.asarray(cfg.tta))
-    summary = {"signature": signature, "fold": k, "best_epoch": best["epoch"], "best_macro_f1": best["score"],
-               "weights": best.get("weights", "model")}
+    summary = {"signature": signature, "predictions": predict_signature(cfg, data), "fold": k,
+               "best_epoch": best["epoch"], "best_macro_f1": best["score"], "weights": best.get("weights", "model")}
     write_json(out_dir / "done.json", summary)
     return summary
