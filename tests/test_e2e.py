@@ -221,6 +221,10 @@ def test_tta_or_test_image_changes_predict_again_without_retraining(tiny_project
     assert _mtimes(weights) == trained
     with np.load(member / "oof.npz") as z:
         assert list(z["views"]) == ["identity", "vflip", "zoom"]
+    from foldblend.inference import load_predictor  # evaluate/predict follow the new views too
+
+    folds_models = load_predictor(Project.at(tiny_project), "tiny").members["tiny"]
+    assert [fm.views for fm in folds_models] == [["identity", "vflip", "zoom"]] * 2
 
 
 def test_class_order_and_split_changes_retrain_and_drop_stale_folds(tiny_project):

@@ -43,6 +43,7 @@ class FoldModel:
     views: list[str]
     mean: list[float]
     std: list[float]
+    amp: str = "auto"      # the mixed precision its fold was predicted with, so predictions match the blend
 
 
 @dataclass
@@ -79,6 +80,16 @@ class Prediction:
 
 
 # ----------------------------------------------------------------------------- loading models
+
+def _prediction_settings(path: Path, ckpt: dict) -> tuple[list[str], str]:
+    """TTA views and mixed precision the fold last predicted with (its done.json), so evaluate/predict
+    match the member in oof/; the checkpoint's own values (from training time) otherwise."""
+    done = path.parent / "done.json"
+    settings = json.loads(done.read_text()).get("predictions", {}) if done.exists() else {}
+    views = settings.get("tta") or ckpt.get("tta") or ["identity"]
+    amp = settings.get("amp") or (ckpt.get("config") or {}).get("amp", "auto")
+    return list(views), str(amp)
+
 
 def output_name(exp: str) -> str:
     """A file-name-safe name for outputs of `exp` (an experiment, `blend`, or a checkpoint path)."""
@@ -117,8 +128,9 @@ def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
     for path in checkpoints:
         model, ckpt = load_checkpoint(path, device)
         label = path.parent.name if path.name == "best.pt" else path.stem
-        out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]), int(ckpt["img_size"]),
-                             list(ckpt.get("tta") or ["identity"]), list(ckpt["mean"]), list(ckpt["std"])))
+        views, amp = _prediction_settings(path, ckpt)
+        out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]),
+                             int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp))
     _check_same_classes({m.name: m.classes for m in out})
     return out
 
@@ -211,7 +223,7 @@ def decode_images(paths: list[Path], sizes: list[int], workers: int | None = Non
 def fold_model_logits(fm: FoldModel, images: np.ndarray, batch_size: int, device, progress: bool) -> np.ndarray:
     """(V, N, C) logits of one fold model under each of its TTA views."""
     loader = eval_loader(images, np.arange(len(images)), batch_size)
-    return infer(fm.model, loader, fm.views, device, fm.mean, fm.std, desc=fm.name if progress else None)
+    return infer(fm.model, loader, fm.views, device, fm.mean, fm.std, fm.amp, desc=fm.name if progress else None)
 
 
 def _identity_first(views: list[str]) -> list[int]:

@@ -102,12 +102,12 @@ def run_folds(project: Project, comp: Competition | None = None, progress: bool 
     groups = None
     mode = comp.settings["dedup"]
     if mode == "keep_one":
-        one = keep_one_per_group(train, train["group"].to_numpy())
+        one = keep_one_per_group(train, duplicate_groups(train, comp.settings["dedup_distance"]))
         left_out["duplicates"] = int((keep & ~one).sum())
         keep &= one
     kept = train[keep].reset_index(drop=True)
-    if mode == "group":
-        groups = kept["group"].to_numpy()
+    if mode == "group":  # regrouped here: scan.csv's groups may come from another dedup_distance
+        groups = duplicate_groups(kept, comp.settings["dedup_distance"])
     print("left out of training: " + ", ".join(f"{v} {k}" for k, v in left_out.items()))
     folds, _ = ensure_folds(kept[["image", "label"]], project.folds_csv, comp.settings["n_splits"],
                             comp.settings["fold_seed"], groups)

@@ -31,7 +31,8 @@ def amp_dtype(device: torch.device, amp: str):
         return None
     if amp == "fp16":
         return torch.float16
-    if amp == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+    # native bf16 only (Ampere+): T4/P100 report emulated bf16 as "supported", and it is slow there
+    if amp == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)):
         return torch.bfloat16
     return torch.float16
 
