@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from foldblend.config import config_from_dict
+from foldblend.config import ConfigError, config_from_dict
 from foldblend.data import train_loader
 from foldblend.models import Classifier, Head
 from foldblend.recipe import SoftTargetCrossEntropy, build_fit, epoch_seed, make_loss, make_scheduler, step_scheduler
@@ -239,3 +239,15 @@ def test_cuda_amp_channels_last_compile(tmp_path):
     cfg16 = tiny_config(device="cuda", amp="fp16", epochs=1)
     train_fold(cfg16, 0, tiny_data(), tmp_path / "f16", progress=False)
     assert (tmp_path / "f16/done.json").exists()
+
+
+def test_select_last_keeps_the_final_weights_whatever_the_held_out_score(tmp_path):
+    """`select: last` never chooses on the fold it predicts, so best.pt is the final epoch's weights."""
+    data = tiny_data()
+    cfg = config_from_dict({"name": "t", "model": "cnn_tiny", "img_size": 16, "epochs": 3, "batch_size": 16,
+                            "lr": 0.5, "select": "last", "tta": ["identity"]})  # a wild lr: scores jump around
+    summary = train_fold(cfg, 0, data, tmp_path / "f0", progress=False)
+    log = pd.read_csv(tmp_path / "f0" / "log.csv")
+    assert summary["best_epoch"] == 3 and summary["best_macro_f1"] == pytest.approx(log["val_macro_f1"].iloc[-1])
+    with pytest.raises(ConfigError, match="patience"):
+        config_from_dict({"name": "t", "select": "last", "patience": 2})

@@ -62,6 +62,7 @@ class ExperimentConfig:
     ema: bool = False                   # timm ModelEmaV3; evaluated each epoch and kept when better
     ema_decay: float = 0.998
     patience: int = 0                   # early stopping on held-out macro-F1 (0 = off)
+    select: str = "best"                # best: keep the best held-out epoch; last: keep the final weights
     # --- evaluation
     tta: list[str] = field(default_factory=lambda: ["identity", "hflip"])
     # --- run
@@ -93,6 +94,7 @@ CHOICES = {
     "optimizer": {"adamw", "sgd"},
     "scheduler": {"cosine", "onecycle", "none"},
     "amp": {"auto", "bf16", "fp16", "off"},
+    "select": {"best", "last"},
 }
 
 
@@ -168,6 +170,9 @@ def validate(cfg: ExperimentConfig, where: str) -> ExperimentConfig:
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"{where}: key '{key}' must be one of {sorted(allowed)}, got {getattr(cfg, key)!r}")
+    if cfg.select == "last" and cfg.patience > 0:
+        raise ConfigError(f"{where}: key 'patience' stops on the held-out fold's score, which `select: last` "
+                          f"avoids looking at; use one or the other")
     from .transforms import TTA_VIEWS  # late import: transforms imports albumentations
 
     bad = [v for v in cfg.tta if v not in TTA_VIEWS]

@@ -221,7 +221,10 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
 
         candidates = {"model": fit.model} | ({"ema": fit.ema.module} if fit.ema is not None else {})
         results = {tag: evaluate(net, val_dl, fit, y_val) for tag, net in candidates.items()}
-        tag = max(results, key=lambda t: results[t]["macro_f1"])
+        if cfg.select == "best":
+            tag = max(results, key=lambda t: results[t]["macro_f1"])
+        else:  # no choice made on the held-out fold: its OOF predictions stay unbiased
+            tag = "ema" if fit.ema is not None else "model"
         score = results[tag]
         row = {"epoch": epoch + 1, "train_loss": stats["loss"], "val_loss": score["log_loss"],
                "val_macro_f1": score["macro_f1"], "val_accuracy": score["accuracy"],
@@ -231,7 +234,7 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
             row["raw_macro_f1"], row["ema_macro_f1"] = results["model"]["macro_f1"], results["ema"]["macro_f1"]
         run["rows"].append(row)
         write_csv(out_dir / "log.csv", pd.DataFrame(run["rows"]))
-        if score["macro_f1"] > run["best"]["score"]:
+        if cfg.select == "last" or score["macro_f1"] > run["best"]["score"]:
             run["best"], run["stale"] = {"score": score["macro_f1"], "epoch": epoch + 1, "weights": tag}, 0
             with atomic_path(out_dir / "best.pt") as tmp:
                 torch.save(checkpoint_payload(candidates[tag], arch, data.classes, cfg.img_size, cfg.tta,
