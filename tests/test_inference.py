@@ -14,7 +14,7 @@ import torch
 import imagegen as gen
 from foldblend import ensemble as E
 from foldblend.inference import (add_predict_arguments, combine_members, load_predictor, predict_from_args,
-                                 predict_images)
+                                 list_images, predict_images)
 from foldblend.models import Arch, checkpoint_payload, create_model
 from foldblend.paths import Project
 
@@ -185,3 +185,21 @@ def test_blend_prediction_equals_the_blends_own_test_probabilities(project, tmp_
         expected = z["test_probs"]
     got = predict_images(load_predictor(project, "blend"), paths, progress=False).probs
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_chunked_prediction_equals_one_pass(tmp_path, monkeypatch):
+    """Bounded memory: predicting a few images at a time gives the same probabilities as one pass."""
+    import foldblend.inference as inf
+
+    project = Project.at(tmp_path / "proj")
+    make_experiment(project, "exp_a", folds=2, img_size=16)
+    make_labelled_folder(tmp_path / "imgs", per_class=3)
+    (tmp_path / "imgs" / "circle" / "broken.png").write_bytes(b"not a png")
+    paths = list_images([tmp_path / "imgs"])
+    predictor = load_predictor(project, "exp_a")
+    whole = predict_images(predictor, paths, progress=False)
+    monkeypatch.setattr(inf, "CHUNK", 4)
+    chunked = predict_images(predictor, paths, progress=False)
+    np.testing.assert_array_equal(chunked.ok, whole.ok)
+    assert (~whole.ok).sum() == 1 and list(chunked.failures) == list(whole.failures)
+    np.testing.assert_allclose(chunked.probs[whole.ok], whole.probs[whole.ok], rtol=1e-5, atol=1e-6)

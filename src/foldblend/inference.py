@@ -263,17 +263,28 @@ def combine_members(predictor: Predictor, probs: dict[str, np.ndarray]) -> np.nd
     return combined
 
 
+CHUNK = 4096  # images decoded and held in memory at once by predict_images
+
+
 def predict_images(predictor: Predictor, paths: list[Path], batch_size: int = 64, device="cpu",
                    progress: bool = True) -> Prediction:
-    """Class probabilities of every readable image in `paths`."""
+    """Class probabilities of every readable image in `paths`.
+
+    Decoded and predicted `CHUNK` images at a time, so memory stays bounded on 25k-image folders.
+    """
     paths = [Path(p) for p in paths]
-    images, ok, failures = decode_images(paths, predictor.sizes, progress=progress)
     probs = np.full((len(paths), len(predictor.classes)), np.nan)
-    if ok.any():
-        readable = {s: a[ok] for s, a in images.items()}
-        per_member = {n: member_probs(predictor, n, readable, batch_size, device, progress)
-                      for n in predictor.members}
-        probs[ok] = combine_members(predictor, per_member)
+    ok = np.zeros(len(paths), bool)
+    failures: dict[str, str] = {}
+    for start in range(0, len(paths), CHUNK):
+        part = slice(start, start + CHUNK)
+        images, ok[part], part_failures = decode_images(paths[part], predictor.sizes, progress=progress)
+        failures.update(part_failures)
+        if ok[part].any():
+            readable = {s: a[ok[part]] for s, a in images.items()}
+            per_member = {n: member_probs(predictor, n, readable, batch_size, device, progress)
+                          for n in predictor.members}
+            probs[part][ok[part]] = combine_members(predictor, per_member)
     return Prediction(paths, ok, probs, predictor.classes, failures)
 
 
