@@ -236,3 +236,19 @@ def test_folder_named_like_latest_is_not_a_test_folder(tmp_path):
     sample(tmp_path, ["t"])
     comp = load_competition(tmp_path)
     assert comp.layout == "folder per class: latest/<class>/; test: test/"
+
+
+def test_an_id_matching_two_files_is_an_error_naming_both(tmp_path):
+    from PIL import Image
+
+    inp = tmp_path / "input"
+    for c in ("a", "b"):
+        (inp / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(inp / "train" / c / f"{i}.png")
+    (inp / "test").mkdir()
+    Image.new("RGB", (8, 8)).save(inp / "test" / "x.png")
+    Image.new("RGB", (8, 8)).save(inp / "test" / "x.jpg")
+    (inp / "sample_submission.csv").write_text("id,label\nx,a\n")
+    with pytest.raises(CompetitionError, match="x.jpg, test/x.png"):
+        load_competition(inp)

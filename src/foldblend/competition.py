@@ -320,15 +320,20 @@ class _FileIndex:
     def __init__(self, folder: Path, root: Path):
         images, others = _walk(folder)
         self.others = [_rel(p, root) for p in others]
-        self.keys: dict[str, str] = {}
+        self.keys: dict[str, set[str]] = {}
         for p in images:
             rel = _rel(p, root)
             inner = _rel(p, folder)
             for key in (inner, rel, p.name, inner[: -len(p.suffix)], p.stem):
-                self.keys.setdefault(_norm(key), rel)  # first (sorted) file wins a shared stem
+                self.keys.setdefault(_norm(key), set()).add(rel)
 
     def find(self, id_: str) -> str | None:
-        return self.keys.get(_norm(id_.strip().replace("\\", "/")))
+        """The one file an id names; an id that names several (a.jpg and a.png for id `a`) is an error."""
+        files = self.keys.get(_norm(id_.strip().replace("\\", "/")))
+        if files and len(files) > 1:
+            raise CompetitionError(f"test id {id_!r} matches several files: {', '.join(sorted(files)[:5])}; "
+                                   f"remove the extra files or make the sample's ids name one file each")
+        return next(iter(files)) if files else None
 
 
 def _norm(key: str) -> str:
