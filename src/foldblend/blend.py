@@ -190,12 +190,6 @@ def _overfit_warnings(in_sample: dict, nested: dict, metric: str) -> list[str]:
             f"(gap {gap:.4f} > {OVERFIT_WARNING_GAP}): the fitted blend overfits the OOF rows; trust the nested number"]
 
 
-def _identity_first(views: list[str]) -> list[int]:
-    """View order with the un-augmented view first (`--tta weighted` weighs view 0 against the rest)."""
-    first = views.index("identity") if "identity" in views else 0
-    return [first] + [i for i in range(len(views)) if i != first]
-
-
 def blend_arrays(members: list[Member], method: str = "mean", metric: str = "macro_f1", tta: str = "mean",
                  fold_combine: str = "prob_mean", temperature: bool = False, bias: bool = False,
                  rounds: int = 100, calibrate: bool = False, power: float = 2.0,
@@ -206,8 +200,8 @@ def blend_arrays(members: list[Member], method: str = "mean", metric: str = "mac
                         calibrate=calibrate, bias=bias, rounds=rounds, power=power, greedy_init=greedy_init)
     ref, c = members[0], members[0].n_classes
     y, fold = np.asarray(ref.labels), np.asarray(ref.fold)
-    oof_views = [softmax(m.oof_logits[_identity_first(m.views)]) for m in members]
-    test_views = [E.combine_folds(m.test_logits[:, _identity_first(m.views)], fold_combine) for m in members]
+    oof_views = [softmax(m.oof_logits[E.identity_first(m.views)]) for m in members]
+    test_views = [E.combine_folds(m.test_logits[:, E.identity_first(m.views)], fold_combine) for m in members]
     member_scores = {m.name: classification_scores(y, v.mean(axis=0), c) for m, v in zip(members, oof_views)}
     if tta == "mean":  # nothing to fit across views: collapse them once
         oof_views = [v.mean(axis=0, keepdims=True) for v in oof_views]

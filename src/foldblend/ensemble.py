@@ -29,6 +29,12 @@ def true_class_probs(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- views and folds
 
+def identity_first(views: list[str]) -> list[int]:
+    """View order with the un-augmented view first (`--tta weighted` weighs view 0 against the rest)."""
+    first = views.index("identity") if "identity" in views else 0
+    return [first] + [i for i in range(len(views)) if i != first]
+
+
 def combine_views(view_probs: np.ndarray, identity_weight: float | None = None) -> np.ndarray:
     """Mean over TTA views, or `w * view0 + (1 - w) * mean(other views)` (view 0 = the un-augmented one)."""
     if identity_weight is None or len(view_probs) == 1:

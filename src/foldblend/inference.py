@@ -226,18 +226,13 @@ def fold_model_logits(fm: FoldModel, images: np.ndarray, batch_size: int, device
     return infer(fm.model, loader, fm.views, device, fm.mean, fm.std, fm.amp, desc=fm.name if progress else None)
 
 
-def _identity_first(views: list[str]) -> list[int]:
-    first = views.index("identity") if "identity" in views else 0
-    return [first] + [i for i in range(len(views)) if i != first]
-
-
 def member_probs(predictor: Predictor, name: str, images: dict[int, np.ndarray], batch_size: int, device,
                  progress: bool) -> np.ndarray:
     """(N, C): the member's fold models combined, then its views, exactly as the blend combined its test set."""
     models = predictor.members[name]
     logits = np.stack([fold_model_logits(fm, images[fm.img_size], batch_size, device, progress)
                        for fm in models])                                         # (F, V, N, C)
-    views = E.combine_folds(logits[:, _identity_first(models[0].views)], predictor.fold_combine)
+    views = E.combine_folds(logits[:, E.identity_first(models[0].views)], predictor.fold_combine)
     probs = E.combine_views(views, predictor.identity_weights.get(name))
     t = float(predictor.temperatures.get(name, 1.0) or 1.0)
     return E.apply_temperature(probs, t) if t != 1.0 else probs
