@@ -19,9 +19,8 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from .artifacts import write_csv, write_text
 from .imageio import is_image_name
-from .inference import Predictor, add_model_arguments, load_predictor, output_name, predict_images
+from .inference import Predictor, add_model_arguments, output_name, predict_images, predictor_from_args
 from .report_plots import confusion_png
-from .train import resolve_device
 
 REPORT_DIGITS = 4
 
@@ -153,10 +152,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_from_args(args: argparse.Namespace, project) -> Evaluation:
-    device = resolve_device(args.device)
-    predictor = load_predictor(project, args.exp, device)
-    for note in predictor.notes:
-        print(f"note: {note}")
+    predictor, device = predictor_from_args(args, project)
     ev = evaluate_folder(predictor, args.data, args.batch_size, device)
     print(format_evaluation(ev))
     files = write_evaluation(ev, args.out or project.oof / f"eval_{output_name(args.exp)}")

@@ -324,11 +324,17 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="CSV to write (default: oof/predict_<exp>.csv)")
 
 
-def predict_from_args(args: argparse.Namespace, project) -> Path:
+def predictor_from_args(args: argparse.Namespace, project) -> tuple[Predictor, torch.device]:
+    """The `add_model_arguments` half of `evaluate` and `predict`: the models, on their device."""
     device = resolve_device(args.device)
     predictor = load_predictor(project, args.exp, device)
     for note in predictor.notes:
         print(f"note: {note}")
+    return predictor, device
+
+
+def predict_from_args(args: argparse.Namespace, project) -> Path:
+    predictor, device = predictor_from_args(args, project)
     paths = list_images(args.images)
     if not paths:
         raise ValueError(f"no image files in {', '.join(map(str, args.images))}")
