@@ -10,7 +10,7 @@ import torch.nn as nn
 from foldblend.config import ConfigError, config_from_dict
 from foldblend.data import train_loader
 from foldblend.models import Classifier, Head
-from foldblend.recipe import SoftTargetCrossEntropy, build_fit, epoch_seed, make_loss, make_scheduler, step_scheduler
+from foldblend.recipe import SoftTargetCrossEntropy, build_fit, epoch_seed, make_loss, step_scheduler
 from foldblend.train import TrainData, train_fold, train_one_epoch
 from foldblend.transforms import class_sample_weights, to_input
 
