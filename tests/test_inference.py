@@ -203,3 +203,21 @@ def test_chunked_prediction_equals_one_pass(tmp_path, monkeypatch):
     np.testing.assert_array_equal(chunked.ok, whole.ok)
     assert (~whole.ok).sum() == 1 and list(chunked.failures) == list(whole.failures)
     np.testing.assert_allclose(chunked.probs[whole.ok], whole.probs[whole.ok], rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_prediction_keeps_rank_blends_exact(tmp_path, monkeypatch):
+    """Rank averaging ranks over all rows: chunks must not be combined one by one."""
+    import foldblend.inference as inf
+
+    project = Project.at(tmp_path / "proj")
+    for name in ("exp_a", "exp_b"):
+        make_experiment(project, name, folds=2, img_size=16)
+    make_labelled_folder(tmp_path / "imgs", per_class=3)
+    paths = list_images([tmp_path / "imgs"])
+    predictor = load_predictor(project, "exp_a")
+    predictor.members["exp_b"] = load_predictor(project, "exp_b").members["exp_b"]
+    predictor.weights = {"exp_a": 0.5, "exp_b": 0.5}
+    predictor.method = "rank"
+    whole = predict_images(predictor, paths, progress=False)
+    monkeypatch.setattr(inf, "CHUNK", 2)
+    np.testing.assert_allclose(predict_images(predictor, paths, progress=False).probs, whole.probs, atol=1e-12)

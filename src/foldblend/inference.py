@@ -268,18 +268,20 @@ def predict_images(predictor: Predictor, paths: list[Path], batch_size: int = 64
     Decoded and predicted `CHUNK` images at a time, so memory stays bounded on 25k-image folders.
     """
     paths = [Path(p) for p in paths]
-    probs = np.full((len(paths), len(predictor.classes)), np.nan)
     ok = np.zeros(len(paths), bool)
     failures: dict[str, str] = {}
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in predictor.members}
     for start in range(0, len(paths), CHUNK):
         part = slice(start, start + CHUNK)
         images, ok[part], part_failures = decode_images(paths[part], predictor.sizes, progress=progress)
         failures.update(part_failures)
         if ok[part].any():
             readable = {s: a[ok[part]] for s, a in images.items()}
-            per_member = {n: member_probs(predictor, n, readable, batch_size, device, progress)
-                          for n in predictor.members}
-            probs[part][ok[part]] = combine_members(predictor, per_member)
+            for n in predictor.members:
+                chunks[n].append(member_probs(predictor, n, readable, batch_size, device, progress))
+    probs = np.full((len(paths), len(predictor.classes)), np.nan)
+    if ok.any():  # members combine once, over every image: rank averaging depends on all the rows
+        probs[ok] = combine_members(predictor, {n: np.concatenate(c) for n, c in chunks.items()})
     return Prediction(paths, ok, probs, predictor.classes, failures)
 
 
