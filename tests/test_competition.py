@@ -252,3 +252,17 @@ def test_an_id_matching_two_files_is_an_error_naming_both(tmp_path):
     (inp / "sample_submission.csv").write_text("id,label\nx,a\n")
     with pytest.raises(CompetitionError, match="x.jpg, test/x.png"):
         load_competition(inp)
+
+
+def test_an_exact_relative_path_is_never_ambiguous(tmp_path):
+    from PIL import Image
+
+    from foldblend.competition import _FileIndex
+
+    (tmp_path / "imgs" / "extra").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "extra" / "a.png")
+    index = _FileIndex(tmp_path / "imgs", tmp_path, "train")
+    assert index.find("a.png") == "imgs/a.png" and index.find("extra/a.png") == "imgs/extra/a.png"
+    with pytest.raises(CompetitionError, match="train id 'a' matches several files"):
+        index.find("a")

@@ -199,3 +199,14 @@ def test_single_probability_column_sample_gets_the_positive_class_probability(tm
     assert path.read_text().splitlines() == ["id,label", "1,0.1", "2,0.8", "3,0.5"]
     with pytest.raises(SubmissionError, match="set submission_format"):
         detect_format(sample, ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("values,classes,expected", [
+    ("0.5", ["cat", "dog"], "positive_prob"),
+    ("1.0", ["0", "1"], "label"),          # an integer label written as a float is still a label
+    ("0.0", ["1", "2"], "label"),
+    ("0.5", ["0.5", "1.5"], "label"),      # the placeholder is a class name
+])
+def test_probability_placeholders_versus_float_written_labels(tmp_path, values, classes, expected):
+    sample = _sample(tmp_path, f"id,target\na,{values}\nb,{values}\n")
+    assert detect_format(sample, classes) == expected

@@ -307,7 +307,7 @@ def _csv_layout(root: Path, cfg: dict):
     if image_dir is None:
         raise CompetitionError(f"{root}/: {csv.name} found but no image folder ({', '.join(IMAGE_DIR_NAMES)}); "
                                f"set train_dir in {root / CONFIG_NAME}")
-    index = _FileIndex(image_dir, root)
+    index = _FileIndex(image_dir, root, "train")
     images = [index.find(v) for v in df[image_col]]
     _raise_missing(df[image_col], images, image_dir, root, "train_dir")
     train = pd.DataFrame({"image": images, "label": labels.to_numpy()})
@@ -315,24 +315,31 @@ def _csv_layout(root: Path, cfg: dict):
 
 
 class _FileIndex:
-    """Looks ids up as a file name, a stem, id + any image extension, or a relative path."""
+    """Looks ids up as a relative path first, then as a file name, a stem, or id + any image extension."""
 
-    def __init__(self, folder: Path, root: Path):
+    def __init__(self, folder: Path, root: Path, what: str = "test"):
         images, others = _walk(folder)
+        self.what = what
         self.others = [_rel(p, root) for p in others]
-        self.keys: dict[str, set[str]] = {}
+        self.exact: dict[str, str] = {}           # paths name exactly one file
+        self.loose: dict[str, set[str]] = {}      # names and stems may name several
         for p in images:
             rel = _rel(p, root)
             inner = _rel(p, folder)
-            for key in (inner, rel, p.name, inner[: -len(p.suffix)], p.stem):
-                self.keys.setdefault(_norm(key), set()).add(rel)
+            for key in (inner, rel):
+                self.exact[_norm(key)] = rel
+            for key in (p.name, inner[: -len(p.suffix)], p.stem):
+                self.loose.setdefault(_norm(key), set()).add(rel)
 
     def find(self, id_: str) -> str | None:
         """The one file an id names; an id that names several (a.jpg and a.png for id `a`) is an error."""
-        files = self.keys.get(_norm(id_.strip().replace("\\", "/")))
+        key = _norm(id_.strip().replace("\\", "/"))
+        if key in self.exact:
+            return self.exact[key]
+        files = self.loose.get(key)
         if files and len(files) > 1:
-            raise CompetitionError(f"test id {id_!r} matches several files: {', '.join(sorted(files)[:5])}; "
-                                   f"remove the extra files or make the sample's ids name one file each")
+            raise CompetitionError(f"{self.what} id {id_!r} matches several files: {', '.join(sorted(files)[:5])}; "
+                                   f"remove the extra files or make the ids name one file each")
         return next(iter(files)) if files else None
 
 

@@ -32,7 +32,7 @@ def amp_dtype(device: torch.device, amp: str):
     if amp == "fp16":
         return torch.float16
     # native bf16 only (Ampere+): T4/P100 report emulated bf16 as "supported", and it is slow there
-    if amp == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)):
+    if amp == "bf16" or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8):
         return torch.bfloat16
     return torch.float16
 

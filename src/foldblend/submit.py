@@ -55,7 +55,7 @@ def detect_format(sample: pd.DataFrame, classes: list[str]) -> str:
     values = sample[targets[0]].tolist()
     if _is_int_text(values) and not _is_int_text(list(classes)):
         return "class_id"
-    if _is_fraction_text(values) and not set(values) <= set(map(str, classes)):
+    if _is_fraction_text(values) and not _numbers_among(values, classes):
         # e.g. dogs-vs-cats `id,label` filled with 0.5: one probability column, not class names
         if len(classes) != 2:
             raise SubmissionError(f"the sample's {targets[0]!r} column holds probabilities ({values[0]}) but there "
@@ -64,12 +64,25 @@ def detect_format(sample: pd.DataFrame, classes: list[str]) -> str:
     return "label"
 
 
+def _numbers_among(values, classes) -> bool:
+    """Whether every placeholder is a class name, compared as numbers where both parse (0.5 == "0.50")."""
+    def number(v):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    names = {number(c) for c in map(str, classes)}
+    return all(number(v) in names for v in values)
+
+
 def _is_fraction_text(values) -> bool:
+    """Probabilities as placeholders: all in [0, 1] and at least one strictly between (0.5, not 1.0)."""
     try:
         numbers = [float(v) for v in values]
     except ValueError:
         return False
-    return len(numbers) > 0 and all(0.0 <= x <= 1.0 for x in numbers) and not _is_int_text(values)
+    return (len(numbers) > 0 and all(0.0 <= x <= 1.0 for x in numbers)
+            and any(0.0 < x < 1.0 for x in numbers))
 
 
 def _format_prob(p: float) -> str:
