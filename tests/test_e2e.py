@@ -200,7 +200,8 @@ def test_tta_or_test_image_changes_predict_again_without_retraining(tiny_project
     run(tiny_project, "train", "--quiet")
     member = tiny_project / "oof" / "tiny"
     weights = sorted((tiny_project / "models" / "tiny").glob("fold_*/best.pt"))
-    trained = _mtimes(weights)
+    training = sorted((tiny_project / "models" / "tiny").glob("fold_*/l*"))  # last.pt, log.csv: only training writes them
+    trained = _mtimes(training)
     with np.load(member / "test.npz") as z:
         before = z["logits"].copy()
 
@@ -209,7 +210,7 @@ def test_tta_or_test_image_changes_predict_again_without_retraining(tiny_project
     other = tiny_project / "input" / "testset" / "t001.png"
     test_img.write_bytes(other.read_bytes())
     run(tiny_project, "train", "--quiet")
-    assert _mtimes(weights) == trained
+    assert _mtimes(training) == trained
     with np.load(member / "test.npz") as z:
         assert not np.allclose(z["logits"][:, :, 0], before[:, :, 0])
         np.testing.assert_allclose(z["logits"][:, :, 0], z["logits"][:, :, 1], rtol=1e-5, atol=1e-5)
@@ -218,13 +219,18 @@ def test_tta_or_test_image_changes_predict_again_without_retraining(tiny_project
     cfg = tiny_project / "folds" / "tiny.yaml"
     cfg.write_text(cfg.read_text().replace("tta: [identity, hflip]", "tta: [identity, vflip, zoom]"))
     run(tiny_project, "train", "--quiet")
-    assert _mtimes(weights) == trained
+    assert _mtimes(training) == trained and len(training) == 4
     with np.load(member / "oof.npz") as z:
         assert list(z["views"]) == ["identity", "vflip", "zoom"]
     from foldblend.inference import load_predictor  # evaluate/predict follow the new views too
 
     folds_models = load_predictor(Project.at(tiny_project), "tiny").members["tiny"]
     assert [fm.views for fm in folds_models] == [["identity", "vflip", "zoom"]] * 2
+    import shutil  # and so does a checkpoint copied out of the project, without its done.json
+
+    shutil.copy(weights[0], tiny_project / "copied.pt")
+    copied = load_predictor(Project.at(tiny_project / "elsewhere"), str(tiny_project / "copied.pt"))
+    assert copied.members[str(tiny_project / "copied.pt")][0].views == ["identity", "vflip", "zoom"]
 
 
 def test_class_order_and_split_changes_retrain_and_drop_stale_folds(tiny_project):

@@ -109,7 +109,10 @@ def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project
     dirs = [project.model_dir(cfg.name, k) for k in range(n_folds)]
     missing = [k for k, d in enumerate(dirs) if not is_fold_done(d, signature, predictions)]
     if missing:
-        print(f"[{cfg.name}] folds {missing} not trained yet: oof/{cfg.name}/ is written once every fold is done")
+        stale = [k for k in missing if is_trained(dirs[k], signature)]
+        print(f"[{cfg.name}] folds {missing} not done yet"
+              + (f" ({stale} trained but not predicted with the current tta/test images)" if stale else "")
+              + f": oof/{cfg.name}/ is written once every fold is done")
         return None
     out = project.oof_dir(cfg.name)
     # the member is current only if made from exactly these fold predictions (a retrained fold changes them)

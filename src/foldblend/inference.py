@@ -132,6 +132,10 @@ def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
         out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]),
                              int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp))
     _check_same_classes({m.name: m.classes for m in out})
+    if len({tuple(m.views) for m in out}) > 1:
+        raise ValueError(f"{exp}: its folds were last predicted with different TTA views "
+                         f"({', '.join(f'{m.name}: {m.views}' for m in out)}); run `foldblend train` for it "
+                         f"so every fold predicts with the config's views")
     return out
 
 

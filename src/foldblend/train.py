@@ -256,6 +256,18 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
     return predict_fold(cfg, k, data, out_dir, signature, run["best"], device, val_idx, progress)
 
 
+def _record_prediction_settings(path: Path, cfg: ExperimentConfig) -> None:
+    """Keep best.pt's TTA views and amp those it last predicted with: a checkpoint copied out of the
+    project (without done.json) then still predicts exactly as its member in oof/ did."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    config = ckpt.get("config") or {}
+    if ckpt.get("tta") == list(cfg.tta) and config.get("amp") == cfg.amp:
+        return
+    ckpt["tta"], ckpt["config"] = list(cfg.tta), {**config, "tta": list(cfg.tta), "amp": cfg.amp}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
 def predict_fold(cfg, k, data: TrainData, out_dir: Path, signature, best, device, val_idx, progress) -> dict:
     """The best checkpoint on its held-out fold and on the test set, under every TTA view."""
     from .models import load_checkpoint
@@ -273,6 +285,7 @@ def predict_fold(cfg, k, data: TrainData, out_dir: Path, signature, best, device
                         cfg.amp, channels_last, desc)
     write_npz(out_dir / "preds.npz", val_index=val_idx, val_logits=val_logits, test_logits=test_logits,
               views=np.asarray(cfg.tta))
+    _record_prediction_settings(out_dir / "best.pt", cfg)
     summary = {"signature": signature, "predictions": predict_signature(cfg, data), "fold": k,
                "best_epoch": best["epoch"], "best_macro_f1": best["score"], "weights": best.get("weights", "model")}
     write_json(out_dir / "done.json", summary)
