@@ -210,3 +210,18 @@ def test_single_probability_column_sample_gets_the_positive_class_probability(tm
 def test_probability_placeholders_versus_float_written_labels(tmp_path, values, classes, expected):
     sample = _sample(tmp_path, f"id,target\na,{values}\nb,{values}\n")
     assert detect_format(sample, classes) == expected
+
+
+def test_submit_refuses_a_blend_older_than_its_members(tmp_path):
+    """A member predicted again after the blend (new test images, new TTA) must not be submitted stale."""
+    project, competition = _project(tmp_path)
+    run_blend(project.oof, None, project.oof / "_blend", method="mean")
+    submit_from_args(_args([]), project, competition)
+    with np.load(project.oof / "m1" / "test.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["logits"] = arrays["logits"][..., ::-1].copy()
+    np.savez(project.oof / "m1" / "test.npz", **arrays)
+    with pytest.raises(SubmissionError, match="changed after the last blend"):
+        submit_from_args(_args([]), project, competition)
+    run_blend(project.oof, None, project.oof / "_blend", method="mean")
+    submit_from_args(_args([]), project, competition)

@@ -136,3 +136,23 @@ def load_member(member_dir: str | Path) -> Member:
     return Member(name=member_dir.name, classes=classes, ids=oof["ids"].astype(str), labels=oof["labels"],
                   fold=oof["fold"], views=[str(x) for x in oof["views"]], oof_logits=oof["logits"],
                   test_ids=test["ids"].astype(str), test_logits=test["logits"], scores=scores)
+
+
+def member_digest(member_dir: str | Path) -> str:
+    """A digest of a member's prediction files: a blend records it, so a later change is noticed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("oof.npz", "test.npz"):
+        h.update(Path(member_dir, name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def changed_members(oof_root: str | Path, recorded: dict[str, str]) -> list[str]:
+    """Members whose files differ from (or are gone since) the digests a blend recorded."""
+    out = []
+    for name, digest in recorded.items():
+        d = Path(oof_root) / name
+        if not (d / "oof.npz").exists() or member_digest(d) != digest:
+            out.append(name)
+    return out

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ensemble as E
-from .artifacts import Member, load_member, write_json, write_npz
+from .artifacts import Member, load_member, member_digest, write_json, write_npz
 from .metrics import HIGHER_IS_BETTER, METRICS, classification_scores, softmax
 
 OVERFIT_WARNING_GAP = 0.01
@@ -249,7 +249,7 @@ def format_table(result: BlendResult, metric: str = "macro_f1") -> str:
     return "\n".join(lines + [f"warning: {w}" for w in result.warnings])
 
 
-def save_blend(result: BlendResult, out_dir: Path) -> None:
+def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str] | None = None) -> None:
     """blend.npz (arrays with their ids) and blend.json (what was done, and how well), both atomic."""
     out_dir = Path(out_dir)
     (out_dir / "blend.json").unlink(missing_ok=True)  # written last: a kill between the two leaves no blend
@@ -260,7 +260,8 @@ def save_blend(result: BlendResult, out_dir: Path) -> None:
         "method": result.method, "options": result.options, "members": list(result.weights),
         "weights": result.weights, "biases": None if result.biases is None else result.biases.tolist(),
         "fitted": result.fitted, "cv_in_sample": result.cv_in_sample, "cv_nested": result.cv_nested,
-        "member_scores": result.member_scores, "warnings": result.warnings, "classes": result.classes})
+        "member_scores": result.member_scores, "warnings": result.warnings, "classes": result.classes,
+        "member_digests": member_digests or {}})
 
 
 def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, **kwargs) -> BlendResult:
@@ -272,7 +273,7 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, **kwargs) 
     members = [load_member(oof_root / name) for name in names]
     result = blend_arrays(members, **kwargs)
     print(format_table(result, result.options["metric"] if result.options["metric"] in METRICS else "macro_f1"))
-    save_blend(result, out_dir)
+    save_blend(result, out_dir, {name: member_digest(oof_root / name) for name in names})
     return result
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from . import ensemble as E
-from .artifacts import write_csv
+from .artifacts import changed_members, write_csv
 from .cache import resize_square
 from .data import eval_loader
 from .imageio import ImageReadError, is_image_name, load_rgb
@@ -179,6 +179,10 @@ def load_predictor(project, name: str, device="cpu") -> Predictor:
                           power=float(options.get("power", 2.0)))
     if predictor.method == "stack":
         predictor.notes.append("the blend's stacker is not saved: members are combined by its weight shares")
+    changed = changed_members(project.oof, blend.get("member_digests") or {})
+    if changed:
+        predictor.notes.append(f"oof/{changed[0]}/ changed after the last blend: its weights were fitted on older "
+                               f"predictions (run `foldblend blend` again)")
     return predictor
 
 

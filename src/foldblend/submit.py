@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import load_member, write_csv
+from .artifacts import changed_members, load_member, write_csv
 from .metrics import classification_scores, softmax
 
 FORMATS = ("label", "probs", "class_id", "positive_prob")
@@ -300,6 +300,10 @@ def blend_prediction(oof_root: Path) -> tuple[np.ndarray, np.ndarray, list[str],
     if not (blend_dir / "blend.json").exists():
         raise SubmissionError(f"{blend_dir}/blend.json not found: run `foldblend blend` first (or use --exp NAME)")
     meta = json.loads((blend_dir / "blend.json").read_text(encoding="utf-8"))
+    changed = changed_members(oof_root, meta.get("member_digests") or {})
+    if changed:
+        raise SubmissionError(f"oof/{changed[0]}/ changed after the last blend (retrained or predicted again): "
+                              f"run `foldblend blend` again before submitting")
     with np.load(blend_dir / "blend.npz", allow_pickle=False) as z:
         test_ids, probs = z["test_ids"].astype(str), z["test_probs"]
     metric = meta.get("options", {}).get("metric", "macro_f1")
