@@ -95,23 +95,25 @@ def test_interrupted_build_leaves_no_cache(images, tmp_path, monkeypatch):
     assert list((tmp_path / "cache").glob("*")) == []
 
 
-def test_old_caches_are_pruned_to_the_most_recently_used(tmp_path, monkeypatch):
-    """A new file set or size builds a new cache; beyond KEEP_CACHES the least recently used go."""
+def test_caches_unused_since_a_time_are_removed(tmp_path):
+    """After every fold config ran, caches none of them opened are obsolete; used ones stay."""
     import os
     import time
 
     from foldblend import cache as cache_mod
 
-    monkeypatch.setattr(cache_mod, "KEEP_CACHES", 2)
     folder = tmp_path / "imgs"
     folder.mkdir()
     paths = [gen.save(folder / f"{i}.png", gen.shapes(i, 24)) for i in range(3)]
-    for size in (8, 12):
+    for size in (8, 12, 16):
         cache_mod.cached_images(paths, size, tmp_path / "c", progress=False)
-        time.sleep(0.01)
-    first = cache_mod.cache_files(paths, 8, tmp_path / "c")[1]
-    os.utime(first, ns=(time.time_ns() - 10**9, time.time_ns() - 10**9))
-    cache_mod.cached_images(paths, 8, tmp_path / "c", progress=False)  # reuse: now the most recent
-    cache_mod.cached_images(paths, 16, tmp_path / "c", progress=False)  # a third cache: 12 px goes
-    left = sorted(p.name.split("_")[1] for p in (tmp_path / "c").glob("*.npy"))
-    assert left == ["16px", "8px"]
+    old = time.time() - 100
+    for meta in (tmp_path / "c").glob("*.meta.npz"):
+        os.utime(meta, (old, old))
+    start = time.time() - 1
+    cache_mod.cached_images(paths, 12, tmp_path / "c", progress=False)  # opened in this run: kept
+    gone = cache_mod.remove_unused_caches(tmp_path / "c", since=start)
+    assert sorted(p.name.split("_")[1] for p in gone) == ["16px", "8px"]
+    assert [p.name.split("_")[1] for p in (tmp_path / "c").glob("*.npy")] == ["12px"]
+    images, ok = cache_mod.cached_images(paths, 12, tmp_path / "c", progress=False)
+    assert ok.all() and images.shape == (3, 12, 12, 3)

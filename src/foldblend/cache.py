@@ -22,9 +22,6 @@ from .imageio import ImageReadError, load_rgb
 
 GREY = 128          # fill for unreadable images: the mean-ish value, harmless after normalisation
 CACHE_VERSION = 1   # bump when decoding or resizing changes, so old caches are not reused
-# Every change to a file set (or a new img_size) builds a new cache; at 25k images x 260 px each is ~5 GB,
-# so only the most recently used are kept (an experiment uses two: train and test).
-KEEP_CACHES = int(os.environ.get("FOLDBLEND_CACHE_KEEP", "8"))
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -82,9 +79,8 @@ def cached_images(paths: list[Path], size: int, cache_dir: Path, workers: int | 
     images_file, meta_file = cache_files(paths, size, cache_dir, root)
     if not (images_file.exists() and meta_file.exists()):
         _build(paths, size, images_file, meta_file, workers, progress)
-        prune_caches(Path(cache_dir), KEEP_CACHES, keep=meta_file)
     else:
-        os.utime(meta_file)  # "last used", for pruning
+        os.utime(meta_file)  # "last used": see remove_unused_caches
     with np.load(meta_file, allow_pickle=False) as meta:
         ok = meta["ok"].astype(bool)
     images = np.load(images_file, mmap_mode="r")
@@ -94,20 +90,20 @@ def cached_images(paths: list[Path], size: int, cache_dir: Path, workers: int | 
     return images, ok
 
 
-def prune_caches(cache_dir: Path, n_keep: int, keep: Path | None = None) -> list[Path]:
-    """Delete all but the `n_keep` most recently used caches (never `keep`); returns what was deleted.
+def remove_unused_caches(cache_dir: Path, since: float) -> list[Path]:
+    """Delete the caches not used since `since` (a time.time()); returns the pixel files deleted.
 
-    An open memmap survives its file's deletion on POSIX, so a process still reading one is unaffected.
+    Every change to a file set or a new img_size builds a new cache (~5 GB for 25k images at 260 px);
+    after a run of every fold config, the caches none of them used are obsolete. An open memmap
+    survives its file's deletion on POSIX, so a process still reading one is unaffected.
     """
-    metas = sorted(Path(cache_dir).glob("images_*.meta.npz"), key=lambda m: m.stat().st_mtime_ns, reverse=True)
     gone = []
-    for meta in metas[max(n_keep, 1):]:
-        if meta == keep:
-            continue
-        pixels = meta.with_name(meta.name.replace(".meta.npz", ".npy"))
-        meta.unlink(missing_ok=True)
-        pixels.unlink(missing_ok=True)
-        gone.append(pixels)
+    for meta in Path(cache_dir).glob("images_*.meta.npz"):
+        if meta.stat().st_mtime < since:
+            pixels = meta.with_name(meta.name.replace(".meta.npz", ".npy"))
+            meta.unlink(missing_ok=True)
+            pixels.unlink(missing_ok=True)
+            gone.append(pixels)
     return gone
 
 

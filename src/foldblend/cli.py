@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -51,9 +52,16 @@ def cmd_train(args, project):
     configs = args.configs or sorted(p for p in project.folds_dir.glob("*.yaml"))
     if not configs:
         sys.exit(f"no fold configs: put <experiment>.yaml files in {project.folds_dir.name}/ or name one")
+    start = time.time()
     for path in configs:
         run_experiment(path, project, folds=args.folds, overrides=args.set, devices=args.gpus,
                        assemble=not args.no_assemble, progress=not args.quiet)
+    if not args.configs and args.folds is None and not args.set:  # every fold config ran as it stands
+        from .cache import remove_unused_caches
+
+        gone = remove_unused_caches(project.cache_dir, since=start - 1)
+        if gone:
+            print(f"removed {len(gone)} decoded-image cache(s) that no fold config uses any more")
 
 
 def cmd_blend(args, project):
