@@ -254,3 +254,25 @@ def test_class_order_and_split_changes_retrain_and_drop_stale_folds(tiny_project
     run(tiny_project, "folds", "--quiet")
     run(tiny_project, "train", "--quiet")
     assert sorted(p.name for p in (tiny_project / "models" / "tiny").iterdir()) == ["fold_0", "fold_1"]
+
+
+def test_a_train_image_replaced_under_its_name_retrains(tiny_project):
+    for stage in (["scan", "--quiet"], ["folds", "--quiet"], ["train", "--quiet"]):
+        run(tiny_project, *stage)
+    logs = sorted((tiny_project / "models" / "tiny").glob("fold_*/log.csv"))
+    trained = _mtimes(logs)
+    img = tiny_project / "input" / "train" / "class_0" / "class_0_000.png"
+    os.utime(img)  # same bytes, new mtime: nothing to retrain
+    for stage in (["scan", "--quiet"], ["folds", "--quiet"], ["train", "--quiet"]):
+        run(tiny_project, *stage)
+    assert _mtimes(logs) == trained
+    folds_before = (tiny_project / "folds" / "folds.csv").read_text()
+    from PIL import Image
+
+    from conftest import class_image
+
+    Image.fromarray(class_image(0, np.random.default_rng(99), (30, 30))).save(img)  # new bytes, same name
+    for stage in (["scan", "--quiet"], ["folds", "--quiet"], ["train", "--quiet"]):
+        run(tiny_project, *stage)
+    assert (tiny_project / "folds" / "folds.csv").read_text() == folds_before  # the split did not change...
+    assert _mtimes(logs) != trained  # ...the pixels did

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .artifacts import load_member
 from .cache import cache_key, cached_images
@@ -47,13 +48,23 @@ def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition |
     test_images, test_ok = cached_images(test_paths, cfg.img_size, project.cache_dir, progress=progress,
                                          root=comp.root)
     # weights depend on the split and the class order; predictions also on the test files themselves
-    train_digest = _digest(folds_fingerprint(folds), *comp.classes)
+    train_digest = _digest(folds_fingerprint(folds), *comp.classes, *_train_contents(project, folds))
     test_digest = _digest(*comp.test["id"], cache_key(test_paths, cfg.img_size, comp.root),
                           np.packbits(test_ok).tobytes().hex())
     return TrainData(images=images, labels=folds["label"].map(index).to_numpy(np.int64),
                      fold=folds["fold"].to_numpy(np.int64), classes=list(comp.classes),
                      test_images=test_images, fingerprint=train_digest, ids=folds["image"].to_numpy(str),
                      test_ids=comp.test["id"].to_numpy(str), test_ok=test_ok, test_fingerprint=test_digest)
+
+
+def _train_contents(project: Project, folds) -> list[str]:
+    """The scan's content hash of every train image, in folds order: a file replaced under the same
+    name retrains, while a re-extracted archive (new mtimes, same bytes) does not."""
+    if not project.scan_csv.exists():
+        return []
+    scan = pd.read_csv(project.scan_csv, usecols=["image", "md5"], dtype=str, keep_default_na=False)
+    md5 = dict(zip(scan["image"], scan["md5"]))
+    return [md5.get(image, "") for image in folds["image"]]
 
 
 def _digest(*parts: str) -> str:
