@@ -4,6 +4,7 @@
 #                            scan -> folds -> train every folds/*.yaml -> blend -> submit -> summary -> report
 #   bash run.sh test         set up .venv with the dev extras and run the test suite
 #   bash run.sh <stage> ...  any single stage, e.g. `bash run.sh train folds/cnn_small.yaml --folds 0`
+# GPUS=0,1 bash run.sh picks the devices folds train on (default: every GPU when there are several).
 # Rerunning is cheap: finished folds, scans and splits are reused; a changed fold config retrains.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -33,7 +34,7 @@ main() {
   foldblend demo
   foldblend scan
   foldblend folds
-  foldblend train
+  foldblend train ${GPUS:+--gpus "$GPUS"}
   foldblend blend ${BLEND_ARGS:---method greedy --tta weighted --bias}
   foldblend submit
   foldblend summary

@@ -60,3 +60,16 @@ def test_worker_env_shares_cores_and_pins_one_gpu(monkeypatch):
     assert (dev, env["CUDA_VISIBLE_DEVICES"], env["OMP_NUM_THREADS"]) == ("cuda:0", "1", "4")
     env, dev = worker_env("cuda:1", 2, base={"CUDA_VISIBLE_DEVICES": "2,3"})  # indices of the visible GPUs
     assert (dev, env["CUDA_VISIBLE_DEVICES"]) == ("cuda:0", "3")
+
+
+def test_train_uses_every_gpu_by_default_when_there_are_several(monkeypatch):
+    import torch
+
+    from foldblend.cli import _devices_arg, visible_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert visible_gpus() == ["cuda:0", "cuda:1"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert visible_gpus() is None  # one GPU: folds in sequence, config device `auto`
+    assert _devices_arg("0,1") == ["cuda:0", "cuda:1"] and _devices_arg("cpu,cpu") == ["cpu", "cpu"]

@@ -46,6 +46,14 @@ def cmd_folds(args, project):
     run_folds(project, progress=not args.quiet)
 
 
+def visible_gpus() -> list[str] | None:
+    """Every CUDA device when there are several (folds then run one per GPU); None otherwise."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(n)] if n > 1 else None
+
+
 def cmd_train(args, project):
     from .experiment import run_experiment
 
@@ -53,8 +61,11 @@ def cmd_train(args, project):
     if not configs:
         sys.exit(f"no fold configs: put <experiment>.yaml files in {project.folds_dir.name}/ or name one")
     start = time.time()
+    devices = args.gpus if args.gpus is not None else visible_gpus()
+    if devices and len(devices) > 1:
+        print(f"training folds concurrently on {', '.join(devices)} (one fold per device; --gpus to choose)")
     for path in configs:
-        run_experiment(path, project, folds=args.folds, overrides=args.set, devices=args.gpus,
+        run_experiment(path, project, folds=args.folds, overrides=args.set, devices=devices,
                        assemble=not args.no_assemble, progress=not args.quiet)
     if not args.configs and args.folds is None and not args.set:  # every fold config ran as it stands
         from .cache import remove_unused_caches
@@ -110,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--folds", type=_folds_arg, default=None, help="only these folds, e.g. 0,2")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     s.add_argument("--gpus", type=_devices_arg, default=None,
-                   help="run folds concurrently, one per device: 0,1 (CUDA) or cpu,cpu")
+                   help="run folds concurrently, one per device: 0,1 (CUDA) or cpu,cpu "
+                        "(default: every GPU when there are several)")
     s.add_argument("--no-assemble", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_train)
