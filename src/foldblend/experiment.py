@@ -44,7 +44,7 @@ def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition |
         bad = folds["image"][~ok].tolist()
         raise ValueError(f"{project.folds_csv}: {len(bad)} image(s) in the folds cannot be read (e.g. {bad[0]}); "
                          f"run `foldblend scan` and `foldblend folds` so unreadable files are left out")
-    test_paths = [comp.root / p if p else comp.root / ".missing" for p in comp.test["image"]]
+    test_paths = [comp.root / p for p in comp.test["image"]]
     test_images, test_ok = cached_images(test_paths, cfg.img_size, project.cache_dir, progress=progress,
                                          root=comp.root)
     # weights depend on the split and the class order; predictions also on the test files themselves
@@ -140,7 +140,7 @@ def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project
                                  "stamp": stamp, "model": cfg.model, "config": cfg.to_dict(),
                                  "best_epochs": [d["best_epoch"] for d in done]})
     if (~data.test_ok).any():
-        print(f"WARNING [{cfg.name}] {int((~data.test_ok).sum())} test image(s) unreadable or missing: "
+        print(f"WARNING [{cfg.name}] {int((~data.test_ok).sum())} test image(s) unreadable: "
               f"they are predicted as the training prior's most likely class")
     return scores
 

@@ -23,13 +23,12 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
              progress: bool = True) -> pd.DataFrame:
     comp = comp or load_competition(project.input)
     print(comp.describe())
-    test_rows = comp.test[comp.test["image"] != ""]
-    paths = [comp.root / p for p in comp.train["image"]] + [comp.root / p for p in test_rows["image"]]
+    paths = [comp.root / p for p in comp.train["image"]] + [comp.root / p for p in comp.test["image"]]
     table = scan_images(paths, comp.root, cache_csv=project.folds_dir / "scan_cache.csv", workers=workers,
                         progress=progress)
     n_train = len(comp.train)
-    table["split"] = ["train"] * n_train + ["test"] * len(test_rows)
-    table["label"] = list(comp.train["label"]) + [None] * len(test_rows)
+    table["split"] = ["train"] * n_train + ["test"] * len(comp.test)
+    table["label"] = list(comp.train["label"]) + [None] * len(comp.test)
     table["group"] = duplicate_groups(table, comp.settings["dedup_distance"])
     is_train = (table["split"] == "train").to_numpy()
     ok_train = is_train & table["ok"].to_numpy(bool)
@@ -41,10 +40,6 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
     write_csv(project.scan_csv, table)
 
     print(scan_summary(table))
-    missing = comp.test[comp.test["image"] == ""]
-    if len(missing):
-        print(f"WARNING: {len(missing)} test id(s) have no image file (e.g. {missing['id'].iloc[0]}); "
-              f"they will be predicted as the most frequent class")
     _print_imbalance(comp)
     report = duplicate_report(table, table["group"].to_numpy(), table["label"], ~is_train)
     write_json(project.folds_dir / "duplicates.json", report)
@@ -136,7 +131,7 @@ def scan_table(project: Project, comp: Competition, progress: bool = True) -> pd
     """folds/scan.csv when it covers exactly this competition's files, else a fresh scan."""
     if project.scan_csv.exists():
         table = pd.read_csv(project.scan_csv, keep_default_na=False, na_values={"ood": [""], "label": []})
-        expected = list(comp.train["image"]) + list(comp.test.loc[comp.test["image"] != "", "image"])
+        expected = list(comp.train["image"]) + list(comp.test["image"])
         if table["image"].tolist() == expected:
             table["ok"] = table["ok"].astype(str).str.lower().isin(["true", "1"])
             return table
