@@ -16,7 +16,7 @@ import tracemalloc
 import numpy as np
 from sklearn.metrics import f1_score
 
-from foldblend.ensemble import greedy_select, mean_probs, safe_log, tune_biases
+from foldblend.ensemble.methods import greedy_select, mean_probs, safe_log, tune_biases
 from foldblend.metrics import macro_f1, softmax
 
 

@@ -2,7 +2,7 @@
 
 Generates N synthetic JPEG/PNG images of mixed sizes in a temporary folder and prints images/s for
   (a) a plain loop: read bytes, cv2.imdecode, resize (what a notebook does every epoch),
-  (b) foldblend.cache.cached_images, cold (first build: parallel decode into a .npy),
+  (b) foldblend.data.cache.cached_images, cold (first build: parallel decode into a .npy),
   (c) cached_images, warm (memmap open + iterating batches normalised into float tensors),
 with ratios against (a), and the ratio of data time to one training step of a tiny CNN on CPU.
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from foldblend.cache import cached_images
+from foldblend.data.cache import cached_images
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255

@@ -6,9 +6,9 @@ import pytest
 
 from foldblend.paths import Project
 
-from foldblend import ensemble as E
+from foldblend.ensemble import methods as E
 from foldblend.artifacts import Member, save_member
-from foldblend.blend import (add_blend_arguments, blend_arrays, blend_from_args, check_alignment, run_blend)
+from foldblend.ensemble.blend import add_blend_arguments, blend_arrays, blend_from_args, check_alignment, run_blend
 from foldblend.metrics import METRICS, macro_f1, softmax
 
 CLASSES = ["a", "b", "c"]

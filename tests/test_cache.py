@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import imagegen as gen
-from foldblend import cache as cache_mod
-from foldblend.cache import GREY, cache_failures, cached_images, resize_square
+from foldblend.data import cache as cache_mod
+from foldblend.data.cache import GREY, cache_failures, cached_images, resize_square
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_caches_unused_since_a_time_are_removed(tmp_path):
     import os
     import time
 
-    from foldblend import cache as cache_mod
+    from foldblend.data import cache as cache_mod
 
     folder = tmp_path / "imgs"
     folder.mkdir()

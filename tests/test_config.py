@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from foldblend.config import ConfigError, load_config
-from foldblend.models import Arch, create_model, set_trainable
+from foldblend.members.cnn.models import Arch, create_model, set_trainable
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "folds").glob("*.yaml"))

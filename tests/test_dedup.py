@@ -10,9 +10,9 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross
 from sklearn.neighbors import KNeighborsClassifier
 
 import imagegen as gen
-from foldblend.dedup import duplicate_groups, duplicate_report, keep_one_per_group
-from foldblend.imageio import decode_rgb, load_rgb
-from foldblend.scan import scan_images
+from foldblend.data.dedup import duplicate_groups, duplicate_report, keep_one_per_group
+from foldblend.data.read import decode_rgb, load_rgb
+from foldblend.data.scan import scan_images
 
 
 def _jpeg(img, q):

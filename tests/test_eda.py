@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 
 import imagegen as gen
-from foldblend.dedup import duplicate_groups
-from foldblend.eda import write_eda
-from foldblend.ood import ood_scores
-from foldblend.scan import scan_images
+from foldblend.data.dedup import duplicate_groups
+from foldblend.data.eda import write_eda
+from foldblend.data.ood import ood_scores
+from foldblend.data.scan import scan_images
 
 
 def _project(tmp_path):

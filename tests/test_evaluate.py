@@ -6,11 +6,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
-from foldblend.evaluate import (add_evaluate_arguments, evaluate_folder, evaluate_from_args, evaluate_predictions,
-                                format_evaluation, labelled_images, write_evaluation)
-from foldblend.inference import load_predictor
+from foldblend.outputs.evaluate import add_evaluate_arguments, evaluate_folder, evaluate_from_args, evaluate_predictions, format_evaluation, labelled_images, write_evaluation
+from foldblend.outputs.predict import load_predictor
 from foldblend.paths import Project
-from test_inference import CLASSES, make_experiment, make_labelled_folder
+from test_predict import CLASSES, make_experiment, make_labelled_folder
 
 NAMES = ["ant", "bee", "cat", "dog"]
 

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, log_loss
 
-from foldblend.metrics import (METRICS, classification_scores, log_softmax, macro_f1, score, softmax,
-                               weighted_f1)
+from foldblend.metrics import METRICS, classification_scores, log_softmax, macro_f1, score, softmax, weighted_f1
 
 
 def test_softmax_is_stable_and_normalised():

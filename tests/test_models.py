@@ -7,10 +7,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from foldblend.models import (Arch, checkpoint_payload, create_model, load_checkpoint, param_groups, part_names,
-                              set_trainable)
-from foldblend.recipe import build_fit
-from foldblend.train import train_one_epoch
+from foldblend.members.cnn.models import Arch, checkpoint_payload, create_model, load_checkpoint, param_groups, part_names, set_trainable
+from foldblend.members.cnn.recipe import build_fit
+from foldblend.members.cnn.train import train_one_epoch
 
 from test_train import tiny_config
 
@@ -150,7 +149,7 @@ def test_offline_hub_weights_fail_with_the_fix(monkeypatch):
     """Without a network, `pretrained: true` says how to use a local weights file instead."""
     import timm
 
-    from foldblend.models import create_backbone
+    from foldblend.members.cnn.models import create_backbone
 
     def offline(*args, **kwargs):
         raise FileNotFoundError("cannot reach the hub")

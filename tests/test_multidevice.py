@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from foldblend.artifacts import load_member
-from foldblend.experiment import THREAD_VARS, run_experiment, worker_env
-from foldblend.intake import run_folds
+from foldblend.running.local import THREAD_VARS, worker_env
+from foldblend.running.experiment import run_experiment
+from foldblend.data.folds import run_folds
 from foldblend.paths import Project
 
 CLASSES = ["bart", "homer", "lisa"]

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 import imagegen as gen
-from foldblend.ood import STAT_NAMES, image_stats, ood_report, ood_scores
+from foldblend.data.ood import STAT_NAMES, image_stats, ood_report, ood_scores
 
 
 def _mixed(n_flat: int = 40, photos=(7, 19, 33)):
@@ -54,7 +54,7 @@ def test_report_ranks_top_rows_and_names_the_outlying_stat():
     scores = ood_scores(images, progress=False)
     df = pd.DataFrame({"image": [f"img{i}.png" for i in range(len(images))]})
     scores[0] = np.nan
-    from foldblend.ood import stats_table
+    from foldblend.data.ood import stats_table
     rep = ood_report(df, scores, top=5, stats=stats_table(images, progress=False))
     assert list(rep.columns) == ["image", "score", "rank", "stands_out"]
     assert len(rep) == 5 and rep["rank"].tolist() == [1, 2, 3, 4, 5] and rep["score"].is_monotonic_decreasing
@@ -66,8 +66,8 @@ def test_report_ranks_top_rows_and_names_the_outlying_stat():
 
 def test_scan_table_carries_the_statistics_so_nothing_decodes_twice(tmp_path):
     """The scan computes image_stats while hashing; scoring its columns finds the photographs too."""
-    from foldblend.ood import STAT_COLUMNS, scores_from_stats
-    from foldblend.scan import scan_images
+    from foldblend.data.ood import STAT_COLUMNS, scores_from_stats
+    from foldblend.data.scan import scan_images
 
     images, photos = _mixed(24, photos=(3, 11))
     paths = [gen.save(tmp_path / f"{i:02d}.png", img) for i, img in enumerate(images)]

@@ -13,7 +13,7 @@ import pytest
 import imagegen as gen
 from foldblend.artifacts import save_member
 from foldblend.paths import Project
-from foldblend.report import TOP_LOSSES, write_report
+from foldblend.outputs.report import TOP_LOSSES, write_report
 
 HEADINGS = ["Experiments: CV and learning curves", "Blend", "Per-class F1", "Confusion matrix",
             "Most confident mistakes", "Submissions"]

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from foldblend.config import dump_config
-from foldblend.train import train_fold
+from foldblend.members.cnn.train import train_fold
 
 from test_train import METRICS, tiny_config, tiny_data
 
@@ -29,7 +29,8 @@ pytestmark = pytest.mark.slow
 CHILD = """
 import sys, numpy as np, yaml
 from foldblend.config import config_from_dict
-from foldblend.train import TrainData, train_fold
+from foldblend.members.base import TrainData
+from foldblend.members.cnn.train import train_fold
 data_path, cfg_path, out = sys.argv[1:4]
 with np.load(data_path) as z:
     data = TrainData(**{k: z[k] for k in z.files}, classes=['c0', 'c1', 'c2'], fingerprint='tiny')

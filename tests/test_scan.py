@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import imagegen as gen
-from foldblend import scan
-from foldblend.scan import COLUMNS, scan_images, scan_summary
+from foldblend.data import scan
+from foldblend.data.scan import COLUMNS, scan_images, scan_summary
 
 
 @pytest.fixture

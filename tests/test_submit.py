@@ -9,10 +9,8 @@ import pytest
 from foldblend.paths import Project
 
 from foldblend.artifacts import save_member
-from foldblend.blend import run_blend
-from foldblend.submit import (SubmissionError, add_submit_arguments, check_frame, detect_format, kaggle_command,
-                              read_sample, record_lb, submit_from_args, upload, validate_submission,
-                              write_submission)
+from foldblend.ensemble.blend import run_blend
+from foldblend.outputs.submit import SubmissionError, add_submit_arguments, check_frame, detect_format, kaggle_command, read_sample, record_lb, submit_from_args, upload, validate_submission, write_submission
 
 CLASSES = ["homer", "marge", "bart"]
 # ids pandas would mangle without dtype=str: leading zeros, NA, a float-looking id, a space

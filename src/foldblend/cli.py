@@ -24,7 +24,7 @@ def _devices_arg(text: str) -> list[str]:
 
 
 def cmd_demo(args, project):
-    from .demo import build_demo, is_demo_complete, is_empty_input
+    from .data.demo import build_demo, is_demo_complete, is_empty_input
 
     if is_empty_input(project.input) or args.force or (project.input / ".demo_complete").exists() and not \
             is_demo_complete(project.input):
@@ -35,13 +35,13 @@ def cmd_demo(args, project):
 
 
 def cmd_scan(args, project):
-    from .intake import run_scan
+    from .data.scan import run_scan
 
     run_scan(project, workers=args.workers, progress=not args.quiet)
 
 
 def cmd_folds(args, project):
-    from .intake import run_folds
+    from .data.folds import run_folds
 
     run_folds(project, progress=not args.quiet)
 
@@ -55,7 +55,7 @@ def visible_gpus() -> list[str] | None:
 
 
 def cmd_train(args, project):
-    from .experiment import run_experiment
+    from .running.experiment import run_experiment
 
     configs = args.configs or sorted(p for p in project.folds_dir.glob("*.yaml"))
     if not configs:
@@ -68,7 +68,7 @@ def cmd_train(args, project):
         run_experiment(path, project, folds=args.folds, overrides=args.set, devices=devices,
                        assemble=not args.no_assemble, progress=not args.quiet)
     if not args.configs and args.folds is None and not args.set:  # every fold config ran as it stands
-        from .cache import remove_unused_caches
+        from .data.cache import remove_unused_caches
 
         gone = remove_unused_caches(project.cache_dir, since=start - 1)
         if gone:
@@ -76,27 +76,27 @@ def cmd_train(args, project):
 
 
 def cmd_blend(args, project):
-    from .blend import blend_from_args
+    from .ensemble.blend import blend_from_args
 
     blend_from_args(args, project)
 
 
 def cmd_submit(args, project):
-    from .competition import load_competition
-    from .submit import submit_from_args
+    from .data.find import load_competition
+    from .outputs.submit import submit_from_args
 
     submit_from_args(args, project, load_competition(project.input))
 
 
 def cmd_summary(args, project):
-    from .summary import print_summary
+    from .outputs.summary import print_summary
 
     print_summary(project)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .blend import add_blend_arguments
-    from .submit import add_submit_arguments
+    from .ensemble.blend import add_blend_arguments
+    from .outputs.submit import add_submit_arguments
 
     p = argparse.ArgumentParser(prog="foldblend", description=__doc__)
     p.add_argument("--root", default=".", help="project folder holding input/ folds/ models/ oof/ submissions/")
@@ -138,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="CV of every experiment and blend, and the latest submission")
     s.set_defaults(fn=cmd_summary)
 
-    from .evaluate import add_evaluate_arguments, evaluate_from_args
-    from .inference import add_predict_arguments, predict_from_args
-    from .report import add_report_arguments, report_from_args
+    from .outputs.evaluate import add_evaluate_arguments, evaluate_from_args
+    from .outputs.predict import add_predict_arguments, predict_from_args
+    from .outputs.report import add_report_arguments, report_from_args
 
     s = sub.add_parser("evaluate", help="classification_report of an experiment or the blend on a labelled folder")
     add_evaluate_arguments(s)

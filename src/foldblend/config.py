@@ -173,7 +173,7 @@ def validate(cfg: ExperimentConfig, where: str) -> ExperimentConfig:
     if cfg.select == "last" and cfg.patience > 0:
         raise ConfigError(f"{where}: key 'patience' stops on the held-out fold's score, which `select: last` "
                           f"avoids looking at; use one or the other")
-    from .transforms import TTA_VIEWS  # late import: transforms imports albumentations
+    from .members.transforms import TTA_VIEWS  # late import: transforms imports albumentations
 
     bad = [v for v in cfg.tta if v not in TTA_VIEWS]
     if bad or not cfg.tta:

@@ -5,7 +5,7 @@ its checkpoint names. The blend (`oof/_blend/blend.json`) combines its members' 
 it was fitted: fold combination, TTA identity weights, per-member temperatures, member weights and
 the combination method, a calibration temperature and per-class decision biases (added to
 log-probabilities), whichever it recorded; the result equals the blend's own test predictions.
-Images are decoded once with `imageio.load_rgb` and resized per model size with `cache.resize_square`;
+Images are decoded once with `data.read.load_rgb` and resized per model size with `data.cache.resize_square`;
 unreadable files are reported and left out, never fatal.
 """
 from __future__ import annotations
@@ -20,14 +20,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import ensemble as E
-from .artifacts import changed_members, write_csv
-from .cache import resize_square
-from .data import eval_loader
-from .imageio import ImageReadError, is_image_name, load_rgb
-from .models import load_checkpoint
-from .predict import infer
-from .train import resolve_device
+from ..artifacts import changed_members, write_csv
+from ..data.cache import resize_square
+from ..data.read import ImageReadError, is_image_name, load_rgb
+from ..ensemble import methods as E
+from ..members.cnn.models import load_checkpoint
+from ..members.infer import infer, resolve_device
+from ..members.loaders import eval_loader
 
 BLEND = "blend"
 

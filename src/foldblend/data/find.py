@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .imageio import is_image_name
+from .read import is_image_name
 
 CONFIG_NAME = "competition.yaml"
 SAMPLE_NAMES = ("sample_submission.csv", "samplesubmission.csv")

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .artifacts import write_text
-from .imageio import ImageReadError, load_rgb
+from ..artifacts import write_text
+from .read import ImageReadError, load_rgb
 
 THUMB = 72            # thumbnail side in pixels
 MAX_DUP_GROUPS = 30   # groups shown with thumbnails (the count above says how many there are)

@@ -5,11 +5,11 @@ import json
 
 import pandas as pd
 
-from .paths import Project
+from ..paths import Project
 
 
 def experiment_rows(project: Project) -> pd.DataFrame:
-    from .blend import split_members
+    from ..ensemble.blend import split_members
 
     _, stale = split_members(project.oof, project.folds_csv) if project.oof.exists() else ([], [])
     rows = []

@@ -1,4 +1,5 @@
-"""Scan every image once before training: readable or not (and why), size, mode, content and perceptual hash.
+"""The scan stage: every image read once before training (readable or not and why, size, mode, content and
+perceptual hash), then duplicate groups, out-of-domain scores and the EDA page.
 
 Finding a truncated JPEG at epoch 3 of fold 4 costs a run; finding it here costs a line in a table.
 The table is cached by (relative path, file size, mtime_ns), so rescanning a 25k-image folder after
@@ -18,9 +19,13 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .artifacts import write_csv
-from .imageio import ImageReadError, inspect_bytes, read_bytes
-from .ood import STAT_COLUMNS, image_stats
+from ..artifacts import write_csv, write_json
+from ..paths import Project
+from .dedup import duplicate_groups, duplicate_report
+from .eda import write_eda
+from .find import Competition, load_competition
+from .ood import STAT_COLUMNS, image_stats, ood_report, scores_from_stats
+from .read import ImageReadError, inspect_bytes, read_bytes
 
 # The out-of-domain statistics ride along: the file is decoded here anyway, so nothing decodes it again.
 COLUMNS = ["image", "ok", "why", "format", "mode", "width", "height", "bytes", "md5", "phash"] + STAT_COLUMNS
@@ -151,3 +156,69 @@ def scan_summary(df: pd.DataFrame, max_listed: int = 50) -> str:
         if len(bad) > max_listed:
             lines.append(f"  ... and {len(bad) - max_listed} more")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the scan stage
+
+def run_scan(project: Project, comp: Competition | None = None, workers: int | None = None,
+             progress: bool = True) -> pd.DataFrame:
+    comp = comp or load_competition(project.input)
+    print(comp.describe())
+    paths = [comp.root / p for p in comp.train["image"]] + [comp.root / p for p in comp.test["image"]]
+    table = scan_images(paths, comp.root, cache_csv=project.folds_dir / "scan_cache.csv", workers=workers,
+                        progress=progress)
+    n_train = len(comp.train)
+    table["split"] = ["train"] * n_train + ["test"] * len(comp.test)
+    table["label"] = list(comp.train["label"]) + [None] * len(comp.test)
+    table["group"] = duplicate_groups(table, comp.settings["dedup_distance"])
+    is_train = (table["split"] == "train").to_numpy()
+    ok_train = is_train & table["ok"].to_numpy(bool)
+    stats = table[STAT_COLUMNS].to_numpy(np.float64)
+    scores = np.full(len(table), np.nan)
+    if ok_train.sum() >= 3:
+        scores[ok_train] = scores_from_stats(stats[ok_train])
+    table["ood"] = scores
+    write_csv(project.scan_csv, table)
+
+    print(scan_summary(table))
+    _print_imbalance(comp)
+    report = duplicate_report(table, table["group"].to_numpy(), table["label"], ~is_train)
+    write_json(project.folds_dir / "duplicates.json", report)
+    _print_duplicates(report, comp.settings["dedup"])
+    if ok_train.sum() >= 3:
+        suspects = ood_report(table, scores, top=10, stats=stats)
+        print(f"most out-of-domain train images (score; set ood_threshold in {comp.root.name}/competition.yaml "
+              f"to leave out those above it):")
+        for row in suspects.itertuples():
+            print(f"  {row.score:.3f}  {row.image}  ({row.stands_out})")
+    eda = write_eda(table, table["group"].to_numpy(), scores, table["label"], project.folds_dir / "eda.html",
+                    comp.root)
+    print(f"data report: {eda.relative_to(project.root)}")
+    return table
+
+
+def _print_imbalance(comp: Competition) -> None:
+    counts = comp.train["label"].value_counts()
+    ratio = counts.max() / max(counts.min(), 1)
+    print(f"class counts: min {counts.min()} ({counts.idxmin()}), max {counts.max()} ({counts.idxmax()}), "
+          f"imbalance ratio {ratio:.1f}"
+          + ("  -> consider sampler: sqrt / class_weight / rare_threshold in the fold config" if ratio > 3 else ""))
+
+
+def _print_duplicates(report: dict, mode: str) -> None:
+    if not report["n_groups"]:
+        print("duplicates: none found")
+        return
+    print(f"duplicates: {report['n_groups']} groups covering {report['n_images_in_groups']} images "
+          f"(mode '{mode}': {'kept together in one fold' if mode == 'group' else mode}); "
+          f"details in folds/duplicates.json")
+    largest = max(len(g) for g in report["groups"])
+    if largest > 20:  # near-duplicate links chain: a huge group means the distance joins distinct images
+        print(f"  WARNING: the largest group holds {largest} images; dedup_distance may be too high for this "
+              f"data (lower it in input/competition.yaml, or look at the groups in folds/eda.html)")
+    for conflict in report["label_conflicts"][:10]:
+        print("  label conflict: " + ", ".join(f"{m['image']} [{m['label']}]" for m in conflict))
+    if report["test_near_train"]:
+        print(f"  {len(report['test_near_train'])} test image(s) nearly duplicate a train image, e.g.:")
+        for m in report["test_near_train"][:5]:
+            print(f"    {m['test_image']} ~ {m['train_image']} [{m['train_label']}]")

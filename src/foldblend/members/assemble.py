@@ -1,55 +1,17 @@
-"""Inference returns logits per TTA view; assembling fold predictions into the member contract.
+"""Assembling a member: every fold's predictions (models/<exp>/fold_<k>/preds.npz) into the contract.
 
-`infer` knows nothing of scores; `assemble_member` turns models/<exp>/fold_<k>/preds.npz into
-oof/<exp>/{oof.npz, test.npz, scores.json} and scores every fold and every view on held-out data.
+`assemble_member` writes oof/<exp>/{oof.npz, test.npz, scores.json} and scores every fold and every
+view on held-out data. Any member kind whose folds write `preds.npz` is assembled the same way.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from .artifacts import save_member
-from .metrics import classification_scores, softmax
-from .transforms import TTA_VIEWS, to_input
-
-
-def autocast(device: torch.device, amp: str):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); plain fp32 on CPU unless asked."""
-    dtype = amp_dtype(device, amp)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def amp_dtype(device: torch.device, amp: str):
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "fp16":
-        return torch.float16
-    # native bf16 only (Ampere+): T4/P100 report emulated bf16 as "supported", and it is slow there
-    if amp == "bf16" or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8):
-        return torch.bfloat16
-    return torch.float16
-
-
-@torch.no_grad()
-def infer(model: torch.nn.Module, loader, views: list[str], device, mean, std, amp: str = "auto",
-          channels_last: bool = False, desc: str | None = None) -> np.ndarray:
-    """Logits of every image under every view: float32 (V, N, C)."""
-    model.eval()
-    device = torch.device(device)
-    out: list[list[np.ndarray]] = [[] for _ in views]
-    for batch, _ in tqdm(loader, desc=desc, leave=False, disable=desc is None):
-        x = to_input(batch, mean, std, device, channels_last)
-        with autocast(device, amp):
-            for v, name in enumerate(views):
-                out[v].append(model(TTA_VIEWS[name](x)).float().cpu().numpy())
-    return np.stack([np.concatenate(chunks) for chunks in out]).astype(np.float32)
+from ..artifacts import save_member
+from ..metrics import classification_scores, softmax
 
 
 @dataclass

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 import imagegen as gen
-from foldblend.imageio import (IMAGE_EXTENSIONS, ImageReadError, check_image, decode_rgb, is_image_name,
-                               load_rgb)
+from foldblend.data.read import IMAGE_EXTENSIONS, ImageReadError, check_image, decode_rgb, is_image_name, load_rgb
 
 
 def _close(a, b, tol=12.0):

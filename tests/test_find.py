@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from foldblend.competition import CompetitionError, load_competition
+from foldblend.data.find import CompetitionError, load_competition
 
 _PNG = io.BytesIO()
 Image.new("RGB", (4, 4), (10, 20, 30)).save(_PNG, format="PNG")
@@ -257,7 +257,7 @@ def test_an_id_matching_two_files_is_an_error_naming_both(tmp_path):
 def test_an_exact_relative_path_is_never_ambiguous(tmp_path):
     from PIL import Image
 
-    from foldblend.competition import _FileIndex
+    from foldblend.data.find import _FileIndex
 
     (tmp_path / "imgs" / "extra").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")

@@ -16,12 +16,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from .artifacts import load_member, write_text
-from .imageio import ImageReadError, load_rgb
-from .metrics import softmax
-from .paths import Project
-from .report_plots import (SCALE, confusion_png, data_uri, learning_curves_png, per_class_f1_png, png_size,
-                           thumbnail_png)
+from ..artifacts import load_member, write_text
+from ..data.read import ImageReadError, load_rgb
+from ..metrics import softmax
+from ..paths import Project
+from .plots import SCALE, confusion_png, data_uri, learning_curves_png, per_class_f1_png, png_size, thumbnail_png
 
 TOP_LOSSES = 24
 SCORE_COLUMNS = ("macro_f1", "accuracy", "log_loss", "micro_f1", "weighted_f1")

@@ -19,7 +19,11 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from .artifacts import write_csv, write_json
+from ..artifacts import write_csv, write_json
+from ..paths import Project
+from .dedup import duplicate_groups, keep_one_per_group
+from .find import Competition, load_competition
+from .scan import run_scan
 
 FOLD_COLUMNS = ["image", "label", "group", "fold"]
 FIX = "run `foldblend folds`"
@@ -170,3 +174,60 @@ def _reusable(path: Path, sidecar: Path, wanted: dict) -> pd.DataFrame | None:
     if any(saved.get(k) != v for k, v in wanted.items()) or saved.get("folds_fingerprint") != folds_fingerprint(df):
         return None
     return df
+
+
+# ----------------------------------------------------------------------------- the folds stage
+
+def run_folds(project: Project, comp: Competition | None = None, progress: bool = True) -> pd.DataFrame:
+    comp = comp or load_competition(project.input)
+    table = scan_table(project, comp, progress)
+    train = table[table["split"] == "train"].reset_index(drop=True)
+    keep = train["ok"].to_numpy(bool)
+    left_out = {"unreadable": int((~keep).sum())}
+    threshold = comp.settings.get("ood_threshold")
+    if threshold is not None:
+        far = train["ood"].to_numpy(float) > threshold
+        left_out["out_of_domain"] = int((far & keep).sum())
+        keep &= ~far
+    groups = None
+    mode = comp.settings["dedup"]
+    if mode == "keep_one":
+        one = keep_one_per_group(train, duplicate_groups(train, comp.settings["dedup_distance"]))
+        left_out["duplicates"] = int((keep & ~one).sum())
+        keep &= one
+    kept = train[keep].reset_index(drop=True)
+    if mode == "group":  # regrouped here: scan.csv's groups may come from another dedup_distance
+        groups = duplicate_groups(kept, comp.settings["dedup_distance"])
+    print("left out of training: " + ", ".join(f"{v} {k}" for k, v in left_out.items()))
+    folds, _ = ensure_folds(kept[["image", "label"]], project.folds_csv, comp.settings["n_splits"],
+                            comp.settings["fold_seed"], groups)
+    _warn_unseen_classes(folds)
+    return folds
+
+
+def classes_unseen_in_training(folds: pd.DataFrame) -> dict[str, int]:
+    """Classes whose every image sits in one fold: that fold's model is scored on a class it never saw."""
+    counts = pd.crosstab(folds["label"], folds["fold"])
+    whole = counts.eq(counts.sum(axis=1), axis=0) & (counts.sum(axis=1) > 1).to_numpy()[:, None]
+    return {str(c): int(counts.columns[whole.loc[c].to_numpy()][0]) for c in counts.index[whole.any(axis=1)]}
+
+
+def _warn_unseen_classes(folds: pd.DataFrame) -> None:
+    unseen = classes_unseen_in_training(folds)
+    if unseen:
+        listed = ", ".join(f"{c} (fold {k})" for c, k in list(unseen.items())[:10])
+        print(f"WARNING: {len(unseen)} class(es) have every image in one fold (usually one duplicate group holds them all) "
+              f": {listed}{' ...' if len(unseen) > 10 else ''}. That fold's model never trains on "
+              f"them and its CV counts them as misses. If these are not true duplicates, lower dedup_distance "
+              f"in input/competition.yaml (or set dedup: keep_one / off)")
+
+
+def scan_table(project: Project, comp: Competition, progress: bool = True) -> pd.DataFrame:
+    """folds/scan.csv when it covers exactly this competition's files, else a fresh scan."""
+    if project.scan_csv.exists():
+        table = pd.read_csv(project.scan_csv, keep_default_na=False, na_values={"ood": [""], "label": []})
+        expected = list(comp.train["image"]) + list(comp.test["image"])
+        if table["image"].tolist() == expected:
+            table["ok"] = table["ok"].astype(str).str.lower().isin(["true", "1"])
+            return table
+    return run_scan(project, comp, progress=progress)

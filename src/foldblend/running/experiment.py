@@ -1,32 +1,29 @@
-"""An experiment (one fold config) end to end: images from the cache, every fold, the member files.
+"""An experiment (one fold config) end to end: images from the cache, the pending folds, the member files.
 
-`run_experiment` is what `foldblend train` does. Folds run in sequence on one device, or concurrently
-one per device with `devices=["cuda:0", "cuda:1"]` (each fold in its own process; two "cpu" workers
-exercise the same path without a GPU).
+`run_experiment` is what `foldblend train` does for each config: it decides which folds are pending
+(`signatures`), hands them to an executor (`local`: in sequence here, or one process per device), and
+assembles `oof/<exp>/` once every fold is done.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import queue
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .artifacts import load_member
-from .cache import cache_key, cached_images
-from .competition import Competition, load_competition
-from .config import ExperimentConfig, load_config
-from .folds import folds_fingerprint, read_folds
-from .paths import Project
-from .predict import assemble_member, load_fold_predictions
-from .train import TrainData, fold_signature, is_fold_done, is_trained, predict_signature, train_fold
+from ..artifacts import load_member
+from ..config import ExperimentConfig, load_config
+from ..data.cache import cache_key, cached_images
+from ..data.find import Competition, load_competition
+from ..data.folds import folds_fingerprint, read_folds
+from ..members.assemble import assemble_member, load_fold_predictions
+from ..members.base import TrainData, member_kind
+from ..paths import Project
+from .local import LocalExecutor
+from .signatures import fold_signature, is_fold_done, is_trained, predict_signature
 
 
 def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition | None = None,
@@ -90,13 +87,12 @@ def run_experiment(config_path: str | Path, project: Project, folds: list[int] |
     for k in pending:
         if is_trained(project.model_dir(cfg.name, k), signature):
             print(f"[{cfg.name} fold {k}] weights are current; predicting again (TTA views or test images changed)")
-    if devices and len(devices) > 1 and len(pending) > 1:
-        _run_on_devices(config_path, project, pending, overrides or [], devices)
-    else:
-        if devices:
-            cfg.device = devices[0]
-        for k in pending:
-            train_fold(cfg, k, data, project.model_dir(cfg.name, k), progress=progress)
+    kind = member_kind(cfg)
+    if devices:
+        cfg.device = devices[0]  # one device: every fold runs here, on it
+    LocalExecutor(devices).run(config_path, project, pending, overrides or [],
+                               lambda k: kind.train_fold(cfg, k, data, project.model_dir(cfg.name, k),
+                                                         progress=progress))
     if not assemble:
         return None
     return assemble_experiment(cfg, data, project, n_folds)
@@ -143,51 +139,3 @@ def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project
         print(f"WARNING [{cfg.name}] {int((~data.test_ok).sum())} test image(s) unreadable: "
               f"they are predicted as the training prior's most likely class")
     return scores
-
-
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def worker_env(device: str, n_workers: int, base: dict | None = None) -> tuple[dict, str]:
-    """(environment, device name inside the worker) for one fold process.
-
-    Each worker gets its share of the CPU cores (torch, OpenMP and BLAS would otherwise each start one
-    thread per core in every process: n_workers x cores threads fighting over the cores). A CUDA worker
-    sees only its own GPU, so nothing in it (a bf16 probe, a stray tensor) opens a context on GPU 0.
-    """
-    env = dict(os.environ if base is None else base)
-    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
-    env.update({var: threads for var in THREAD_VARS})
-    if device.startswith("cuda"):
-        index = int(device.partition(":")[2] or 0)
-        visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-        env["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
-        device = "cuda:0"
-    return env, device
-
-
-def _run_on_devices(config_path, project: Project, folds: list[int], overrides: list[str], devices: list[str]):
-    """One fold per device at a time, each in its own process; folds queue for the next free device."""
-    free: queue.Queue[str] = queue.Queue()
-    for dev in devices:
-        free.put(dev)
-    config_path = Path(config_path).resolve()
-
-    def one(k: int) -> int:
-        dev = free.get()
-        try:
-            env, worker_device = worker_env(dev, len(devices))
-            # the worker's device goes last: it wins over a `device=` in the user's overrides
-            sets = [*overrides, f"device={worker_device}"]
-            cmd = [sys.executable, "-m", "foldblend.cli", "--root", str(project.root), "train", str(config_path),
-                   "--folds", str(k), "--no-assemble", "--quiet"] + [a for o in sets for a in ("--set", o)]
-            print(f"[fold {k}] on {dev}", flush=True)
-            return subprocess.run(cmd, env=env).returncode
-        finally:
-            free.put(dev)
-
-    with ThreadPoolExecutor(len(devices)) as pool:
-        codes = list(pool.map(one, folds))
-    failed = [k for k, c in zip(folds, codes) if c != 0]
-    if failed:
-        raise RuntimeError(f"{config_path}: folds {failed} failed in their worker processes (see output above)")

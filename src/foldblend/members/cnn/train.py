@@ -9,10 +9,8 @@ uninterrupted one: every random draw of an epoch is a function of (seed, fold, e
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,64 +19,16 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .artifacts import atomic_path, write_csv, write_json, write_npz, write_text
-from .config import ExperimentConfig, dump_config
-from .data import eval_loader, train_loader, train_steps
-from .metrics import classification_scores, softmax
-from .models import Arch, check_parts, checkpoint_payload, create_model, normalisation, set_trainable
-from .predict import autocast, infer
+from ...artifacts import atomic_path, write_csv, write_json, write_npz, write_text
+from ...config import ExperimentConfig, dump_config
+from ...metrics import classification_scores, softmax
+from ...running.signatures import fold_signature, is_fold_done, is_trained, predict_signature, read_done
+from ..base import TrainData
+from ..infer import autocast, infer, resolve_device
+from ..loaders import eval_loader, train_loader, train_steps
+from ..transforms import to_input
+from .models import Arch, check_parts, checkpoint_payload, create_model, load_checkpoint, normalisation, set_trainable
 from .recipe import Fit, build_fit, epoch_seed, seed_everything, step_scheduler
-from .transforms import to_input
-
-
-@dataclass
-class TrainData:
-    """What every fold of an experiment trains and predicts on (images already decoded and resized)."""
-
-    images: np.ndarray        # (N, S, S, 3) uint8, folds.csv order
-    labels: np.ndarray        # (N,) class index
-    fold: np.ndarray          # (N,)
-    classes: list[str]
-    test_images: np.ndarray   # (M, S, S, 3) uint8, sample order
-    fingerprint: str          # of folds.csv and the class order: what changes what a fold's weights learn
-    ids: np.ndarray           # (N,) train image ids (folds.csv `image`)
-    test_ids: np.ndarray      # (M,) sample-submission ids
-    test_ok: np.ndarray       # (M,) False where the test image is missing or unreadable
-    test_fingerprint: str = ""  # of the test ids, files (path, size, mtime) and readability
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but no CUDA device is available (set device: auto or cpu)")
-    return torch.device(name)
-
-
-def fold_signature(cfg: ExperimentConfig, data: TrainData) -> dict:
-    """What a fold's weights depend on: a change here retrains the fold."""
-    return {"config": cfg.fingerprint(), "data": data.fingerprint}
-
-
-def predict_signature(cfg: ExperimentConfig, data: TrainData) -> dict:
-    """What a fold's predictions depend on beyond its weights: a change here only predicts again."""
-    return {"tta": list(cfg.tta), "amp": cfg.amp, "test": data.test_fingerprint}
-
-
-def read_done(out_dir: Path) -> dict:
-    done = Path(out_dir) / "done.json"
-    return json.loads(done.read_text()) if done.exists() else {}
-
-
-def is_trained(out_dir: Path, signature: dict) -> bool:
-    return read_done(out_dir).get("signature") == signature and (Path(out_dir) / "best.pt").exists()
-
-
-def is_fold_done(out_dir: Path, signature: dict, predictions: dict | None = None) -> bool:
-    """Trained with these weights' inputs and (when given) predicted with these predictions' inputs."""
-    if not (is_trained(out_dir, signature) and (Path(out_dir) / "preds.npz").exists()):
-        return False
-    return predictions is None or read_done(out_dir).get("predictions") == predictions
 
 
 def freeze_for_epoch(model, cfg: ExperimentConfig, epoch: int) -> None:
@@ -270,8 +220,6 @@ def _record_prediction_settings(path: Path, cfg: ExperimentConfig) -> None:
 
 def predict_fold(cfg, k, data: TrainData, out_dir: Path, signature, best, device, val_idx, progress) -> dict:
     """The best checkpoint on its held-out fold and on the test set, under every TTA view."""
-    from .models import load_checkpoint
-
     model, ckpt = load_checkpoint(out_dir / "best.pt", device)
     channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:

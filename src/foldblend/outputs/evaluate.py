@@ -1,7 +1,7 @@
 """Score trained models on a labelled folder (`<class>/<image>`): per-class F1, confusion matrix, mistakes.
 
 The competition deliverable "a script that takes the evaluation folder and the weights and prints each
-class's F1 and the average": `evaluate_folder` predicts (inference.py) and scores (scikit-learn's
+class's F1 and the average": `evaluate_folder` predicts (`predict`) and scores (scikit-learn's
 `classification_report`), `format_evaluation` prints, `write_evaluation` writes the files.
 
 Averages are over the classes present in the folder or predicted (scikit-learn's default), so a folder
@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
-from .artifacts import write_csv, write_text
-from .imageio import is_image_name
-from .inference import Predictor, add_model_arguments, output_name, predict_images, predictor_from_args
-from .report_plots import confusion_png
+from ..artifacts import write_csv, write_text
+from ..data.read import is_image_name
+from .plots import confusion_png
+from .predict import Predictor, add_model_arguments, output_name, predict_images, predictor_from_args
 
 REPORT_DIGITS = 4
 

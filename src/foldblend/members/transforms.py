@@ -1,6 +1,6 @@
 """Augmentation pipelines (albumentations, on cached uint8 images) and TTA views (tiny named functions).
 
-Training images arrive already decoded and resized to img_size (see cache.py), so augmentation here
+Training images arrive already decoded and resized to img_size (see data/cache.py), so augmentation here
 never resizes the whole file again. Normalisation happens on the batch tensor (on the device), not per
 sample, which keeps the CPU data path cheap.
 """

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .artifacts import write_csv, write_text
+from ..artifacts import write_csv, write_text
 
 COMPLETE_MARKER = ".demo_complete"
 BUILDING_MARKER = ".demo_building"

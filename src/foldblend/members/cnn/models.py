@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..transforms import IMAGENET_MEAN, IMAGENET_STD
 
 BUILTIN = {
     # name: channels per stage; each stage = conv-bn-relu x2, then 2x2 max-pool (not after the last)

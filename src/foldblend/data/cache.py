@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from .artifacts import atomic_path, write_npz
-from .imageio import ImageReadError, load_rgb
+from ..artifacts import atomic_path, write_npz
+from .read import ImageReadError, load_rgb
 
 GREY = 128          # fill for unreadable images: the mean-ish value, harmless after normalisation
 CACHE_VERSION = 1   # bump when decoding or resizing changes, so old caches are not reused

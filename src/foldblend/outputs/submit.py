@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import changed_members, load_member, write_csv
-from .metrics import classification_scores, softmax
+from ..artifacts import changed_members, load_member, write_csv
+from ..metrics import classification_scores, softmax
 
 FORMATS = ("label", "probs", "class_id", "positive_prob")
 ROW_SUM_TOLERANCE = 1e-6

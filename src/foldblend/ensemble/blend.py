@@ -4,7 +4,7 @@ A blend is a small pipeline fitted on OOF rows: TTA-view weights, per-member tem
 weights (or a stacker), a temperature after combining, per-class decision biases. Every fitted step
 can overfit the OOF rows it was tuned on, so the pipeline is also refitted once per fold on the other
 folds' rows and applied to the held-out fold (nested CV); that collected prediction is the number to
-trust, and the one saved as the blend's `oof_probs`. The numeric methods live in `ensemble.py`.
+trust, and the one saved as the blend's `oof_probs`. The numeric methods live in `methods`.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ensemble as E
-from .artifacts import Member, load_member, member_digest, write_json, write_npz
-from .metrics import HIGHER_IS_BETTER, METRICS, classification_scores, softmax
+from ..artifacts import Member, load_member, member_digest, write_json, write_npz
+from ..metrics import HIGHER_IS_BETTER, METRICS, classification_scores, softmax
+from . import methods as E
 
 OVERFIT_WARNING_GAP = 0.01
 TTA_MODES = ("mean", "weighted")

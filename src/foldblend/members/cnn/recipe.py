@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ExperimentConfig
+from ...config import ExperimentConfig
+from ..infer import amp_dtype
+from ..transforms import class_sample_weights
 from .models import param_groups
-from .predict import amp_dtype
-from .transforms import class_sample_weights
 
 
 def epoch_seed(seed: int, fold: int, epoch: int) -> int:

@@ -2,7 +2,7 @@
 
 Shapes: one member's TTA views are `(V, N, C)`; members stacked are `(K, N, C)`; labels `(N,)`.
 Everything here works on probabilities (rows sum to one) except where a name says log-probabilities.
-Nothing here reads files or knows about folds' meaning; `blend.py` orchestrates and scores honestly.
+Nothing here reads files or knows about folds' meaning; `blend` orchestrates and scores honestly.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.stats import rankdata
 
-from .metrics import METRICS, clip_probs, log_softmax, metric_from_counts, softmax
+from ..metrics import METRICS, clip_probs, log_softmax, metric_from_counts, softmax
 
 COMBINE_METHODS = ("mean", "logit_mean", "rank", "power", "scipy", "greedy", "stack")
 IDENTITY_WEIGHT_GRID = np.linspace(0.0, 1.0, 11)

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import imagegen as gen
-from foldblend import ensemble as E
-from foldblend.inference import (add_predict_arguments, combine_members, load_predictor, predict_from_args,
-                                 list_images, predict_images)
-from foldblend.models import Arch, checkpoint_payload, create_model
+from foldblend.ensemble import methods as E
+from foldblend.outputs.predict import add_predict_arguments, combine_members, load_predictor, predict_from_args, list_images, predict_images
+from foldblend.members.cnn.models import Arch, checkpoint_payload, create_model
 from foldblend.paths import Project
 
 CLASSES = ["circle", "square", "stripes"]
@@ -70,9 +69,9 @@ def test_experiment_predicts_the_mean_of_its_folds_and_views(project, tmp_path):
     np.testing.assert_allclose(pred.probs.sum(axis=1), 1.0, atol=1e-6)
 
     # the same number by hand: each fold model under each view, probabilities averaged
-    from foldblend.cache import resize_square
-    from foldblend.imageio import load_rgb
-    from foldblend.transforms import TTA_VIEWS, to_input
+    from foldblend.data.cache import resize_square
+    from foldblend.data.read import load_rgb
+    from foldblend.members.transforms import TTA_VIEWS, to_input
 
     x_uint8 = torch.from_numpy(np.stack([resize_square(load_rgb(p), 16) for p in paths]))
     expected = []
@@ -161,10 +160,10 @@ def test_predict_single_files_with_blend_default_out(project, tmp_path):
 def test_blend_prediction_equals_the_blends_own_test_probabilities(project, tmp_path, options):
     """Members' test logits come from the same checkpoints; run the real blend; predict must reproduce it."""
     from foldblend.artifacts import save_member
-    from foldblend.blend import run_blend
-    from foldblend.cache import resize_square
-    from foldblend.imageio import load_rgb
-    from foldblend.inference import fold_model_logits
+    from foldblend.ensemble.blend import run_blend
+    from foldblend.data.cache import resize_square
+    from foldblend.data.read import load_rgb
+    from foldblend.outputs.predict import fold_model_logits
 
     paths = make_labelled_folder(tmp_path / "imgs", per_class=2)
     rng = np.random.default_rng(0)
@@ -189,7 +188,7 @@ def test_blend_prediction_equals_the_blends_own_test_probabilities(project, tmp_
 
 def test_chunked_prediction_equals_one_pass(tmp_path, monkeypatch):
     """Bounded memory: predicting a few images at a time gives the same probabilities as one pass."""
-    import foldblend.inference as inf
+    import foldblend.outputs.predict as inf
 
     project = Project.at(tmp_path / "proj")
     make_experiment(project, "exp_a", folds=2, img_size=16)
@@ -207,7 +206,7 @@ def test_chunked_prediction_equals_one_pass(tmp_path, monkeypatch):
 
 def test_chunked_prediction_keeps_rank_blends_exact(tmp_path, monkeypatch):
     """Rank averaging ranks over all rows: chunks must not be combined one by one."""
-    import foldblend.inference as inf
+    import foldblend.outputs.predict as inf
 
     project = Project.at(tmp_path / "proj")
     for name in ("exp_a", "exp_b"):

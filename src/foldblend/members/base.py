@@ -1,0 +1,52 @@
+"""What a member kind is given, and the one thing it must do.
+
+A member kind trains one fold at a time: `train_fold(cfg, k, data, out_dir)` fits on every fold but
+`k`, predicts fold `k` and the test set under each TTA view, and writes `out_dir/preds.npz`
+(`val_index`, `val_logits` (V, n, C), `test_logits` (V, M, C), `views`) and `out_dir/done.json`
+(with the signatures of `running.signatures`). Everything after that is shared: `running` decides
+which folds are pending and where they run, and `assemble.assemble_member` turns the folds'
+predictions into `oof/<exp>/` per the ensemble-member contract (`artifacts.py`).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..config import ExperimentConfig
+
+
+@dataclass
+class TrainData:
+    """What every fold of an experiment trains and predicts on (images already decoded and resized)."""
+
+    images: np.ndarray        # (N, S, S, 3) uint8, folds.csv order
+    labels: np.ndarray        # (N,) class index
+    fold: np.ndarray          # (N,)
+    classes: list[str]
+    test_images: np.ndarray   # (M, S, S, 3) uint8, sample order
+    fingerprint: str          # of folds.csv and the class order: what changes what a fold's weights learn
+    ids: np.ndarray           # (N,) train image ids (folds.csv `image`)
+    test_ids: np.ndarray      # (M,) sample-submission ids
+    test_ok: np.ndarray       # (M,) False where the test image is missing or unreadable
+    test_fingerprint: str = ""  # of the test ids, files (path, size, mtime) and readability
+
+
+class MemberKind(Protocol):
+    """One kind of ensemble member: a module with this function (`cnn.train` today)."""
+
+    def train_fold(self, cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path,
+                   progress: bool = True) -> dict:
+        """Train (or resume) fold k and write out_dir/preds.npz and out_dir/done.json; returns done.json."""
+        ...
+
+
+KINDS = {"cnn": ".cnn.train"}  # kind -> the module implementing MemberKind
+
+
+def member_kind(cfg: ExperimentConfig) -> MemberKind:
+    """The module that trains `cfg`'s folds (imported on demand: a kind's dependencies load only when used)."""
+    return importlib.import_module(KINDS["cnn"], __package__)

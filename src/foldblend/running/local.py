@@ -1,0 +1,79 @@
+"""The local executor: an experiment's pending folds in this process, or one process per device.
+
+Folds run in sequence here when there is one device (or one fold); with several devices
+(`devices=["cuda:0", "cuda:1"]`, or two "cpu" workers, which exercise the same path without a GPU)
+each fold runs as its own `foldblend train --folds k` process on the next free device.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from ..paths import Project
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def worker_env(device: str, n_workers: int, base: dict | None = None) -> tuple[dict, str]:
+    """(environment, device name inside the worker) for one fold process.
+
+    Each worker gets its share of the CPU cores (torch, OpenMP and BLAS would otherwise each start one
+    thread per core in every process: n_workers x cores threads fighting over the cores). A CUDA worker
+    sees only its own GPU, so nothing in it (a bf16 probe, a stray tensor) opens a context on GPU 0.
+    """
+    env = dict(os.environ if base is None else base)
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    env.update({var: threads for var in THREAD_VARS})
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        env["CUDA_VISIBLE_DEVICES"] = visible[index] if index < len(visible) else str(index)
+        device = "cuda:0"
+    return env, device
+
+
+class LocalExecutor:
+    """Runs fold jobs on this machine: `devices` None or one device -> in this process, in order."""
+
+    def __init__(self, devices: list[str] | None = None):
+        self.devices = list(devices or [])
+
+    def run(self, config_path, project: Project, folds: list[int], overrides: list[str],
+            train_here: Callable[[int], object]) -> None:
+        if len(self.devices) > 1 and len(folds) > 1:
+            run_on_devices(config_path, project, folds, overrides, self.devices)
+        else:
+            for k in folds:
+                train_here(k)
+
+
+def run_on_devices(config_path, project: Project, folds: list[int], overrides: list[str], devices: list[str]):
+    """One fold per device at a time, each in its own process; folds queue for the next free device."""
+    free: queue.Queue[str] = queue.Queue()
+    for dev in devices:
+        free.put(dev)
+    config_path = Path(config_path).resolve()
+
+    def one(k: int) -> int:
+        dev = free.get()
+        try:
+            env, worker_device = worker_env(dev, len(devices))
+            # the worker's device goes last: it wins over a `device=` in the user's overrides
+            sets = [*overrides, f"device={worker_device}"]
+            cmd = [sys.executable, "-m", "foldblend.cli", "--root", str(project.root), "train", str(config_path),
+                   "--folds", str(k), "--no-assemble", "--quiet"] + [a for o in sets for a in ("--set", o)]
+            print(f"[fold {k}] on {dev}", flush=True)
+            return subprocess.run(cmd, env=env).returncode
+        finally:
+            free.put(dev)
+
+    with ThreadPoolExecutor(len(devices)) as pool:
+        codes = list(pool.map(one, folds))
+    failed = [k for k, c in zip(folds, codes) if c != 0]
+    if failed:
+        raise RuntimeError(f"{config_path}: folds {failed} failed in their worker processes (see output above)")

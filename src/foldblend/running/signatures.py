@@ -1,0 +1,38 @@
+"""When is a fold finished? Its done.json records what its weights and its predictions were made from.
+
+A fold retrains when its signature (the config's weight-relevant keys, the split, the class order, the
+train files' contents) changes, and only predicts again when its prediction signature (TTA views, amp,
+test files) changes. Every member kind writes done.json with both, so this logic is the same for all.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import ExperimentConfig
+
+
+def fold_signature(cfg: ExperimentConfig, data) -> dict:
+    """What a fold's weights depend on: a change here retrains the fold."""
+    return {"config": cfg.fingerprint(), "data": data.fingerprint}
+
+
+def predict_signature(cfg: ExperimentConfig, data) -> dict:
+    """What a fold's predictions depend on beyond its weights: a change here only predicts again."""
+    return {"tta": list(cfg.tta), "amp": cfg.amp, "test": data.test_fingerprint}
+
+
+def read_done(out_dir: Path) -> dict:
+    done = Path(out_dir) / "done.json"
+    return json.loads(done.read_text()) if done.exists() else {}
+
+
+def is_trained(out_dir: Path, signature: dict) -> bool:
+    return read_done(out_dir).get("signature") == signature and (Path(out_dir) / "best.pt").exists()
+
+
+def is_fold_done(out_dir: Path, signature: dict, predictions: dict | None = None) -> bool:
+    """Trained with these weights' inputs and (when given) predicted with these predictions' inputs."""
+    if not (is_trained(out_dir, signature) and (Path(out_dir) / "preds.npz").exists()):
+        return False
+    return predictions is None or read_done(out_dir).get("predictions") == predictions
