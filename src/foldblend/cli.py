@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="write oof/report.html: CV, curves, blend, per-class F1, confusions, mistakes")
     add_report_arguments(s)
     s.set_defaults(fn=report_from_args)
+
+    from .outputs.serve import add_serve_arguments, serve_from_args
+
+    s = sub.add_parser("serve", help="a local web page to try the models on your own images (and its HTTP API)")
+    add_serve_arguments(s)
+    s.set_defaults(fn=serve_from_args)
     return p
 
 
