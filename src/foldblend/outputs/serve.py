@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -157,7 +158,8 @@ def build_app(served, upload_folder: Path, limits: UploadLimits = UploadLimits()
 def serve(project, exp: str = "blend", host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
           batch_size: int = 64, limits: UploadLimits = UploadLimits(), top_k: int = 5, block: bool = True):
     """Load the models once, then serve the page until Ctrl+C. With block=False, return the running app."""
-    _check_port_free(host, port)  # before seconds of loading models, and before saying where it serves
+    start = time.monotonic()
+    _check_port_free(host, port)  # before seconds of loading models
     upload_folder, ours = upload_folder_for(project)
     if block and threading.current_thread() is threading.main_thread():
         # `kill` (SIGTERM) ends the server like Ctrl+C, so the upload folder is still removed
@@ -173,19 +175,23 @@ def serve(project, exp: str = "blend", host: str = "127.0.0.1", port: int = 7860
         app = build_app(served, upload_folder, limits, top_k, url)
         for note in served.card.notes:
             print(f"note: {note}")
-        print(f"serving {served.card.headline} at {url} (Ctrl+C stops it); uploads stay outside the project and "
-              f"are deleted when it stops", flush=True)
         try:
-            app.launch(server_name=host, server_port=port, share=False, quiet=True, prevent_thread_lock=not block,
+            app.launch(server_name=host, server_port=port, share=False, quiet=True, prevent_thread_lock=True,
                        max_file_size=limits.max_bytes, footer_links=["api"], enable_monitoring=False,
                        ssr_mode=False, mcp_server=False, css=CSS)
         except OSError as e:  # taken between the check and now
             raise RuntimeError(f"cannot listen on {host}:{port}: another server is probably using it; "
                                "pass --port") from e
+        print(f"serving {served.card.headline} at {url} (ready in {time.monotonic() - start:.1f} s; Ctrl+C stops "
+              f"it); uploads stay outside the project and are deleted when it stops", flush=True)
         if not block:  # the caller closes the app; our upload folder goes when the process ends
             if ours:
                 atexit.register(shutil.rmtree, upload_folder, True)
             return app
+        try:
+            app.block_thread()  # until Ctrl+C (or SIGTERM, above)
+        finally:
+            app.close(verbose=False)
     finally:
         if ours and block:
             shutil.rmtree(upload_folder, ignore_errors=True)

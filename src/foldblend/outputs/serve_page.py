@@ -27,11 +27,13 @@ CSS = """
  border:1px solid var(--border-color-primary)}
 .fb-body{flex:1;min-width:150px}.fb-name{font-size:.85em;color:var(--body-text-color-subdued);overflow-wrap:anywhere}
 .fb-predicted{font-size:1.15em;font-weight:600;margin:2px 0 6px}
-.fb-topk{border-collapse:collapse;margin:0}.fb-topk td{padding:1px 4px;border:none!important;font-size:.9em}
+.fb-topk{border-collapse:collapse;margin:0;border:none!important}
+.fb-topk tr,.fb-topk td{padding:1px 4px!important;border:none!important;font-size:.9em}
 .fb-topk td.fb-p{text-align:right;font-variant-numeric:tabular-nums}
 .fb-bar{height:10px;background:var(--color-accent);border-radius:3px;min-width:1px}
 .fb-barbox{width:64px;background:var(--border-color-primary);border-radius:3px}
-.fb-card details{width:100%;font-size:.85em}.fb-card details table{width:100%}
+.fb-card details{width:100%;font-size:.85em}.fb-card details table{width:auto;margin:4px 0}
+.fb-card details td,.fb-card details th{padding:2px 8px!important}
 .fb-errors{margin-bottom:10px}
 .fb-error{color:#b42318;background:#fef3f2;border:1px solid #fecdca;border-radius:6px;padding:6px 10px;margin:4px 0}
 .fb-similar{display:flex;gap:6px;flex-wrap:wrap;width:100%}.fb-similar figure{margin:0;font-size:.75em;width:64px}
