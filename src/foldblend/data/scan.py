@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import write_csv, write_json
 from ..paths import Project
+from .classes import class_table
 from .dedup import duplicate_groups, duplicate_report
 from .eda import write_eda
 from .find import Competition, load_competition
@@ -164,6 +165,7 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
              progress: bool = True) -> pd.DataFrame:
     comp = comp or load_competition(project.input)
     print(comp.describe())
+    print(f"class index (class_order: {comp.class_order}):\n{class_table(comp.classes)}")
     paths = [comp.root / p for p in comp.train["image"]] + [comp.root / p for p in comp.test["image"]]
     table = scan_images(paths, comp.root, cache_csv=project.folds_dir / "scan_cache.csv", workers=workers,
                         progress=progress)
