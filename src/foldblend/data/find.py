@@ -85,6 +85,7 @@ class Competition:
     ignored: list[str] = field(default_factory=list)  # non-image files skipped (relative paths)
     layout: str = ""                # how train/test were found, for humans
     class_order: str = ""           # how the class indices were chosen, for humans
+    configured: set[str] = field(default_factory=set)  # the keys competition.yaml sets
 
     @property
     def has_test(self) -> bool:
@@ -155,7 +156,7 @@ def load_competition(input_dir: str | Path) -> Competition:
         submission_format=cfg.get("submission_format"),
         test_labels_path=labels_path if labels_path.is_file() else None,
         settings={k: cfg.get(k, v) for k, v in SETTINGS_DEFAULTS.items()},
-        ignored=sorted(ignored + test_ignored), layout=layout,
+        ignored=sorted(ignored + test_ignored), layout=layout, configured=set(cfg),
         class_order=("explicit (classes in competition.yaml)" if "classes" in cfg else cfg.get("class_order")
                      or "lexical (numeric when every name is an integer)"))
 

@@ -25,7 +25,7 @@ from .classes import class_table
 from .dedup import duplicate_groups, duplicate_report
 from .eda import write_eda
 from .find import Competition, load_competition
-from .ood import STAT_COLUMNS, image_stats, ood_report, scores_from_stats
+from .ood import STAT_COLUMNS, image_stats, ood_flags, ood_report, scores_from_stats
 from .read import ImageReadError, inspect_bytes, read_bytes
 
 # The out-of-domain statistics ride along: the file is decoded here anyway, so nothing decodes it again.
@@ -187,14 +187,19 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
     report = duplicate_report(table, table["group"].to_numpy(), table["label"], ~is_train)
     write_json(project.folds_dir / "duplicates.json", report)
     _print_duplicates(report, comp.settings["dedup"])
+    flagged, threshold, how = ood_flags(scores, comp.settings["ood_threshold"])
     if ok_train.sum() >= 3:
         suspects = ood_report(table, scores, top=10, stats=stats)
-        print(f"most out-of-domain train images (score; set ood_threshold in {comp.root.name}/competition.yaml "
-              f"to leave out those above it):")
+        print("most out-of-domain train images (score):")
         for row in suspects.itertuples():
             print(f"  {row.score:.3f}  {row.image}  ({row.stands_out})")
+        drop = comp.settings["ood"] == "drop"
+        print(f"out-of-domain threshold {threshold:.3f} ({how}): {int(flagged.sum())} train image(s) above it, "
+              + ("left out by `foldblend folds` (ood: drop)" if drop else
+                 f"kept (ood: report; set ood: drop in {comp.root.name}/competition.yaml to leave them out)"))
     eda = write_eda(table, table["group"].to_numpy(), scores, table["label"], project.folds_dir / "eda.html",
-                    comp.root)
+                    comp.root, ood_flagged={"mask": flagged, "threshold": threshold, "how": how,
+                                            "mode": comp.settings["ood"]})
     print(f"data report: {eda.relative_to(project.root)}")
     return table
 
