@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_arguments(s)
     s.set_defaults(fn=predict_from_args)
 
+    from .outputs.export import add_export_arguments, export_from_args
+
+    s = sub.add_parser("export", help="write an experiment or the blend as a self-contained bundle folder")
+    add_export_arguments(s)
+    s.set_defaults(fn=export_from_args)
+
     s = sub.add_parser("report", help="write oof/report.html: CV, curves, blend, per-class F1, confusions, mistakes")
     add_report_arguments(s)
     s.set_defaults(fn=report_from_args)
