@@ -141,3 +141,34 @@ def test_train_only_folder_runs_every_stage_with_an_honest_holdout(tmp_path, cap
     run(elsewhere, "predict", "--images", str(holdout_folder), "--exp", str(bundle))
     table = pd.read_csv(elsewhere / "oof" / "predict_shipped.csv")
     assert len(table) == len(held) and set(table["predicted"]) <= set(NAMES)
+
+
+def test_ood_drop_leaves_photographs_out_and_lists_them(tmp_path, capsys):
+    """Flat illustrations with a few photographs mixed in: the data-chosen threshold drops the photographs,
+    folds.json records them, eda.html shows them; `ood: report` keeps them and says so."""
+    root = tmp_path
+    for c, name in enumerate(["inked", "flat"]):
+        for i in range(40):
+            gen.save(root / "input" / "training" / name / f"{i:02d}.png", gen.shapes(c * 1000 + i, 48))
+    photos = [f"training/{'inked' if k % 2 else 'flat'}/photo_{k}.png" for k in range(2)]
+    for k, rel in enumerate(photos):
+        gen.save(root / "input" / rel, gen.natural(50 + k, 96))
+    (root / "input" / "competition.yaml").write_text("n_splits: 2\n")
+    run(root, "scan", "--quiet")
+    out = capsys.readouterr().out
+    assert "out-of-domain threshold" in out and "kept (ood: report" in out
+    assert "Would be dropped as out-of-domain" in (root / "folds" / "eda.html").read_text()
+    run(root, "folds", "--quiet")
+    assert set(photos) <= set(pd.read_csv(root / "folds" / "folds.csv")["image"])
+
+    (root / "input" / "competition.yaml").write_text("n_splits: 2\nood: drop\n")
+    run(root, "scan", "--quiet")
+    run(root, "folds", "--quiet")
+    folds = pd.read_csv(root / "folds" / "folds.csv")
+    sidecar = json.loads((root / "folds" / "folds.json").read_text())
+    dropped = {row["image"] for row in sidecar["left_out"] if row["reason"] == "out_of_domain"}
+    assert set(photos) <= dropped and not dropped & set(folds["image"])
+    assert len(dropped) <= 4, dropped  # the photographs, and at most a couple of unusual drawings
+    assert sidecar["ood"]["mode"] == "drop" and sidecar["ood"]["threshold"] is not None
+    eda = (root / "folds" / "eda.html").read_text()
+    assert "Dropped as out-of-domain" in eda and all(p in eda for p in photos)

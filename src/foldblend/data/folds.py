@@ -273,7 +273,7 @@ def run_folds(project: Project, comp: Competition | None = None, progress: bool 
     comp = comp or load_competition(project.input)
     table = scan_table(project, comp, progress)
     train = table[table["split"] == "train"].reset_index(drop=True)
-    keep = train["ok"].to_numpy(bool)
+    keep = train["ok"].to_numpy(bool).copy()  # pandas may hand out a read-only view
     reasons = np.where(keep, "", "unreadable").astype(object)
     flagged, threshold, how = ood_flags(train["ood"].to_numpy(float), comp.settings.get("ood_threshold"))
     ood = {"mode": comp.settings["ood"], "threshold": threshold if np.isfinite(threshold) else None, "how": how,
