@@ -172,3 +172,19 @@ def test_ood_drop_leaves_photographs_out_and_lists_them(tmp_path, capsys):
     assert sidecar["ood"]["mode"] == "drop" and sidecar["ood"]["threshold"] is not None
     eda = (root / "folds" / "eda.html").read_text()
     assert "Dropped as out-of-domain" in eda and all(p in eda for p in photos)
+
+
+def test_assembly_reads_fold_predictions_made_before_holdouts_existed(tmp_path):
+    from foldblend.artifacts import load_member
+    from foldblend.members.assemble import FoldPredictions, assemble_member
+
+    rng = np.random.default_rng(0)
+    old = [FoldPredictions(np.array([0, 1]), rng.normal(size=(1, 2, 3)), rng.normal(size=(1, 0, 3)), ["identity"]),
+           FoldPredictions(np.array([2, 3]), rng.normal(size=(1, 2, 3)), rng.normal(size=(1, 0, 3)), ["identity"])]
+    common = dict(ids=list("abcd"), labels=np.array([0, 1, 2, 0]), fold=np.array([0, 0, 1, 1]),
+                  classes=["x", "y", "z"], test_ids=[], test_ok=np.zeros(0, bool))
+    assemble_member(tmp_path / "m", old, **common)  # no holdout, no holdout_logits: H = 0
+    member = load_member(tmp_path / "m")
+    assert member.holdout_logits.shape == (2, 1, 0, 3) and member.test_logits.shape == (2, 1, 0, 3)
+    with pytest.raises(ValueError, match="do not cover the 2 held-out images"):
+        assemble_member(tmp_path / "n", old, **common, holdout_ids=["e", "f"], holdout_labels=[0, 1])

@@ -53,9 +53,11 @@ def assemble_member(out_dir: Path, fold_preds: list[FoldPredictions], *, ids, la
     if (~test_ok).any():  # unreadable test images: every model predicts the training prior
         test[:, :, ~test_ok] = log_prior(labels, c)
     h = len(holdout_ids)
-    if any(fp.holdout_logits is None or fp.holdout_logits.shape[1] != h for fp in fold_preds):
+    held = [fp.holdout_logits if fp.holdout_logits is not None or h else np.zeros((len(views), 0, c), np.float32)
+            for fp in fold_preds]  # preds.npz written before holdouts existed: fine while there is none
+    if any(x is None or x.shape[1] != h for x in held):
         raise ValueError(f"{out_dir}: a fold's predictions do not cover the {h} held-out images; predict it again")
-    holdout = np.stack([fp.holdout_logits for fp in fold_preds]).astype(np.float32)
+    holdout = np.stack(held).astype(np.float32)
     scores = score_member(oof, labels, fold, views, c)
     scores.update(extra_scores or {})
     save_member(out_dir, classes=classes, ids=ids, labels=labels, fold=fold, views=views, oof_logits=oof,
