@@ -117,3 +117,17 @@ def test_evaluate_trained_weights_copied_out_of_the_project(project, tmp_path):
                                                progress=False).probs, by_name.probs, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_predictor(elsewhere, str(tmp_path / "nothing_here.pt"))
+
+
+def test_a_csv_of_path_label_with_class_indices_is_scored_like_the_folder(project, tmp_path):
+    paths = make_labelled_folder(tmp_path / "eval", per_class=2)
+    folder_ev = evaluate_folder(load_predictor(project, "exp_a"), tmp_path / "eval", progress=False)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    rows = [f"../eval/{p.parent.name}/{p.name},{CLASSES.index(p.parent.name)}" for p in paths]
+    (lists / "eval.csv").write_text("file,class\n" + "\n".join(rows) + "\n")
+    csv_ev = evaluate_folder(load_predictor(project, "exp_a"), lists / "eval.csv", progress=False)
+    assert csv_ev.macro_f1 == folder_ev.macro_f1 and csv_ev.report_text == folder_ev.report_text
+    (lists / "bad.csv").write_text("path,label\nnowhere.png,circle\n")
+    with pytest.raises(FileNotFoundError, match="bad.csv: 1 path"):
+        evaluate_folder(load_predictor(project, "exp_a"), lists / "bad.csv", progress=False)

@@ -173,7 +173,7 @@ def test_yaml_overrides_and_defaults(tmp_path):
     _base(tmp_path)
     comp = load_competition(tmp_path)
     assert comp.settings == {"n_splits": 5, "fold_seed": 42, "dedup": "group", "dedup_distance": 4,
-                             "ood_threshold": None}
+                             "ood": "report", "ood_threshold": None, "holdout": 0.0}
     assert comp.submission_format is None and comp.test_labels_path is None
     write(tmp_path, "competition.yaml", "classes: [c, a, b]\nn_splits: 3\nsubmission_format: probs\n"
                                         "dedup: off\nood_threshold: 0.5\n")
@@ -195,6 +195,9 @@ def test_yaml_overrides_and_defaults(tmp_path):
     ("classes: [a, b, c, d]\n", r"unknown \['d'\]"),
     ("- a\n- b\n", "expected `key: value`"),
     ("test_dir: nowhere\n", "test_dir 'nowhere' is not a folder"),
+    ("holdout: 1.5\n", "'holdout' must be a fraction in \\[0, 1\\)"),
+    ("class_order: alphabetical\n", "'class_order' must be one of lexical, natural"),
+    ("ood: remove\n", "'ood' must be one of report, drop"),
 ])
 def test_yaml_errors_name_key_and_file(tmp_path, text, pattern):
     _base(tmp_path)
@@ -266,3 +269,62 @@ def test_an_exact_relative_path_is_never_ambiguous(tmp_path):
     assert index.find("a.png") == "imgs/a.png" and index.find("extra/a.png") == "imgs/extra/a.png"
     with pytest.raises(CompetitionError, match="train id 'a' matches several files"):
         index.find("a")
+
+
+# ----------------------------------------------------------------------------- train-only competitions
+
+@pytest.mark.parametrize("layout,where", [
+    (("train/a/1.png", "train/b/2.png"), "train/<class>/"),
+    (("training/L2_2/1.png", "training/L2_10/2.png"), "training/<class>/"),
+    (("album_covers/rock/1.jpg", "album_covers/jazz/2.jpg"), "album_covers/<class>/"),
+    (("data/covers/rock/1.jpg", "data/covers/jazz/2.jpg"), "data/covers/<class>/"),
+    (("rock/1.jpg", "jazz/2.jpg", "jazz/sub/3.jpg"), "./<class>/"),
+])
+def test_a_labelled_folder_without_sample_or_test_is_a_train_only_competition(tmp_path, layout, where):
+    touch(tmp_path, *layout)
+    comp = load_competition(tmp_path)
+    assert not comp.has_test and comp.sample is None and comp.sample_path is None
+    assert len(comp.test) == 0 and list(comp.test.columns) == ["id", "image"]
+    assert len(comp.train) == len(layout) and comp.layout.startswith(f"folder per class: {where}")
+    assert "no test set" in comp.layout and "no test set" in comp.describe()
+
+
+def test_train_only_with_a_labelled_test_folder_points_to_evaluate(tmp_path):
+    touch(tmp_path, "train/a/1.png", "train/b/2.png", "test/a/3.png", "test/b/4.png", "valid/a/5.png", "valid/b/6.png")
+    comp = load_competition(tmp_path)
+    assert sorted(comp.train["image"]) == ["train/a/1.png", "train/b/2.png"] and not comp.has_test
+    assert "test/ is a labelled folder" in comp.layout and "foldblend evaluate --data" in comp.layout
+
+
+def test_unlabelled_test_folder_without_sample_names_both_fixes(tmp_path):
+    touch(tmp_path, "train/a/1.png", "train/b/2.png", "testset/t.png")
+    with pytest.raises(CompetitionError, match=r"testset/ holds unlabelled test images.*sample_submission.*train-only"):
+        load_competition(tmp_path)
+    write(tmp_path, "competition.yaml", "test_dir: testset\n")
+    with pytest.raises(CompetitionError, match="test_dir is set but no sample submission"):
+        load_competition(tmp_path)
+
+
+def test_class_order_lexical_natural_and_explicit(tmp_path):
+    names = ["L2_10", "L2_2", "L2_52", "L2_3"]
+    touch(tmp_path, *[f"training/{n}/x.png" for n in names])
+    assert load_competition(tmp_path).classes == ["L2_10", "L2_2", "L2_3", "L2_52"]  # ImageFolder's order
+    write(tmp_path, "competition.yaml", "class_order: natural\n")
+    comp = load_competition(tmp_path)
+    assert comp.classes == ["L2_2", "L2_3", "L2_10", "L2_52"] and comp.class_order == "natural"
+    write(tmp_path, "competition.yaml", "class_order: natural\nclasses: [L2_52, L2_10, L2_3, L2_2]\n")
+    assert load_competition(tmp_path).classes == ["L2_52", "L2_10", "L2_3", "L2_2"]  # the explicit list wins
+
+
+def test_integer_class_names_sort_numerically_unless_lexical(tmp_path):
+    touch(tmp_path, "train/10/a.png", "train/2/b.png", "train/1/c.png")
+    assert load_competition(tmp_path).classes == ["1", "2", "10"]
+    write(tmp_path, "competition.yaml", "class_order: lexical\n")
+    assert load_competition(tmp_path).classes == ["1", "10", "2"]
+
+
+def test_class_table_shows_every_index():
+    from foldblend.data.classes import class_table
+
+    text = class_table([f"L2_{i}" for i in range(2, 53)][:20])
+    assert " 0 L2_2" in text and "19 L2_21" in text and len(text.splitlines()) > 1

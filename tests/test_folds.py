@@ -1,6 +1,7 @@
 """The split artifact: exact, stratified, grouped, reused while its inputs are unchanged."""
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -143,3 +144,57 @@ def test_ensure_folds_remakes_a_hand_edited_or_orphaned_split(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not ensure_folds(TABLE, path, 5, 0, verbose=False)[1]
+
+
+# ----------------------------------------------------------------------------- the held-out test split
+
+BIG = table({"a": 60, "b": 40, "c": 25, "d": 15})
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.25, 0.3])
+def test_holdout_is_stratified_sized_and_outside_every_fold(fraction):
+    df = make_folds(BIG, n_splits=4, seed=3, holdout=fraction)
+    held = df["fold"] == -1
+    assert abs(held.mean() - fraction) < 0.03
+    # each class about the same share: p of q stratified parts, each within one image of its share
+    parts = {0.2: 1, 0.25: 1, 0.3: 3}[fraction]
+    off = df[held]["label"].value_counts() - fraction * BIG["label"].value_counts()
+    assert (off.abs() <= parts).all(), off
+    assert sorted(df.loc[~held, "fold"].unique()) == [0, 1, 2, 3]
+    again = make_folds(BIG, n_splits=4, seed=3, holdout=fraction)
+    assert again.equals(df)  # made from the seed alone
+
+
+def test_holdout_keeps_duplicate_groups_whole_and_classes_trainable():
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 45, len(BIG))  # ~3 images per group
+    df = make_folds(BIG, n_splits=3, seed=1, groups=groups, holdout=0.2)
+    held_groups = set(df.loc[df["fold"] == -1, "group"])
+    assert held_groups and not held_groups & set(df.loc[df["fold"] >= 0, "group"])
+    lonely = table({"a": 30, "b": 30, "solo": 1})  # one image: held out, it could never be learned
+    for seed in range(6):
+        df = make_folds(lonely, n_splits=2, seed=seed, holdout=0.2)
+        assert (df.loc[df["label"] == "solo", "fold"] >= 0).all()
+
+
+def test_holdout_errors_and_read_back(tmp_path):
+    with pytest.raises(FoldsError, match="needs at least 5 distinct image groups"):
+        make_folds(table({"a": 2, "b": 2}), n_splits=2, holdout=0.2)
+    with pytest.raises(FoldsError, match="below 1/20"):
+        make_folds(BIG, n_splits=2, holdout=0.01)
+    write_folds(make_folds(BIG, 3, seed=0, holdout=0.2), tmp_path / "folds.csv")
+    back = read_folds(tmp_path / "folds.csv")
+    assert (back["fold"] == -1).sum() > 0 and set(back["fold"]) == {-1, 0, 1, 2}
+
+
+def test_holdout_changes_remake_the_split_and_zero_keeps_old_sidecars(tmp_path):
+    path = tmp_path / "folds.csv"
+    plain, changed = ensure_folds(BIG, path, 3, 0, verbose=False)
+    assert changed and "holdout" not in json.loads(settings_path(path).read_text())
+    assert not ensure_folds(BIG, path, 3, 0, verbose=False, holdout=0.0)[1]
+    held, changed = ensure_folds(BIG, path, 3, 0, verbose=False, holdout=0.2)
+    assert changed and (held["fold"] == -1).any()
+    sidecar = json.loads(settings_path(path).read_text())
+    assert sidecar["holdout"] == 0.2 and sidecar["n_holdout"] == int((held["fold"] == -1).sum())
+    assert not ensure_folds(BIG, path, 3, 0, verbose=False, holdout=0.2)[1]
+    assert ensure_folds(BIG, path, 3, 0, verbose=False, holdout=0.25)[1]

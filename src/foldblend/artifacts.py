@@ -1,4 +1,4 @@
-"""Atomic writes and the ensemble-member contract (oof/<exp>/oof.npz, test.npz, scores.json).
+"""Atomic writes and the ensemble-member contract (oof/<exp>/oof.npz, test.npz, holdout.npz, scores.json).
 
 Every file a later stage reads is written to a temporary name in the same folder and renamed into
 place, so a kill at any moment leaves either the old file or the new one, never half of one.
@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -78,9 +78,17 @@ class Member:
     fold: np.ndarray         # (N,) fold of each image
     views: list[str]         # TTA view names
     oof_logits: np.ndarray   # (V, N, C)
-    test_ids: np.ndarray     # (M,) sample-submission order
+    test_ids: np.ndarray     # (M,) sample-submission order (M = 0: no test set)
     test_logits: np.ndarray  # (F, V, M, C)
     scores: dict
+    holdout_ids: np.ndarray = field(default_factory=lambda: np.empty(0, str))  # (H,) folds.csv's fold -1 rows
+    holdout_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (H,)
+    holdout_logits: np.ndarray | None = None  # (F, V, H, C): every fold model on every held-out image
+
+    def __post_init__(self):
+        if self.holdout_logits is None:  # no held-out rows: H = 0
+            f, v = self.test_logits.shape[:2]
+            self.holdout_logits = np.zeros((f, v, 0, self.oof_logits.shape[2]), np.float32)
 
     @property
     def n_classes(self) -> int:
@@ -92,15 +100,21 @@ class ContractError(ValueError):
 
 
 def save_member(out_dir: str | Path, *, classes, ids, labels, fold, views, oof_logits, test_ids,
-                test_logits, scores: dict) -> None:
+                test_logits, scores: dict, holdout_ids=(), holdout_labels=(), holdout_logits=None) -> None:
+    """Write the member's files; holdout.npz always (H = 0 rows when the split has no held-out images)."""
     out_dir = Path(out_dir)
     oof_logits = np.asarray(oof_logits, dtype=np.float32)
     test_logits = np.asarray(test_logits, dtype=np.float32)
     views = np.asarray(list(views))
+    if holdout_logits is None:
+        holdout_logits = np.zeros((test_logits.shape[0], len(views), 0, oof_logits.shape[2]), np.float32)
     # oof.npz marks a complete member: remove it first, so a kill while rewriting leaves no member at all
     # (remade on the next run) rather than a new test.npz beside an old oof.npz
     (out_dir / "oof.npz").unlink(missing_ok=True)
     write_npz(out_dir / "test.npz", ids=np.asarray(test_ids).astype(str), views=views, logits=test_logits)
+    write_npz(out_dir / "holdout.npz", ids=np.asarray(holdout_ids).astype(str),
+              labels=np.asarray(holdout_labels, dtype=np.int64), views=views,
+              logits=np.asarray(holdout_logits, dtype=np.float32))
     write_json(out_dir / "scores.json", {**scores, "classes": list(classes)})
     # oof.npz last: its presence marks the member complete.
     write_npz(out_dir / "oof.npz", ids=np.asarray(ids).astype(str), labels=np.asarray(labels, dtype=np.int64),
@@ -119,6 +133,7 @@ def load_member(member_dir: str | Path) -> Member:
         test = {k: z[k] for k in z.files}
     scores = json.loads(files["scores.json"].read_text(encoding="utf-8"))
     classes = list(scores.get("classes", []))
+    holdout = _load_holdout(member_dir / "holdout.npz", test["logits"].shape[0], oof["views"], oof["logits"].shape[2])
     v, n, c = oof["logits"].shape
     problems = []
     if len(oof["ids"]) != n or len(oof["labels"]) != n or len(oof["fold"]) != n:
@@ -131,11 +146,27 @@ def load_member(member_dir: str | Path) -> Member:
         problems.append(f"test.npz logits shape {test['logits'].shape} does not match (F, V, {len(test['ids'])}, {c})")
     if list(test["views"]) != list(oof["views"]):
         problems.append("test.npz and oof.npz name different TTA views")
+    h = holdout["logits"]
+    if h.ndim != 4 or h.shape[1:] != (v, len(holdout["ids"]), c) or len(holdout["labels"]) != h.shape[2]:
+        problems.append(f"holdout.npz logits shape {h.shape} does not match (F, {v}, {len(holdout['ids'])}, {c})")
+    if list(holdout["views"]) != list(oof["views"]):
+        problems.append("holdout.npz and oof.npz name different TTA views")
     if problems:
         raise ContractError(f"{member_dir}: " + "; ".join(problems))
     return Member(name=member_dir.name, classes=classes, ids=oof["ids"].astype(str), labels=oof["labels"],
                   fold=oof["fold"], views=[str(x) for x in oof["views"]], oof_logits=oof["logits"],
-                  test_ids=test["ids"].astype(str), test_logits=test["logits"], scores=scores)
+                  test_ids=test["ids"].astype(str), test_logits=test["logits"], scores=scores,
+                  holdout_ids=holdout["ids"].astype(str), holdout_labels=holdout["labels"],
+                  holdout_logits=holdout["logits"])
+
+
+def _load_holdout(path: Path, n_fold_models: int, views, n_classes: int) -> dict:
+    """holdout.npz, or no held-out rows when a member was made without one (older members, other kinds)."""
+    if not path.exists():
+        return {"ids": np.empty(0, str), "labels": np.empty(0, np.int64), "views": np.asarray(views),
+                "logits": np.zeros((n_fold_models, len(views), 0, n_classes), np.float32)}
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def member_digest(member_dir: str | Path) -> str:
@@ -143,8 +174,9 @@ def member_digest(member_dir: str | Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for name in ("oof.npz", "test.npz"):
-        h.update(Path(member_dir, name).read_bytes())
+    for name in ("oof.npz", "test.npz", "holdout.npz"):
+        if Path(member_dir, name).exists():
+            h.update(Path(member_dir, name).read_bytes())
     return h.hexdigest()[:16]
 
 

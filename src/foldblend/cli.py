@@ -43,7 +43,7 @@ def cmd_scan(args, project):
 def cmd_folds(args, project):
     from .data.folds import run_folds
 
-    run_folds(project, progress=not args.quiet)
+    run_folds(project, progress=not args.quiet, holdout=args.holdout)
 
 
 def visible_gpus() -> list[str] | None:
@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_scan)
 
     s = sub.add_parser("folds", help="write folds/folds.csv (stratified, grouped over duplicates)")
+    s.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                   help="set aside this fraction as a held-out test split (fold -1); overrides competition.yaml, "
+                        "and is kept by later runs until changed (0 removes it)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_folds)
 
@@ -149,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="predict image files or folders (CSV with top-k classes)")
     add_predict_arguments(s)
     s.set_defaults(fn=predict_from_args)
+
+    from .outputs.export import add_export_arguments, export_from_args
+
+    s = sub.add_parser("export", help="write an experiment or the blend as a self-contained bundle folder")
+    add_export_arguments(s)
+    s.set_defaults(fn=export_from_args)
 
     s = sub.add_parser("report", help="write oof/report.html: CV, curves, blend, per-class F1, confusions, mistakes")
     add_report_arguments(s)

@@ -37,13 +37,19 @@ def clip_probs(probs: np.ndarray, eps: float = PROB_EPS) -> np.ndarray:
     return p / p.sum(axis=-1, keepdims=True)
 
 
-def classification_scores(y_true: np.ndarray, probs: np.ndarray, n_classes: int) -> dict:
-    """The reported scores of one set of probabilities (argmax decisions for the F1s and accuracy)."""
+def classification_scores(y_true: np.ndarray, probs: np.ndarray, n_classes: int,
+                          present_only: bool = False) -> dict:
+    """The reported scores of one set of probabilities (argmax decisions for the F1s and accuracy).
+
+    F1 averages run over every class, or with `present_only` over the classes true or predicted in
+    these rows (scikit-learn's classification_report default, what `foldblend evaluate` prints).
+    """
     y_true = np.asarray(y_true)
     probs = clip_probs(probs)
     y_pred = probs.argmax(axis=1)
     labels = list(range(n_classes))
-    f1 = {avg: float(f1_score(y_true, y_pred, labels=labels, average=avg, zero_division=0))
+    f1_labels = sorted(set(y_true.tolist()) | set(y_pred.tolist())) if present_only else labels
+    f1 = {avg: float(f1_score(y_true, y_pred, labels=f1_labels, average=avg, zero_division=0))
           for avg in ("macro", "micro", "weighted")}
     return {
         "macro_f1": f1["macro"],

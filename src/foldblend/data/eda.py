@@ -139,15 +139,42 @@ def _ood_section(scan_df, ood_scores, root, top: int = 20) -> list[str]:
     return out
 
 
+MAX_FLAGGED = 300     # thumbnails of out-of-domain images above the threshold (the rest are listed by name)
+
+
+def _flagged_section(scan_df, ood_scores, flagged: dict | None, root) -> list[str]:
+    """Every train image above the out-of-domain threshold: what `ood: drop` leaves out of the folds."""
+    if flagged is None:
+        return []
+    mask = np.asarray(flagged["mask"], bool)
+    drop = flagged["mode"] == "drop"
+    out = [f"<h2 id='ood-dropped'>{'Dropped' if drop else 'Would be dropped'} as out-of-domain ({int(mask.sum())})</h2>",
+           f"<p>Threshold {flagged['threshold']:.3f} ({html.escape(flagged['how'])}). "
+           + ("These images are left out of the folds (<code>ood: drop</code>); folds/folds.json lists them."
+              if drop else "Kept: <code>ood: report</code>. Set <code>ood: drop</code> in competition.yaml to "
+              "leave them out.") + "</p>"]
+    rows = np.flatnonzero(mask)
+    rows = rows[np.argsort(-np.asarray(ood_scores)[rows], kind="stable")]
+    out.append("".join(_thumb(root, scan_df["image"].iloc[r], f"{scan_df['image'].iloc[r]} ({ood_scores[r]:.3f})")
+                       for r in rows[:MAX_FLAGGED]))
+    if len(rows) > MAX_FLAGGED:
+        out.append("<p>and " + html.escape(", ".join(scan_df["image"].iloc[rows[MAX_FLAGGED:]])) + "</p>")
+    return out
+
+
 def write_eda(scan_df: pd.DataFrame, groups: np.ndarray | None, ood_scores: np.ndarray | None,
-              labels: pd.Series | None, out_path: Path, root: Path) -> Path:
-    """Write the EDA page atomically; `labels` is positional (one per scan row, NaN for test rows)."""
+              labels: pd.Series | None, out_path: Path, root: Path, ood_flagged: dict | None = None) -> Path:
+    """Write the EDA page atomically; `labels` is positional (one per scan row, NaN for test rows).
+
+    `ood_flagged`: {mask, threshold, how, mode} of the images above the out-of-domain threshold."""
     n, n_ok = len(scan_df), int(scan_df["ok"].astype(bool).sum())
     body = [f"<h1>Data report</h1><p>{n} files scanned, {n_ok} readable, {n - n_ok} unreadable.</p>",
             "<p><a href='#classes'>classes</a> · <a href='#sizes'>sizes</a> · <a href='#unreadable'>unreadable</a>"
-            " · <a href='#duplicates'>duplicates</a> · <a href='#ood'>out-of-domain</a></p>"]
+            " · <a href='#duplicates'>duplicates</a> · <a href='#ood'>out-of-domain</a>"
+            + (" · <a href='#ood-dropped'>dropped</a>" if ood_flagged is not None else "") + "</p>"]
     body += _class_section(labels) + _sizes_section(scan_df) + _bad_section(scan_df)
     body += _dup_section(scan_df, groups, labels, root) + _ood_section(scan_df, ood_scores, root)
+    body += _flagged_section(scan_df, ood_scores, ood_flagged, root)
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>foldblend data report</title>"
             f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
     write_text(out_path, page)

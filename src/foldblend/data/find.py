@@ -4,6 +4,9 @@ Competitions arrive in a handful of real layouts (folder per class, possibly nes
 labels CSV next to an image folder), so the pipeline detects the layout instead of asking for a config.
 Anything detected can be overridden in `input/competition.yaml`; an unknown key or a wrong type there is
 an error naming the key and the file, never silently ignored.
+
+A labelled folder alone is a competition too (album covers, illustration classes): without a sample
+submission and an unlabelled test folder the test set is empty (M = 0 rows), and every stage runs on it.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from .classes import CLASS_ORDERS, ClassOrderError, order_classes
 from .read import is_image_name
 
 CONFIG_NAME = "competition.yaml"
@@ -27,7 +31,9 @@ ID_NAMES = ("id", "image", "image_id", "filename", "file_name", "file", "image_n
 LABEL_NAMES = ("label", "labels", "class", "category", "target", "class_name", "species", "breed", "genre")
 SUBMISSION_FORMATS = ("label", "probs", "class_id", "positive_prob")
 DEDUP_MODES = ("group", "keep_one", "off")
-SETTINGS_DEFAULTS = {"n_splits": 5, "fold_seed": 42, "dedup": "group", "dedup_distance": 4, "ood_threshold": None}
+OOD_MODES = ("report", "drop")
+SETTINGS_DEFAULTS = {"n_splits": 5, "fold_seed": 42, "dedup": "group", "dedup_distance": 4, "ood": "report",
+                     "ood_threshold": None, "holdout": 0.0}
 
 
 def _looks_like_test(name: str) -> bool:
@@ -51,7 +57,11 @@ CONFIG_RULES = {
     "fold_seed": ("an integer", _is_int),
     "dedup": (f"one of {', '.join(DEDUP_MODES)}", lambda v: v in DEDUP_MODES),
     "dedup_distance": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "ood": (f"one of {', '.join(OOD_MODES)}", lambda v: v in OOD_MODES),
     "ood_threshold": ("a number or null", lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))),
+    "holdout": ("a fraction in [0, 1) (0 = no held-out test split)",
+                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1),
+    "class_order": (f"one of {', '.join(CLASS_ORDERS)}", lambda v: v in CLASS_ORDERS),
 }
 
 
@@ -64,23 +74,31 @@ class Competition:
     root: Path                      # the input folder
     classes: list[str]              # class names in index order
     train: pd.DataFrame             # image (posix path relative to root), label (class name)
-    test: pd.DataFrame              # id (exact string from the sample), image (relative path)
-    sample: pd.DataFrame            # the sample submission, all strings
-    sample_path: Path
-    id_column: str                  # the sample's first column
+    test: pd.DataFrame              # id (exact string from the sample), image (relative path); 0 rows: no test set
+    sample: pd.DataFrame | None     # the sample submission, all strings (None: a train-only competition)
+    sample_path: Path | None
+    id_column: str | None           # the sample's first column
     target_columns: list[str]       # the sample's other columns
     submission_format: str | None   # from competition.yaml, else None (the writer detects it)
     test_labels_path: Path | None   # demo only: held-back test labels (id,label)
-    settings: dict                  # n_splits, fold_seed, dedup, dedup_distance, ood_threshold
+    settings: dict                  # n_splits, fold_seed, dedup, dedup_distance, ood, ood_threshold, holdout
     ignored: list[str] = field(default_factory=list)  # non-image files skipped (relative paths)
     layout: str = ""                # how train/test were found, for humans
+    class_order: str = ""           # how the class indices were chosen, for humans
+    configured: set[str] = field(default_factory=set)  # the keys competition.yaml sets
+
+    @property
+    def has_test(self) -> bool:
+        """Whether there is a test set to submit (a sample submission); else only train images."""
+        return self.sample_path is not None
 
     def describe(self) -> str:
         counts = self.train["label"].value_counts()
         per_class = ", ".join(f"{c}={counts.get(c, 0)}" for c in self.classes)
+        test = (f"{len(self.test)} test ids ({self.sample_path.name}: {self.id_column} + {len(self.target_columns)} "
+                f"target column(s))" if self.has_test else "no test set")
         lines = [f"{self.root.name}/: {self.layout}",
-                 f"  {len(self.classes)} classes, {len(self.train)} train images, {len(self.test)} test ids "
-                 f"({self.sample_path.name}: {self.id_column} + {len(self.target_columns)} target column(s))",
+                 f"  {len(self.classes)} classes, {len(self.train)} train images, {test}",
                  f"  per class: {per_class}"]
         if self.ignored:
             lines.append(f"  ignored {len(self.ignored)} non-image file(s): {', '.join(self.ignored[:5])}"
@@ -96,33 +114,51 @@ def load_competition(input_dir: str | Path) -> Competition:
                                "(or run `foldblend demo` for the built-in demo)")
     cfg = read_config(root)
     sample_path = _find_sample(root, cfg)
-    sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
-    if sample.shape[1] < 2 or sample.empty:
-        raise CompetitionError(f"{sample_path}: a sample submission needs an id column, at least one target "
-                               f"column and one row (found columns {list(sample.columns)}, {len(sample)} rows)")
-    id_column = sample.columns[0]
-    if sample[id_column].duplicated().any():
-        dup = sample[id_column][sample[id_column].duplicated()].tolist()[:5]
-        raise CompetitionError(f"{sample_path}: duplicated ids in column {id_column!r}: {dup}")
-    test_dir = _find_test_dir(root, cfg)
-    if "train_csv" in cfg or (found := _folder_layout(root, cfg, test_dir)) is None:
+    if sample_path is None:  # train-only: no test set, unless an unlabelled test folder says one is missing
+        sample, id_column, test_dir, labelled_test = None, None, None, _train_only_test_folder(root, cfg)
+    else:
+        sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
+        if sample.shape[1] < 2 or sample.empty:
+            raise CompetitionError(f"{sample_path}: a sample submission needs an id column, at least one target "
+                                   f"column and one row (found columns {list(sample.columns)}, {len(sample)} rows)")
+        id_column = sample.columns[0]
+        if sample[id_column].duplicated().any():
+            dup = sample[id_column][sample[id_column].duplicated()].tolist()[:5]
+            raise CompetitionError(f"{sample_path}: duplicated ids in column {id_column!r}: {dup}")
+        test_dir = labelled_test = _find_test_dir(root, cfg)
+    if "train_csv" in cfg or (found := _folder_layout(root, cfg, labelled_test)) is None:
         found = _csv_layout(root, cfg)
+    if found is None and sample is None and "train_dir" not in cfg:
+        found = _classes_in_root(root)
     if found is None:
         raise CompetitionError(
             f"{root}/: no training data found (looked for class folders such as train/<class>/*.jpg and for "
             f"{', '.join(TRAIN_CSV_NAMES)} with an image folder); set train_dir or train_csv in {root / CONFIG_NAME}")
     layout, train, ignored = found
-    test, test_ignored = _match_test(root, test_dir, sample[id_column].tolist())
-    classes = _order_classes(train["label"].unique().tolist(), cfg.get("classes"), root / CONFIG_NAME)
+    if sample is None:
+        test, test_ignored = pd.DataFrame({"id": pd.Series(dtype=str), "image": pd.Series(dtype=str)}), []
+        layout += "; no test set (no sample submission)"
+        if labelled_test is not None:
+            layout += (f"; {_rel(labelled_test, root)}/ is a labelled folder: score it with "
+                       f"`foldblend evaluate --data {root.name}/{_rel(labelled_test, root)} --exp blend`")
+    else:
+        test, test_ignored = _match_test(root, test_dir, sample[id_column].tolist())
+        layout += f"; test: {_rel(test_dir, root)}/"
+    try:
+        classes = order_classes(train["label"].unique().tolist(), cfg.get("class_order"), cfg.get("classes"),
+                                str(root / CONFIG_NAME))
+    except ClassOrderError as e:
+        raise CompetitionError(str(e)) from None
     labels_path = root / "demo_test_labels.csv"
     return Competition(
         root=root, classes=classes, train=train, test=test, sample=sample, sample_path=sample_path,
-        id_column=id_column, target_columns=list(sample.columns[1:]),
+        id_column=id_column, target_columns=[] if sample is None else list(sample.columns[1:]),
         submission_format=cfg.get("submission_format"),
         test_labels_path=labels_path if labels_path.is_file() else None,
         settings={k: cfg.get(k, v) for k, v in SETTINGS_DEFAULTS.items()},
-        ignored=sorted(ignored + test_ignored),
-        layout=f"{layout}; test: {_rel(test_dir, root)}/")
+        ignored=sorted(ignored + test_ignored), layout=layout, configured=set(cfg),
+        class_order=("explicit (classes in competition.yaml)" if "classes" in cfg else cfg.get("class_order")
+                     or "lexical (numeric when every name is an integer)"))
 
 
 def read_config(input_dir: Path) -> dict:
@@ -194,7 +230,8 @@ def _configured(root: Path, cfg: dict, key: str, want_dir: bool) -> Path:
 
 # ----------------------------------------------------------------------------- detection
 
-def _find_sample(root: Path, cfg: dict) -> Path:
+def _find_sample(root: Path, cfg: dict) -> Path | None:
+    """The sample submission, or None when there is none (a train-only competition)."""
     if "sample_submission" in cfg:
         return _configured(root, cfg, "sample_submission", want_dir=False)
     if (p := _pick(root, SAMPLE_NAMES)) is not None:
@@ -205,18 +242,35 @@ def _find_sample(root: Path, cfg: dict) -> Path:
     if matches:
         raise CompetitionError(f"{root}/: several sample submissions ({', '.join(p.name for p in matches)}); "
                                f"set sample_submission in {root / CONFIG_NAME}")
-    raise CompetitionError(f"{root}/: no sample submission found (looked for sample_submission.csv, "
-                           f"sampleSubmission.csv, sample_submission*.csv); put the competition's sample CSV there "
-                           f"or set sample_submission in {root / CONFIG_NAME}")
+    return None
 
 
-def _find_test_dir(root: Path, cfg: dict) -> Path:
+def _train_only_test_folder(root: Path, cfg: dict) -> Path | None:
+    """Without a sample: a labelled test folder (test/<class>/) is fine and returned; an unlabelled one
+    means the sample is missing (its ids and format are needed to predict it), which is an error."""
+    if "test_dir" in cfg:
+        raise CompetitionError(f"{root / CONFIG_NAME}: test_dir is set but no sample submission was found; put the "
+                               f"competition's sample CSV in {root}/ or set sample_submission (a train-only task "
+                               f"needs neither: remove test_dir)")
+    d = _find_test_dir(root, cfg, required=False)
+    if d is None or _class_root(d) is not None:
+        return d
+    raise CompetitionError(f"{root}/: {_rel(d, root)}/ holds unlabelled test images, but no sample submission found "
+                           f"(looked for sample_submission.csv, sampleSubmission.csv, sample_submission*.csv); "
+                           f"put the competition's sample CSV there or set sample_submission in {root / CONFIG_NAME}. "
+                           f"For a train-only task move {_rel(d, root)}/ out of {root.name}/ (and predict it later "
+                           f"with `foldblend predict --images`)")
+
+
+def _find_test_dir(root: Path, cfg: dict, required: bool = True) -> Path | None:
     if "test_dir" in cfg:
         d = _configured(root, cfg, "test_dir", want_dir=True)
     else:
         d = _pick(root, TEST_DIR_NAMES, want_dir=True)
         fuzzy = [s for s in _subdirs(root) if _looks_like_test(s.name)]
         d = d or (fuzzy[0] if len(fuzzy) == 1 else None)
+        if d is None and not required:
+            return None
         if d is None:
             raise CompetitionError(f"{root}/: no test image folder found (looked for {', '.join(TEST_DIR_NAMES)}); "
                                    f"put the test images there or set test_dir in {root / CONFIG_NAME}")
@@ -244,7 +298,7 @@ def _class_root(d: Path) -> tuple[Path, dict[str, list[Path]], list[Path]] | Non
     return d, per_class, others + loose
 
 
-def _folder_layout(root: Path, cfg: dict, test_dir: Path):
+def _folder_layout(root: Path, cfg: dict, test_dir: Path | None):
     if "train_dir" in cfg:
         d = _configured(root, cfg, "train_dir", want_dir=True)
         if (found := _class_root(d)) is None:
@@ -253,7 +307,7 @@ def _folder_layout(root: Path, cfg: dict, test_dir: Path):
             raise CompetitionError(f"{d}: train_dir holds no class sub-folders with images; put images in "
                                    f"{d.name}/<class>/ or set train_csv in {root / CONFIG_NAME}")
     else:
-        skip = {test_dir, *test_dir.parents}
+        skip = {test_dir, *test_dir.parents} if test_dir is not None else set()
         candidates = [s for s in _subdirs(root) if s not in skip and not _looks_like_test(s.name)]
         preferred = sorted((s for s in candidates if s.name.lower() in TRAIN_DIR_NAMES),
                            key=lambda s: TRAIN_DIR_NAMES.index(s.name.lower()))
@@ -266,10 +320,20 @@ def _folder_layout(root: Path, cfg: dict, test_dir: Path):
             if not hits:
                 return None
             found = hits[0]
-    d, per_class, others = found
+    return _per_class_table(root, *found)
+
+
+def _classes_in_root(root: Path):
+    """Train-only, with the class folders directly in input/ (input/<class>/*.jpg)."""
+    found = _class_root(root)
+    return None if found is None else _per_class_table(root, *found)
+
+
+def _per_class_table(root: Path, d: Path, per_class: dict[str, list[Path]], others: list[Path]):
     rows = [(_rel(p, root), label) for label, images in per_class.items() for p in images]
     train = pd.DataFrame(rows, columns=["image", "label"])
-    return f"folder per class: {_rel(d, root)}/<class>/", train, [_rel(p, root) for p in others]
+    where = "." if d == root else _rel(d, root)
+    return f"folder per class: {where}/<class>/", train, [_rel(p, root) for p in others]
 
 
 def _guess(columns: list[str], names: tuple[str, ...], exclude: tuple[str, ...] = ()) -> str | None:
@@ -361,16 +425,3 @@ def _match_test(root: Path, test_dir: Path, ids: list[str]) -> tuple[pd.DataFram
     images = [index.find(i) for i in ids]
     _raise_missing(ids, images, test_dir, root, "test_dir")
     return pd.DataFrame({"id": ids, "image": images}), index.others
-
-
-def _order_classes(found: list[str], override: list[str] | None, config_path: Path) -> list[str]:
-    """Sorted like torchvision's ImageFolder, but numerically when every name is an integer ("2" < "10")."""
-    if override is not None:
-        if sorted(override) != sorted(found):
-            raise CompetitionError(f"{config_path}: classes must list each found class once; missing "
-                                   f"{sorted(set(found) - set(override))}, unknown {sorted(set(override) - set(found))}"
-                                   f"{', duplicated' if len(set(override)) != len(override) else ''}")
-        return list(override)
-    if all(re.fullmatch(r"-?\d+", c) for c in found):
-        return sorted(found, key=int)
-    return sorted(found)

@@ -4,6 +4,10 @@ No later stage re-splits: OOF predictions, blend weights and reported CV are onl
 model saw exactly the same folds. Near-duplicate images share a `group`, and a group never spans two
 folds, so a duplicate cannot leak from train into its own validation fold.
 
+`fold` is 0..k-1 for the cross-validated rows and -1 for the held-out test split (`holdout: 0.2`):
+rows no model trains on, no epoch or blend weight is chosen on, scored once after the blend. The
+holdout is stratified and grouped like the folds, so a duplicate never sits on both sides.
+
 `folds/folds.json` records what the split was made from (settings and a fingerprint of the input
 table); `ensure_folds` reuses the split while those match, so rerunning the stage is a no-op and a
 changed train set or setting produces new folds (and, downstream, retraining).
@@ -12,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +29,12 @@ from ..artifacts import write_csv, write_json
 from ..paths import Project
 from .dedup import duplicate_groups, keep_one_per_group
 from .find import Competition, load_competition
+from .ood import ood_flags
 from .scan import run_scan
 
 FOLD_COLUMNS = ["image", "label", "group", "fold"]
+HOLDOUT = -1          # the fold value of held-out test rows
+MAX_HOLDOUT_PARTS = 20  # a holdout fraction is made of p of q grouped parts, q <= this
 FIX = "run `foldblend folds`"
 
 
@@ -34,21 +43,63 @@ class FoldsError(ValueError):
 
 
 def make_folds(table: pd.DataFrame, n_splits: int = 5, seed: int = 42,
-               groups: np.ndarray | None = None) -> pd.DataFrame:
+               groups: np.ndarray | None = None, holdout: float = 0.0) -> pd.DataFrame:
     """Assign each row of `table` (image, label) a fold, stratified by label and, if given, grouped.
 
     Without groups (or with all-unique groups) this is StratifiedKFold: per-class counts per fold differ
-    by at most one. With groups it is StratifiedGroupKFold: no group spans two folds.
+    by at most one. With groups it is StratifiedGroupKFold: no group spans two folds. With `holdout`,
+    that fraction of the rows is first set aside the same way (fold -1), and the rest is k-folded.
     """
     images = table["image"].astype(str).to_numpy()
     labels = table["label"].astype(str).to_numpy()
     n = len(table)
     if n_splits < 2:
         raise FoldsError(f"n_splits must be at least 2, got {n_splits}")
+    group = _group_codes(groups, n)
+    fold = np.full(n, HOLDOUT, dtype=np.int64)
+    held = holdout_rows(labels, group, holdout, seed) if holdout > 0 else np.zeros(n, bool)
+    fold[~held] = _kfold(labels[~held], group[~held], n_splits, seed)
+    return pd.DataFrame({"image": images, "label": labels, "group": group, "fold": fold})
+
+
+def holdout_rows(labels: np.ndarray, group: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Rows of a held-out test split: about `fraction` of them, stratified by label, whole groups only.
+
+    The fraction is taken as p of q parts of a StratifiedGroupKFold (0.2 = 1 of 5, 0.3 = 3 of 10,
+    q <= 20), so it is grouped and stratified as the folds are. A class that would have no image left
+    to train on keeps all of its images in training.
+    """
+    part = Fraction(fraction).limit_denominator(MAX_HOLDOUT_PARTS)
+    p, q = part.numerator, part.denominator
+    n_groups = len(np.unique(group))
+    if p == 0:
+        raise FoldsError(f"holdout {fraction} is below 1/{MAX_HOLDOUT_PARTS}; use 0 (none) or at least "
+                         f"{1 / MAX_HOLDOUT_PARTS:g}")
+    if n_groups < q:
+        raise FoldsError(f"holdout {fraction} needs at least {q} distinct image groups, found {n_groups}; add "
+                         f"images or lower holdout in input/competition.yaml")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        if n_groups == len(labels):
+            splits = StratifiedKFold(q, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+        else:
+            splits = StratifiedGroupKFold(q, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels,
+                                                                                     group)
+        held = np.zeros(len(labels), bool)
+        for j, (_, rows) in enumerate(splits):
+            if j < p:
+                held[rows] = True
+    for c in np.unique(labels):
+        if not (labels[~held] == c).any():  # held out entirely: no model could learn it
+            held[np.isin(group, group[labels == c])] = False
+    return held
+
+
+def _kfold(labels: np.ndarray, group: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
+    n = len(labels)
     if n < n_splits:
         raise FoldsError(f"only {n} train image(s) for {n_splits} folds; add training images or lower n_splits "
-                         "in input/competition.yaml")
-    group = _group_codes(groups, n)
+                         "(or holdout) in input/competition.yaml")
     counts = pd.Series(labels).value_counts()
     small = counts[counts < n_splits]
     if len(small):
@@ -69,7 +120,7 @@ def make_folds(table: pd.DataFrame, n_splits: int = 5, seed: int = 42,
             splits = splitter.split(np.zeros(n), labels, group)
         for k, (_, valid) in enumerate(splits):
             fold[valid] = k
-    return pd.DataFrame({"image": images, "label": labels, "group": group, "fold": fold})
+    return fold
 
 
 def _group_codes(groups, n: int) -> np.ndarray:
@@ -83,8 +134,11 @@ def _group_codes(groups, n: int) -> np.ndarray:
 
 
 def fold_class_counts(df: pd.DataFrame) -> pd.DataFrame:
-    """Images per class (rows) and fold (columns), with totals: the table `foldblend folds` prints."""
-    return pd.crosstab(df["label"], df["fold"], margins=True, margins_name="all")
+    """Images per class (rows) and fold (columns, the held-out split last), with totals: what `folds` prints."""
+    fold = df["fold"].map(lambda k: "holdout" if k == HOLDOUT else k)
+    counts = pd.crosstab(df["label"], fold, margins=True, margins_name="all")
+    return counts[[c for c in counts.columns if c not in ("holdout", "all")]
+                  + [c for c in ("holdout", "all") if c in counts.columns]]
 
 
 def _hash_frame(df: pd.DataFrame) -> str:
@@ -123,8 +177,9 @@ def read_folds(path: str | Path) -> pd.DataFrame:
         if not pd.api.types.is_integer_dtype(df[col]):
             raise FoldsError(f"{path}: column {col!r} must hold integers; delete the file and {FIX}")
     n_splits = int(df["fold"].max()) + 1 if len(df) else 0
-    if len(df) == 0 or df["fold"].min() < 0 or set(df["fold"]) != set(range(n_splits)):
-        raise FoldsError(f"{path}: folds must be 0..k-1 with every fold used; delete the file and {FIX}")
+    if n_splits < 1 or df["fold"].min() < HOLDOUT or set(df["fold"]) - {HOLDOUT} != set(range(n_splits)):
+        raise FoldsError(f"{path}: folds must be 0..k-1 with every fold used (and -1 for held-out rows); "
+                         f"delete the file and {FIX}")
     return df[FOLD_COLUMNS]
 
 
@@ -140,27 +195,47 @@ def settings_path(folds_path: str | Path) -> Path:
 
 
 def ensure_folds(table: pd.DataFrame, path: str | Path, n_splits: int = 5, seed: int = 42,
-                 groups: np.ndarray | None = None, verbose: bool = True) -> tuple[pd.DataFrame, bool]:
+                 groups: np.ndarray | None = None, verbose: bool = True, holdout: float = 0.0,
+                 record: dict | None = None) -> tuple[pd.DataFrame, bool]:
     """Return (folds, changed): reuse `path` while its sidecar matches the inputs, else make and write new ones.
 
     The sidecar is written after folds.csv, so a kill between the two leaves a split that is not trusted
-    and is remade on the next run.
+    and is remade on the next run. `record` (what was left out and why) is kept in the sidecar too.
     """
     path = Path(path)
     wanted = {"n_splits": int(n_splits), "seed": int(seed), "table_fingerprint": table_fingerprint(table, groups)}
+    if holdout > 0:  # absent when 0, so a split made before holdouts existed stays valid
+        wanted["holdout"] = float(holdout)
     sidecar = settings_path(path)
     df = _reusable(path, sidecar, wanted)
     changed = df is None
     if changed:
-        df = make_folds(table, n_splits=n_splits, seed=seed, groups=groups)
+        df = make_folds(table, n_splits=n_splits, seed=seed, groups=groups, holdout=holdout)
         write_folds(df, path)
-        write_json(sidecar, {**wanted, "folds_fingerprint": folds_fingerprint(df), "n_images": len(df)})
+    content = {**wanted, "folds_fingerprint": folds_fingerprint(df), "n_images": len(df),
+               "n_holdout": int((df["fold"] == HOLDOUT).sum()), **(record or {})}
+    if changed or _read_json(sidecar) != json.loads(json.dumps(content, default=str)):
+        write_json(sidecar, content)
     if verbose:
         n_groups = df["group"].nunique()
+        n_held = int((df["fold"] == HOLDOUT).sum())
         print(f"{'wrote' if changed else 'reusing'} {path.name}: {len(df)} images, {n_splits} folds, seed {seed}"
-              + (f", {n_groups} groups" if n_groups < len(df) else ""))
+              + (f", {n_groups} groups" if n_groups < len(df) else "")
+              + (f"; held-out test split: {n_held} images (fold -1), never trained on" if n_held else ""))
         print(fold_class_counts(df).to_string())
     return df, changed
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def recorded_holdout(folds_path: str | Path) -> float:
+    """The holdout fraction the current split was made with (0 when none or no split yet)."""
+    return float((_read_json(settings_path(folds_path)) or {}).get("holdout", 0.0))
 
 
 def _reusable(path: Path, sidecar: Path, wanted: dict) -> pd.DataFrame | None:
@@ -178,35 +253,74 @@ def _reusable(path: Path, sidecar: Path, wanted: dict) -> pd.DataFrame | None:
 
 # ----------------------------------------------------------------------------- the folds stage
 
-def run_folds(project: Project, comp: Competition | None = None, progress: bool = True) -> pd.DataFrame:
+def holdout_setting(comp: Competition, folds_csv: Path, override: float | None = None) -> float:
+    """The holdout fraction: the command line's, else competition.yaml's, else the current split's.
+
+    A split is made once: `foldblend folds --holdout 0.2` keeps its holdout on later runs (run.sh's
+    plain `foldblend folds` included) until another value is given here or in competition.yaml.
+    """
+    if override is not None:
+        if not 0 <= override < 1:
+            raise FoldsError(f"--holdout must be a fraction in [0, 1), got {override}")
+        return float(override)
+    if "holdout" in comp.configured:
+        return float(comp.settings["holdout"])
+    return recorded_holdout(folds_csv)
+
+
+def run_folds(project: Project, comp: Competition | None = None, progress: bool = True,
+              holdout: float | None = None) -> pd.DataFrame:
     comp = comp or load_competition(project.input)
     table = scan_table(project, comp, progress)
     train = table[table["split"] == "train"].reset_index(drop=True)
-    keep = train["ok"].to_numpy(bool)
-    left_out = {"unreadable": int((~keep).sum())}
-    threshold = comp.settings.get("ood_threshold")
-    if threshold is not None:
-        far = train["ood"].to_numpy(float) > threshold
-        left_out["out_of_domain"] = int((far & keep).sum())
-        keep &= ~far
+    keep = train["ok"].to_numpy(bool).copy()  # pandas may hand out a read-only view
+    reasons = np.where(keep, "", "unreadable").astype(object)
+    flagged, threshold, how = ood_flags(train["ood"].to_numpy(float), comp.settings.get("ood_threshold"))
+    ood = {"mode": comp.settings["ood"], "threshold": threshold if np.isfinite(threshold) else None, "how": how,
+           "above_threshold": int((flagged & keep).sum())}
+    if comp.settings["ood"] == "drop":
+        reasons[flagged & keep] = "out_of_domain"
+        keep &= ~flagged
     groups = None
     mode = comp.settings["dedup"]
     if mode == "keep_one":
         one = keep_one_per_group(train, duplicate_groups(train, comp.settings["dedup_distance"]))
-        left_out["duplicates"] = int((keep & ~one).sum())
+        reasons[keep & ~one] = "duplicate"
         keep &= one
     kept = train[keep].reset_index(drop=True)
     if mode == "group":  # regrouped here: scan.csv's groups may come from another dedup_distance
         groups = duplicate_groups(kept, comp.settings["dedup_distance"])
-    print("left out of training: " + ", ".join(f"{v} {k}" for k, v in left_out.items()))
+    counts = pd.Series(reasons[~keep]).value_counts()
+    print("left out of training: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "none")
+          + (f" (out-of-domain threshold {threshold:.3f}, {how})" if comp.settings["ood"] == "drop" else ""))
+    left_out = [{"image": r.image, "label": r.label, "reason": why}
+                | ({"ood": round(float(r.ood), 4)} if why == "out_of_domain" else {})
+                for r, why in zip(train.itertuples(), reasons) if why]
+    fraction = holdout_setting(comp, project.folds_csv, holdout)
     folds, _ = ensure_folds(kept[["image", "label"]], project.folds_csv, comp.settings["n_splits"],
-                            comp.settings["fold_seed"], groups)
+                            comp.settings["fold_seed"], groups, holdout=fraction,
+                            record={"ood": ood, "left_out": left_out})
+    _write_holdout_list(project, comp, folds)
     _warn_unseen_classes(folds)
     return folds
 
 
+def _write_holdout_list(project: Project, comp: Competition, folds: pd.DataFrame) -> None:
+    """folds/holdout.csv (path,label; paths relative to folds/): `foldblend evaluate --data folds/holdout.csv`."""
+    path = project.folds_dir / "holdout.csv"
+    held = folds[folds["fold"] == HOLDOUT]
+    if held.empty:
+        path.unlink(missing_ok=True)
+        return
+    base = Path(os.path.relpath(comp.root, project.folds_dir)).as_posix()
+    new = pd.DataFrame({"path": [f"{base}/{p}" for p in held["image"]], "label": held["label"].to_numpy()})
+    if not path.exists() or not pd.read_csv(path, dtype=str, keep_default_na=False).equals(new.astype(str)):
+        write_csv(path, new)
+
+
 def classes_unseen_in_training(folds: pd.DataFrame) -> dict[str, int]:
     """Classes whose every image sits in one fold: that fold's model is scored on a class it never saw."""
+    folds = folds[folds["fold"] != HOLDOUT]
     counts = pd.crosstab(folds["label"], folds["fold"])
     whole = counts.eq(counts.sum(axis=1), axis=0) & (counts.sum(axis=1) > 1).to_numpy()[:, None]
     return {str(c): int(counts.columns[whole.loc[c].to_numpy()][0]) for c in counts.index[whole.any(axis=1)]}

@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 
 from ..artifacts import write_csv, write_json
 from ..paths import Project
+from .classes import class_table
 from .dedup import duplicate_groups, duplicate_report
 from .eda import write_eda
 from .find import Competition, load_competition
-from .ood import STAT_COLUMNS, image_stats, ood_report, scores_from_stats
+from .ood import STAT_COLUMNS, image_stats, ood_flags, ood_report, scores_from_stats
 from .read import ImageReadError, inspect_bytes, read_bytes
 
 # The out-of-domain statistics ride along: the file is decoded here anyway, so nothing decodes it again.
@@ -164,6 +165,7 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
              progress: bool = True) -> pd.DataFrame:
     comp = comp or load_competition(project.input)
     print(comp.describe())
+    print(f"class index (class_order: {comp.class_order}):\n{class_table(comp.classes)}")
     paths = [comp.root / p for p in comp.train["image"]] + [comp.root / p for p in comp.test["image"]]
     table = scan_images(paths, comp.root, cache_csv=project.folds_dir / "scan_cache.csv", workers=workers,
                         progress=progress)
@@ -185,14 +187,19 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
     report = duplicate_report(table, table["group"].to_numpy(), table["label"], ~is_train)
     write_json(project.folds_dir / "duplicates.json", report)
     _print_duplicates(report, comp.settings["dedup"])
+    flagged, threshold, how = ood_flags(scores, comp.settings["ood_threshold"])
     if ok_train.sum() >= 3:
         suspects = ood_report(table, scores, top=10, stats=stats)
-        print(f"most out-of-domain train images (score; set ood_threshold in {comp.root.name}/competition.yaml "
-              f"to leave out those above it):")
+        print("most out-of-domain train images (score):")
         for row in suspects.itertuples():
             print(f"  {row.score:.3f}  {row.image}  ({row.stands_out})")
+        drop = comp.settings["ood"] == "drop"
+        print(f"out-of-domain threshold {threshold:.3f} ({how}): {int(flagged.sum())} train image(s) above it, "
+              + ("left out by `foldblend folds` (ood: drop)" if drop else
+                 f"kept (ood: report; set ood: drop in {comp.root.name}/competition.yaml to leave them out)"))
     eda = write_eda(table, table["group"].to_numpy(), scores, table["label"], project.folds_dir / "eda.html",
-                    comp.root)
+                    comp.root, ood_flagged={"mask": flagged, "threshold": threshold, "how": how,
+                                            "mode": comp.settings["ood"]})
     print(f"data report: {eda.relative_to(project.root)}")
     return table
 

@@ -5,6 +5,9 @@ weights (or a stacker), a temperature after combining, per-class decision biases
 can overfit the OOF rows it was tuned on, so the pipeline is also refitted once per fold on the other
 folds' rows and applied to the held-out fold (nested CV); that collected prediction is the number to
 trust, and the one saved as the blend's `oof_probs`. The numeric methods live in `methods`.
+
+The held-out test split (folds.csv fold -1) is never fitted on: the pipeline fitted on all OOF rows
+predicts it like the test set, and each member and the blend are scored on it once, here.
 """
 from __future__ import annotations
 
@@ -79,6 +82,10 @@ class BlendResult:
     method: str
     options: dict = field(default_factory=dict)
     fitted: dict = field(default_factory=dict)
+    holdout_ids: np.ndarray = field(default_factory=lambda: np.empty(0, str))
+    holdout_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    holdout_probs: np.ndarray | None = None     # (H, C): the pipeline fitted on all OOF rows
+    holdout_scores: dict = field(default_factory=dict)  # {"members": {name: scores}, "blend": scores}
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -102,7 +109,7 @@ def check_alignment(members: list[Member]) -> None:
         pair = f"members {ref.name!r} and {other.name!r}"
         if list(ref.classes) != list(other.classes):
             raise ValueError(f"{pair} have different classes: {list(ref.classes)} vs {list(other.classes)}")
-        for what in ("ids", "labels", "fold", "test_ids"):
+        for what in ("ids", "labels", "fold", "test_ids", "holdout_ids", "holdout_labels"):
             diff = _first_difference(getattr(ref, what), getattr(other, what))
             if diff:
                 raise ValueError(f"{pair} differ in {what}: {diff}")
@@ -161,6 +168,8 @@ def fit_blend(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray, opts: Bl
 
 
 def apply_blend(model: FittedBlend, views: list[np.ndarray], opts: BlendOptions) -> np.ndarray:
+    if views[0].shape[1] == 0:  # no test set (a train-only task) or no held-out rows
+        return np.zeros((0, views[0].shape[2]))
     combined = _combine(_member_probs(views, model), model, opts)
     if model.calibration != 1.0:
         combined = E.apply_temperature(combined, model.calibration)
@@ -202,10 +211,12 @@ def blend_arrays(members: list[Member], method: str = "mean", metric: str = "mac
     y, fold = np.asarray(ref.labels), np.asarray(ref.fold)
     oof_views = [softmax(m.oof_logits[E.identity_first(m.views)]) for m in members]
     test_views = [E.combine_folds(m.test_logits[:, E.identity_first(m.views)], fold_combine) for m in members]
+    holdout_views = [E.combine_folds(m.holdout_logits[:, E.identity_first(m.views)], fold_combine) for m in members]
     member_scores = {m.name: classification_scores(y, v.mean(axis=0), c) for m, v in zip(members, oof_views)}
     if tta == "mean":  # nothing to fit across views: collapse them once
         oof_views = [v.mean(axis=0, keepdims=True) for v in oof_views]
         test_views = [v.mean(axis=0, keepdims=True) for v in test_views]
+        holdout_views = [v.mean(axis=0, keepdims=True) for v in holdout_views]
 
     model = fit_blend(oof_views, y, fold, opts)
     in_sample_probs = apply_blend(model, oof_views, opts)
@@ -218,7 +229,10 @@ def blend_arrays(members: list[Member], method: str = "mean", metric: str = "mac
     cv_nested = classification_scores(y, nested_probs, c)
     warnings += _overfit_warnings(cv_in_sample, cv_nested, metric)
     names = [m.name for m in members]
+    holdout_probs = apply_blend(model, holdout_views, opts)
     return BlendResult(
+        holdout_ids=ref.holdout_ids, holdout_labels=np.asarray(ref.holdout_labels), holdout_probs=holdout_probs,
+        holdout_scores=holdout_scores(members, holdout_probs),
         oof_probs=nested_probs, test_probs=apply_blend(model, test_views, opts),
         weights={n: float(w) for n, w in zip(names, model.weights)}, member_scores=member_scores,
         cv_in_sample=cv_in_sample, cv_nested=cv_nested, warnings=warnings, biases=model.biases,
@@ -227,6 +241,21 @@ def blend_arrays(members: list[Member], method: str = "mean", metric: str = "mac
         fitted={"identity_weights": {n: (None if w is None else float(w)) for n, w in zip(names, model.identity_weights)},
                 "temperatures": {n: float(t) for n, t in zip(names, model.temperatures)},
                 "calibration": float(model.calibration)})
+
+
+def holdout_scores(members: list[Member], blend_probs: np.ndarray) -> dict:
+    """Each member alone (its fold models and views averaged, as `evaluate --exp NAME` predicts) and the
+    blend, scored on the held-out rows as `foldblend evaluate` scores a folder; {} without held-out rows."""
+    ref = members[0]
+    if len(ref.holdout_ids) == 0:
+        return {}
+    y, c = np.asarray(ref.holdout_labels), ref.n_classes
+
+    def scores(probs):
+        return classification_scores(y, probs, c, present_only=True)
+
+    return {"n_images": int(len(y)), "blend": scores(blend_probs),
+            "members": {m.name: scores(softmax(m.holdout_logits).mean(axis=(0, 1))) for m in members}}
 
 
 # ----------------------------------------------------------------------------- files and CLI
@@ -238,14 +267,22 @@ def discover_members(oof_root: Path) -> list[str]:
 
 
 def format_table(result: BlendResult, metric: str = "macro_f1") -> str:
-    rows = [(name, s[metric], s[metric]) for name, s in result.member_scores.items()]
-    rows.append((f"blend ({result.method})", result.cv_in_sample[metric], result.cv_nested[metric]))
+    held = result.holdout_scores
+    rows = [(name, s[metric], s[metric], held["members"][name][metric] if held else None)
+            for name, s in result.member_scores.items()]
+    rows.append((f"blend ({result.method})", result.cv_in_sample[metric], result.cv_nested[metric],
+                 held["blend"][metric] if held else None))
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'member':<{width}}  {'weight':>6}  {metric + ' in-sample':>20}  {'nested':>8}"]
-    for name, ins, nested in rows:
+    lines = [f"{'member':<{width}}  {'weight':>6}  {metric + ' in-sample':>20}  {'nested':>8}"
+             + (f"  {'holdout':>8}" if held else "")]
+    for name, ins, nested, holdout in rows:
         weight = result.weights.get(name)
         weight_text = f"{weight:6.3f}" if weight is not None else " " * 6
-        lines.append(f"{name:<{width}}  {weight_text}  {ins:20.4f}  {nested:8.4f}")
+        lines.append(f"{name:<{width}}  {weight_text}  {ins:20.4f}  {nested:8.4f}"
+                     + (f"  {holdout:8.4f}" if holdout is not None else ""))
+    if held:
+        lines.append(f"holdout: {held['n_images']} held-out images (folds.csv fold -1), never trained or fitted on; "
+                     f"scored once here, like `foldblend evaluate`")
     return "\n".join(lines + [f"warning: {w}" for w in result.warnings])
 
 
@@ -253,14 +290,18 @@ def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str
     """blend.npz (arrays with their ids) and blend.json (what was done, and how well), both atomic."""
     out_dir = Path(out_dir)
     (out_dir / "blend.json").unlink(missing_ok=True)  # written last: a kill between the two leaves no blend
+    holdout_probs = result.holdout_probs if result.holdout_probs is not None else np.zeros((0, len(result.classes)))
     write_npz(out_dir / "blend.npz", ids=np.asarray(result.ids).astype(str), labels=result.labels,
               test_ids=np.asarray(result.test_ids).astype(str), oof_probs=result.oof_probs,
-              test_probs=result.test_probs, classes=np.asarray(result.classes))
+              test_probs=result.test_probs, classes=np.asarray(result.classes),
+              holdout_ids=np.asarray(result.holdout_ids).astype(str),
+              holdout_labels=np.asarray(result.holdout_labels, dtype=np.int64), holdout_probs=holdout_probs)
     write_json(out_dir / "blend.json", {
         "method": result.method, "options": result.options, "members": list(result.weights),
         "weights": result.weights, "biases": None if result.biases is None else result.biases.tolist(),
         "fitted": result.fitted, "cv_in_sample": result.cv_in_sample, "cv_nested": result.cv_nested,
-        "member_scores": result.member_scores, "warnings": result.warnings, "classes": result.classes,
+        "member_scores": result.member_scores, "holdout": result.holdout_scores, "warnings": result.warnings,
+        "classes": result.classes,
         "member_digests": member_digests or {}})
 
 
@@ -305,11 +346,19 @@ def split_members(oof_root: Path, folds_csv: Path) -> tuple[list[str], list[str]
     if not Path(folds_csv).exists():
         return names, []
     folds = pd.read_csv(folds_csv, dtype={"image": str}, keep_default_na=False)
+    held = folds["fold"].to_numpy() < 0
+    trained, held_ids = folds[~held], folds.loc[held, "image"].to_numpy(str)
     current, stale = [], []
     for name in names:
         with np.load(Path(oof_root) / name / "oof.npz", allow_pickle=False) as z:
-            same = (len(z["ids"]) == len(folds) and (z["ids"].astype(str) == folds["image"].to_numpy(str)).all()
-                    and (z["fold"] == folds["fold"].to_numpy()).all())
+            same = (len(z["ids"]) == len(trained) and (z["ids"].astype(str) == trained["image"].to_numpy(str)).all()
+                    and (z["fold"] == trained["fold"].to_numpy()).all())
+        holdout_npz = Path(oof_root) / name / "holdout.npz"
+        if holdout_npz.exists():
+            with np.load(holdout_npz, allow_pickle=False) as z:
+                same = same and z["ids"].astype(str).tolist() == held_ids.tolist()
+        else:
+            same = same and not len(held_ids)
         (current if same else stale).append(name)
     return current, stale
 

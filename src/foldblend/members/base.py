@@ -1,8 +1,9 @@
 """What a member kind is given, and the one thing it must do.
 
 A member kind trains one fold at a time: `train_fold(cfg, k, data, out_dir)` fits on every fold but
-`k`, predicts fold `k` and the test set under each TTA view, and writes `out_dir/preds.npz`
-(`val_index`, `val_logits` (V, n, C), `test_logits` (V, M, C), `views`) and `out_dir/done.json`
+`k`, predicts fold `k`, the test set and the held-out split under each TTA view, and writes `out_dir/preds.npz`
+(`val_index`, `val_logits` (V, n, C), `test_logits` (V, M, C), `holdout_logits` (V, H, C), `views`) and
+`out_dir/done.json`
 (with the signatures of `running.signatures`). Everything after that is shared: `running` decides
 which folds are pending and where they run, and `assemble.assemble_member` turns the folds'
 predictions into `oof/<exp>/` per the ensemble-member contract (`artifacts.py`).
@@ -33,6 +34,17 @@ class TrainData:
     test_ids: np.ndarray      # (M,) sample-submission ids
     test_ok: np.ndarray       # (M,) False where the test image is missing or unreadable
     test_fingerprint: str = ""  # of the test ids, files (path, size, mtime) and readability
+    # the held-out test split (folds.csv fold -1): predicted like test images, never trained or chosen on
+    holdout_images: np.ndarray | None = None  # (H, S, S, 3) uint8; None = no held-out rows
+    holdout_ids: np.ndarray | None = None     # (H,) folds.csv `image`
+    holdout_labels: np.ndarray | None = None  # (H,) class index
+
+    def __post_init__(self):
+        if self.holdout_images is None:  # one representation: H = 0 rows, like M = 0 for a train-only task
+            size = self.images.shape[1:] if self.images.ndim == 4 else (0, 0, 3)
+            self.holdout_images = np.zeros((0, *size), np.uint8)
+            self.holdout_ids = np.empty(0, str)
+            self.holdout_labels = np.empty(0, np.int64)
 
 
 class MemberKind(Protocol):

@@ -43,8 +43,10 @@ def amp_dtype(device: torch.device, amp: str):
 
 @torch.no_grad()
 def infer(model: torch.nn.Module, loader, views: list[str], device, mean, std, amp: str = "auto",
-          channels_last: bool = False, desc: str | None = None) -> np.ndarray:
-    """Logits of every image under every view: float32 (V, N, C)."""
+          channels_last: bool = False, desc: str | None = None, n_classes: int | None = None) -> np.ndarray:
+    """Logits of every image under every view: float32 (V, N, C).
+
+    N may be 0 (a train-only task has no test images): then the shape needs `n_classes`."""
     model.eval()
     device = torch.device(device)
     out: list[list[np.ndarray]] = [[] for _ in views]
@@ -53,4 +55,8 @@ def infer(model: torch.nn.Module, loader, views: list[str], device, mean, std, a
         with autocast(device, amp):
             for v, name in enumerate(views):
                 out[v].append(model(TTA_VIEWS[name](x)).float().cpu().numpy())
+    if not out[0]:
+        if n_classes is None:
+            raise ValueError("infer: no images and no n_classes to shape the empty result")
+        return np.zeros((len(views), 0, n_classes), np.float32)
     return np.stack([np.concatenate(chunks) for chunks in out]).astype(np.float32)

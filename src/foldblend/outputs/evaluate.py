@@ -1,4 +1,5 @@
-"""Score trained models on a labelled folder (`<class>/<image>`): per-class F1, confusion matrix, mistakes.
+"""Score trained models on labelled images - a `<class>/<image>` folder or a CSV of path,label - per-class
+F1, micro-F1, confusion matrix, mistakes.
 
 The competition deliverable "a script that takes the evaluation folder and the weights and prints each
 class's F1 and the average": `evaluate_folder` predicts (`predict`) and scores (scikit-learn's
@@ -10,6 +11,7 @@ holding a subset of the classes is not penalised for classes it cannot contain.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +46,19 @@ class Evaluation:
         return float(self.report["macro avg"]["f1-score"])
 
 
+PATH_COLUMNS = ("path", "image", "file", "filename", "file_name", "image_path", "id")
+LABEL_COLUMNS = ("label", "class", "class_name", "category", "target", "y")
+
+
 def labelled_images(folder: str | Path) -> tuple[list[Path], list[str]]:
-    """Image files under `folder/<class>/` (any depth below the class folder) and their class names."""
+    """Image files under `folder/<class>/` (any depth below the class folder) and their class names;
+    or, for a `.csv` file, the rows of its path and label columns (see `labelled_csv`)."""
     folder = Path(folder)
+    if folder.suffix.lower() == ".csv" and folder.is_file():
+        return labelled_csv(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder (expected {folder}/<class>/<image> files)")
+        raise FileNotFoundError(f"{folder}: not a folder (expected {folder}/<class>/<image> files) nor a CSV of "
+                                f"path,label")
     paths, labels = [], []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_name(p.name))
@@ -57,6 +67,34 @@ def labelled_images(folder: str | Path) -> tuple[list[Path], list[str]]:
     if not paths:
         raise ValueError(f"{folder}: no images in class sub-folders (expected {folder}/<class>/<image>)")
     return paths, labels
+
+
+def labelled_csv(csv: Path) -> tuple[list[Path], list[str]]:
+    """(paths, labels) of a CSV with a header: a path column (path, image, file, ...; else the first) and a
+    label column (label, class, ...; else the second). Relative paths are relative to the CSV's folder."""
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    lower = {c.lower(): c for c in df.columns}
+    path_col = next((lower[n] for n in PATH_COLUMNS if n in lower), df.columns[0])
+    label_col = next((lower[n] for n in LABEL_COLUMNS if n in lower and lower[n] != path_col), None)
+    if label_col is None and len(df.columns) >= 2:
+        label_col = next(c for c in df.columns if c != path_col)
+    if label_col is None or df.empty:
+        raise ValueError(f"{csv}: expected a header and rows of path,label (columns: {list(df.columns)}, "
+                         f"{len(df)} rows)")
+    paths = [p if p.is_absolute() else csv.parent / p for p in map(Path, df[path_col].str.strip())]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{csv}: {len(missing)} path(s) in column {path_col!r} are not files, e.g. "
+                                f"{missing[:3]} (relative paths are read from the CSV's folder)")
+    return paths, df[label_col].str.strip().tolist()
+
+
+def class_names_from_ids(labels: list[str], classes: list[str]) -> tuple[list[str], bool]:
+    """Labels given as class indices (0..C-1) where the class names are not integers -> names; else as given."""
+    numeric = all(re.fullmatch(r"\d+", lab) for lab in labels)
+    if not numeric or set(labels) <= set(classes) or any(int(lab) >= len(classes) for lab in labels):
+        return labels, False
+    return [classes[int(lab)] for lab in labels], True
 
 
 def check_known_classes(labels: list[str], classes: list[str], model_name: str) -> None:
@@ -92,12 +130,16 @@ def evaluate_folder(predictor: Predictor, folder: str | Path, batch_size: int = 
     """Predict every readable image of `folder/<class>/` and score it; unreadable files are listed, skipped."""
     folder = Path(folder)
     paths, labels = labelled_images(folder)
+    labels, from_ids = class_names_from_ids(labels, predictor.classes)
+    if from_ids:
+        print(f"{folder}: labels read as class indices (0..{len(predictor.classes) - 1}) of the class index above")
     check_known_classes(labels, predictor.classes, predictor.name)
     pred = predict_images(predictor, paths, batch_size, device, progress)
     if not pred.ok.any():
         raise ValueError(f"{folder}: none of the {len(paths)} images could be read")
     index = {c: i for i, c in enumerate(predictor.classes)}
-    ids = [p.relative_to(folder).as_posix() for p, good in zip(paths, pred.ok) if good]
+    base = folder.parent if folder.is_file() else folder
+    ids = [(p.relative_to(base) if p.is_relative_to(base) else p).as_posix() for p, good in zip(paths, pred.ok) if good]
     y_true = [index[lab] for lab, good in zip(labels, pred.ok) if good]
     return evaluate_predictions(predictor.name, predictor.classes, ids, y_true, pred.probs[pred.ok], pred.failures)
 
@@ -146,7 +188,8 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- CLI hooks
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="labelled folder: <class>/<image> files")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="labelled images: a <class>/<image> folder, or a CSV of path,label (e.g. folds/holdout.csv)")
     add_model_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: oof/eval_<exp>/)")
 

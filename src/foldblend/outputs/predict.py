@@ -22,6 +22,7 @@ import torch
 
 from ..artifacts import changed_members, write_csv
 from ..data.cache import resize_square
+from ..data.classes import class_table
 from ..data.read import ImageReadError, is_image_name, load_rgb
 from ..ensemble import methods as E
 from ..members.cnn.models import load_checkpoint
@@ -43,6 +44,8 @@ class FoldModel:
     mean: list[float]
     std: list[float]
     amp: str = "auto"      # the mixed precision its fold was predicted with, so predictions match the blend
+    arch: dict = field(default_factory=dict)  # constructor arguments (members.cnn.models.Arch): export needs them
+    kind: str = "cnn"      # the member kind that made it (a bundle names it per member)
 
 
 @dataclass
@@ -130,7 +133,8 @@ def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
         label = path.parent.name if path.name == "best.pt" else path.stem
         views, amp = _prediction_settings(path, ckpt)
         out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]),
-                             int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp))
+                             int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp,
+                             arch=dict(ckpt["arch"])))
     _check_same_classes({m.name: m.classes for m in out})
     if len({tuple(m.views) for m in out}) > 1:
         raise ValueError(f"{exp}: its folds were last predicted with different TTA views "
@@ -156,7 +160,13 @@ def read_blend(project) -> dict:
 
 
 def load_predictor(project, name: str, device="cpu") -> Predictor:
-    """`name` is an experiment under models/, or `blend` for the last blend's members and weights."""
+    """`name` is an experiment under models/, `blend` for the last blend's members and weights, a bundle
+    folder written by `foldblend export` (anywhere: it needs no project), or checkpoint file(s)."""
+    from .export import find_bundle, load_bundle  # export builds on this module
+
+    bundle = find_bundle(name) if name != BLEND else None  # `blend` is always the project's last blend
+    if bundle is not None:
+        return load_bundle(bundle, device)
     if name != BLEND:
         models = load_experiment(project, name, device)
         return Predictor(name, models[0].classes, {name: models}, {name: 1.0})
@@ -322,7 +332,7 @@ def relative_ids(paths: list[Path], sources: list[str | Path]) -> list[str]:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """What `evaluate` and `predict` both take: which models, in what batches, on which device."""
     parser.add_argument("--exp", required=True, help="an experiment under models/, `blend` for the last blend, "
-                        "or a checkpoint file / folder of checkpoints")
+                        "a bundle folder from `foldblend export`, or a checkpoint file / folder of checkpoints")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 
@@ -341,6 +351,7 @@ def predictor_from_args(args: argparse.Namespace, project) -> tuple[Predictor, t
     predictor = load_predictor(project, args.exp, device)
     for note in predictor.notes:
         print(f"note: {note}")
+    print(f"class index of {args.exp} (outputs are in this order):\n{class_table(predictor.classes)}")
     return predictor, device
 
 

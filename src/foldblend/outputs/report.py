@@ -131,9 +131,18 @@ def blend_section(blend: dict | None) -> str:
     rows = [{"member": m, "weight": weights.get(m), **{c: v for c, v in (member_scores.get(m) or {}).items()
                                                         if c in SCORE_COLUMNS[:3] and v is not None}}
             for m in members]
+    held = blend.get("holdout") or {}
+    for row in rows:
+        if row["member"] in (held.get("members") or {}):
+            row["holdout macro_f1"] = held["members"][row["member"]]["macro_f1"]
     cv = {"in-sample": blend.get("cv_in_sample") or {}, "nested (honest)": blend.get("cv_nested") or {}}
+    if held:
+        cv[f"holdout ({held['n_images']} images, never fitted on)"] = held["blend"]
+    headline = (f"CV {blend['cv_nested']['macro_f1']:.4f}, holdout {held['blend']['macro_f1']:.4f} (macro-F1)"
+                if held and blend.get("cv_nested") else "")
     parts = [f'<p class="meta">method <b>{esc(blend.get("method", "?"))}</b>'
-             + ("; per-class decision biases applied" if blend.get("biases") is not None else "") + "</p>",
+             + ("; per-class decision biases applied" if blend.get("biases") is not None else "")
+             + (f"; <b>{esc(headline)}</b>" if headline else "") + "</p>",
              "<div style='display:flex;gap:28px;flex-wrap:wrap'><div><b>members</b>" + table(pd.DataFrame(rows))
              + "</div><div><b>blend CV</b>" + table(score_table(cv, "CV")) + "</div></div>"]
     parts += [f'<p class="warn">warning: {esc(w)}</p>' for w in blend.get("warnings") or []]

@@ -321,14 +321,22 @@ def member_prediction(oof_root: Path, exp: str):
     return member.test_ids, probs, member.classes, cv, info, exp
 
 
-def submit_from_args(args: argparse.Namespace, project, competition) -> Path:
-    """`foldblend submit`: write the blend's (or --exp's) test predictions in the sample's format."""
+def submit_from_args(args: argparse.Namespace, project, competition) -> Path | None:
+    """`foldblend submit`: write the blend's (or --exp's) test predictions in the sample's format.
+
+    A train-only competition has no sample, so nothing to write: that is said, not an error (run.sh goes on)."""
     if args.lb is not None:
         if not args.file:
             raise SubmissionError("--lb needs the submission FILE it belongs to")
         record_lb(project.submissions, args.file, args.lb)
         print(f"recorded lb={args.lb:g} for {Path(args.file).name} in {project.rel(project.submissions / LOG_NAME)}")
         return Path(args.file)
+    if competition.sample is None:
+        print(f"nothing to submit: {project.rel(competition.root)}/ has no sample submission (a train-only task). "
+              f"Score labelled images with `foldblend evaluate --data FOLDER|CSV --exp blend` (the held-out split: "
+              f"--data folds/holdout.csv), predict new ones with `foldblend predict --images FOLDER --exp blend`, "
+              f"and ship the models with `foldblend export --exp blend OUT`")
+        return None
     sample = competition.sample
     if sample.columns[0] != competition.id_column:
         raise SubmissionError(f"the sample's first column is {sample.columns[0]!r}, not the id column "

@@ -34,9 +34,27 @@ def blend_row(project: Project) -> dict | None:
     if not path.exists():
         return None
     b = json.loads(path.read_text())
+    held = b.get("holdout") or {}
     return {"method": b.get("method"), "in-sample": b.get("cv_in_sample", {}).get("macro_f1"),
             "nested CV": b.get("cv_nested", {}).get("macro_f1"),
-            "weights": ", ".join(f"{k} {v:.2f}" for k, v in b.get("weights", {}).items())}
+            "weights": ", ".join(f"{k} {v:.2f}" for k, v in b.get("weights", {}).items()),
+            "holdout": (held.get("blend") or {}).get("macro_f1"), "holdout_n": held.get("n_images"),
+            "member_holdout": {k: v["macro_f1"] for k, v in (held.get("members") or {}).items()}}
+
+
+def competition_line(project: Project) -> str | None:
+    """Which layout was found, and whether there is a test set (None when input/ cannot be read)."""
+    from ..data.find import load_competition
+
+    try:
+        comp = load_competition(project.input)
+    except (OSError, ValueError):
+        return None
+    line = f"input: {comp.layout}"
+    if not comp.has_test:
+        line += ("\n(no test set: `foldblend evaluate --data FOLDER|CSV --exp blend` scores labelled images, "
+                 "`foldblend predict` labels new ones, `foldblend export` ships the models)")
+    return line
 
 
 def latest_submission(project: Project) -> pd.Series | None:
@@ -65,14 +83,23 @@ def demo_test_score(project: Project, submission_file) -> float | None:
 def print_summary(project: Project) -> None:
     exps = experiment_rows(project)
     print("\n=== foldblend summary ===")
+    line = competition_line(project)
+    if line:
+        print(line)
+    blend = blend_row(project)
+    if blend and blend["member_holdout"] and len(exps):  # scored by the last blend, once, after fitting
+        names = exps["experiment"].str.replace(" (stale: other split)", "", regex=False)
+        exps["holdout macro-F1"] = [round(blend["member_holdout"][n], 4) if n in blend["member_holdout"] else None
+                                    for n in names]
     if len(exps):
         with pd.option_context("display.width", 200, "display.max_columns", 50):
             print(exps.to_string(index=False))
     else:
         print("no finished experiments in oof/")
-    blend = blend_row(project)
     if blend:
-        print(f"blend ({blend['method']}): nested CV macro-F1 {blend['nested CV']:.4f} "
+        held = (f", holdout {blend['holdout']:.4f} ({blend['holdout_n']} held-out images, never trained or fitted on)"
+                if blend["holdout"] is not None else "")
+        print(f"blend ({blend['method']}): nested CV macro-F1 {blend['nested CV']:.4f}{held} "
               f"(in-sample {blend['in-sample']:.4f}); weights: {blend['weights']}")
         if len(exps):
             best = exps.loc[exps["CV macro-F1"].idxmax()]

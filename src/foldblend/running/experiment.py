@@ -18,7 +18,7 @@ from ..artifacts import load_member
 from ..config import ExperimentConfig, load_config
 from ..data.cache import cache_key, cached_images
 from ..data.find import Competition, load_competition
-from ..data.folds import folds_fingerprint, read_folds
+from ..data.folds import HOLDOUT, folds_fingerprint, read_folds
 from ..members.assemble import assemble_member, load_fold_predictions
 from ..members.base import TrainData, member_kind
 from ..paths import Project
@@ -35,10 +35,15 @@ def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition |
         raise ValueError(f"{project.folds_csv}: labels {unknown[:5]} are not classes of {project.input}; "
                          f"run `foldblend folds` again")
     index = {c: i for i, c in enumerate(comp.classes)}
-    images, ok = cached_images([comp.root / p for p in folds["image"]], cfg.img_size, project.cache_dir,
+    # the held-out rows (fold -1) get their own cache: trained on never, predicted like test images
+    is_held = folds["fold"].to_numpy() == HOLDOUT
+    trained, held = folds[~is_held].reset_index(drop=True), folds[is_held].reset_index(drop=True)
+    images, ok = cached_images([comp.root / p for p in trained["image"]], cfg.img_size, project.cache_dir,
                                progress=progress, root=comp.root)
-    if (~ok).any():
-        bad = folds["image"][~ok].tolist()
+    holdout_images, holdout_ok = cached_images([comp.root / p for p in held["image"]], cfg.img_size,
+                                               project.cache_dir, progress=progress, root=comp.root)
+    if (~ok).any() or (~holdout_ok).any():
+        bad = trained["image"][~ok].tolist() + held["image"][~holdout_ok].tolist()
         raise ValueError(f"{project.folds_csv}: {len(bad)} image(s) in the folds cannot be read (e.g. {bad[0]}); "
                          f"run `foldblend scan` and `foldblend folds` so unreadable files are left out")
     test_paths = [comp.root / p for p in comp.test["image"]]
@@ -48,10 +53,12 @@ def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition |
     train_digest = _digest(folds_fingerprint(folds), *comp.classes, *_train_contents(project, folds))
     test_digest = _digest(*comp.test["id"], cache_key(test_paths, cfg.img_size, comp.root),
                           np.packbits(test_ok).tobytes().hex())
-    return TrainData(images=images, labels=folds["label"].map(index).to_numpy(np.int64),
-                     fold=folds["fold"].to_numpy(np.int64), classes=list(comp.classes),
-                     test_images=test_images, fingerprint=train_digest, ids=folds["image"].to_numpy(str),
-                     test_ids=comp.test["id"].to_numpy(str), test_ok=test_ok, test_fingerprint=test_digest)
+    return TrainData(images=images, labels=trained["label"].map(index).to_numpy(np.int64),
+                     fold=trained["fold"].to_numpy(np.int64), classes=list(comp.classes),
+                     test_images=test_images, fingerprint=train_digest, ids=trained["image"].to_numpy(str),
+                     test_ids=comp.test["id"].to_numpy(str), test_ok=test_ok, test_fingerprint=test_digest,
+                     holdout_images=holdout_images, holdout_ids=held["image"].to_numpy(str),
+                     holdout_labels=held["label"].map(index).to_numpy(np.int64))
 
 
 def _train_contents(project: Project, folds) -> list[str]:
@@ -132,7 +139,8 @@ def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project
     done = [json.loads((d / "done.json").read_text()) for d in dirs]
     scores = assemble_member(out, [load_fold_predictions(d / "preds.npz") for d in dirs], ids=data.ids,
                              labels=data.labels, fold=data.fold, classes=data.classes, test_ids=data.test_ids,
-                             test_ok=data.test_ok, extra_scores={
+                             test_ok=data.test_ok, holdout_ids=data.holdout_ids, holdout_labels=data.holdout_labels,
+                             extra_scores={
                                  "stamp": stamp, "model": cfg.model, "config": cfg.to_dict(),
                                  "best_epochs": [d["best_epoch"] for d in done]})
     if (~data.test_ok).any():

@@ -219,20 +219,24 @@ def _record_prediction_settings(path: Path, cfg: ExperimentConfig) -> None:
 
 
 def predict_fold(cfg, k, data: TrainData, out_dir: Path, signature, best, device, val_idx, progress) -> dict:
-    """The best checkpoint on its held-out fold and on the test set, under every TTA view."""
+    """The best checkpoint on its held-out fold, the test set and the held-out split, under every TTA view."""
     model, ckpt = load_checkpoint(out_dir / "best.pt", device)
     channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     bs = cfg.batch_size * 2
     desc = f"{cfg.name} fold {k} predict" if progress else None
-    val_logits = infer(model, eval_loader(data.images, val_idx, bs, cfg.num_workers), cfg.tta, device,
-                       ckpt["mean"], ckpt["std"], cfg.amp, channels_last, desc)
-    test_logits = infer(model, eval_loader(data.test_images, np.arange(len(data.test_images)), bs,
-                                           cfg.num_workers), cfg.tta, device, ckpt["mean"], ckpt["std"],
-                        cfg.amp, channels_last, desc)
+    n_classes = len(data.classes)
+
+    def logits(images, index):
+        return infer(model, eval_loader(images, index, bs, cfg.num_workers), cfg.tta, device, ckpt["mean"],
+                     ckpt["std"], cfg.amp, channels_last, desc, n_classes=n_classes)
+
+    val_logits = logits(data.images, val_idx)
+    test_logits = logits(data.test_images, np.arange(len(data.test_images)))
+    holdout_logits = logits(data.holdout_images, np.arange(len(data.holdout_images)))
     write_npz(out_dir / "preds.npz", val_index=val_idx, val_logits=val_logits, test_logits=test_logits,
-              views=np.asarray(cfg.tta))
+              holdout_logits=holdout_logits, views=np.asarray(cfg.tta))
     _record_prediction_settings(out_dir / "best.pt", cfg)
     summary = {"signature": signature, "predictions": predict_signature(cfg, data), "fold": k,
                "best_epoch": best["epoch"], "best_macro_f1": best["score"], "weights": best.get("weights", "model")}

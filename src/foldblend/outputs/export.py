@@ -1,0 +1,197 @@
+"""`foldblend export`: an experiment or the blend as one self-contained folder, and loading it back.
+
+A bundle is what "an image folder plus trained weights" needs, on any machine, without models/ or
+oof/: every fold model's weights as safetensors (tensors only, nothing unpickled on load) and a
+`bundle.json` that says how to turn them into class probabilities - classes in index order, per fold
+model its kind, architecture, image size, normalisation, TTA views and mixed precision; per member
+its weight, fold combination, identity-view weight and temperature; the blend's method, calibration
+and class biases. `load_predictor(project, "path/to/bundle")` reads it into the same `Predictor` that
+`evaluate`, `predict` (and a web app) use for the project's own models, so the predictions are the same.
+
+Members carry a `kind`; only `cnn` (a network rebuilt from `members.cnn.models.Arch`) is written and
+read today, and a bundle naming another kind is refused with the reason instead of half-loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import changed_members, write_json
+from .predict import BLEND, FoldModel, Predictor, load_predictor, read_blend
+
+BUNDLE_FILE = "bundle.json"
+FORMAT = "foldblend-bundle/1"
+KINDS = ("cnn",)
+
+
+class BundleError(ValueError):
+    """A bundle cannot be written there, or read back; the message names the file and the fix."""
+
+
+def find_bundle(name: str | Path) -> Path | None:
+    """The bundle folder `name` points at (the folder or its bundle.json), else None."""
+    path = Path(name)
+    if path.name == BUNDLE_FILE and path.is_file():
+        return path.parent
+    return path if (path / BUNDLE_FILE).is_file() else None
+
+
+# ----------------------------------------------------------------------------- writing
+
+def bundle_metadata(predictor: Predictor, weight_files: dict[str, str], provenance: dict) -> dict:
+    """bundle.json's content for a predictor whose fold models' weights are at `weight_files` (relative)."""
+    members = []
+    for name, models in predictor.members.items():
+        members.append({
+            "name": name, "kind": models[0].kind, "weight": float(predictor.weights[name]),
+            "identity_weight": predictor.identity_weights.get(name),
+            "temperature": float(predictor.temperatures.get(name, 1.0) or 1.0),
+            "folds": [{"name": fm.name, "weights": weight_files[fm.name], "arch": fm.arch, "img_size": fm.img_size,
+                       "mean": list(fm.mean), "std": list(fm.std), "tta": list(fm.views), "amp": fm.amp}
+                      for fm in models]})
+    return {"format": FORMAT, "name": predictor.name, "classes": list(predictor.classes),
+            "combine": {"method": predictor.method, "fold_combine": predictor.fold_combine,
+                        "power": predictor.power, "calibration": predictor.calibration,
+                        "biases": None if predictor.biases is None else [float(b) for b in predictor.biases]},
+            "members": members, "notes": list(predictor.notes), "provenance": provenance}
+
+
+def export_bundle(project, name: str, out: str | Path) -> Path:
+    """Write `name` (an experiment or `blend`) as a bundle folder `out` inside the project; returns it.
+
+    Built under a temporary name beside `out` and renamed into place, so a kill leaves the old bundle
+    or the new one; an existing `out` is replaced only when it is a bundle.
+    """
+    from safetensors.torch import save_file
+
+    out = _inside_project(project, out)
+    if out.exists() and find_bundle(out) is None and any(out.iterdir()):
+        raise BundleError(f"{project.rel(out)}: exists and is not a bundle; choose another OUT or empty it")
+    predictor = load_predictor(project, name)
+    if predictor.notes and name == BLEND and changed_members(project.oof, read_blend(project).get("member_digests") or {}):
+        raise BundleError(f"a member changed after the last blend ({predictor.notes[-1]}); run `foldblend blend` "
+                          f"again before exporting it")
+    unsupported = [n for n, models in predictor.members.items() if models[0].kind not in KINDS]
+    if unsupported:
+        raise BundleError(f"member {unsupported[0]!r} is of kind {predictor.members[unsupported[0]][0].kind!r}, "
+                          f"which bundles cannot hold yet (kinds: {', '.join(KINDS)})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        files = {}
+        for member, models in predictor.members.items():
+            for k, fm in enumerate(models):
+                rel = f"weights/{member}/{Path(fm.name).name or f'fold_{k}'}.safetensors"
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                save_file({key: v.detach().cpu().contiguous() for key, v in fm.model.state_dict().items()},
+                          str(tmp / rel))
+                files[fm.name] = rel
+        write_json(tmp / BUNDLE_FILE, bundle_metadata(predictor, files, _provenance(project, name)))
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _provenance(project, name: str) -> dict:
+    """Where the bundle came from and what it scored, for whoever receives it."""
+    info = {"exported": datetime.now(timezone.utc).isoformat(timespec="seconds"), "project": project.root.name,
+            "source": name}
+    if name == BLEND:
+        blend = read_blend(project)
+        info.update({"cv_nested": blend.get("cv_nested"), "holdout": blend.get("holdout") or None,
+                     "options": blend.get("options")})
+    else:
+        scores = project.oof_dir(name) / "scores.json"
+        if scores.exists():
+            info["cv"] = json.loads(scores.read_text(encoding="utf-8")).get("overall")
+    return info
+
+
+def _inside_project(project, out: str | Path) -> Path:
+    out = Path(os.path.abspath(out))
+    if not out.is_relative_to(project.root) or out == project.root:
+        raise BundleError(f"{out}: OUT must be a folder inside the project ({project.root}); foldblend writes "
+                          f"nothing outside it. Export there, then copy the folder wherever it is needed")
+    return out
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put the finished folder `new` at `target`, an older bundle there moved aside first, then deleted."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------- reading
+
+def load_bundle(folder: str | Path, device="cpu") -> Predictor:
+    """The bundle at `folder` as a Predictor (fold models rebuilt on `device`)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ..members.cnn.models import Arch, create_model
+
+    folder = Path(folder)
+    path = folder / BUNDLE_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path}: unreadable ({e}); export the bundle again") from None
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}; export it again with this "
+                          f"foldblend")
+    classes, members, weights = list(meta["classes"]), {}, {}
+    for m in meta["members"]:
+        if m["kind"] not in KINDS:
+            raise BundleError(f"{path}: member {m['name']!r} is of kind {m['kind']!r}, which this foldblend cannot "
+                              f"load (kinds: {', '.join(KINDS)})")
+        models = []
+        for f in m["folds"]:
+            file = (folder / f["weights"]).resolve()
+            if not file.is_relative_to(folder.resolve()) or not file.is_file():
+                raise BundleError(f"{path}: weights {f['weights']!r} of {m['name']} are missing from the bundle")
+            model = create_model(Arch(**f["arch"]))
+            model.load_state_dict(load_file(str(file)))
+            models.append(FoldModel(f"{m['name']}/{Path(f['weights']).stem}", model.to(torch.device(device)).eval(),
+                                    classes, int(f["img_size"]), list(f["tta"]), list(f["mean"]), list(f["std"]),
+                                    str(f["amp"]), arch=dict(f["arch"]), kind=m["kind"]))
+        members[m["name"]], weights[m["name"]] = models, float(m["weight"])
+    combine = meta["combine"]
+    return Predictor(
+        meta["name"], classes, members, weights, method=combine["method"],
+        temperatures={m["name"]: m["temperature"] for m in meta["members"]},
+        identity_weights={m["name"]: m["identity_weight"] for m in meta["members"]},
+        fold_combine=combine["fold_combine"], calibration=float(combine["calibration"]),
+        biases=None if combine["biases"] is None else np.asarray(combine["biases"], dtype=np.float64),
+        power=float(combine["power"]), notes=list(meta.get("notes") or []))
+
+
+# ----------------------------------------------------------------------------- CLI hooks
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exp", required=True, help="an experiment under models/, or `blend` for the last blend")
+    parser.add_argument("out", nargs="?", type=Path, default=None,
+                        help="bundle folder to write, inside the project (default: export/<exp>/)")
+
+
+def export_from_args(args: argparse.Namespace, project) -> Path:
+    out = export_bundle(project, args.exp, args.out or project.root / "export" / args.exp)
+    meta = json.loads((out / BUNDLE_FILE).read_text(encoding="utf-8"))
+    n = sum(len(m["folds"]) for m in meta["members"])
+    print(f"exported {args.exp}: {len(meta['members'])} member(s), {n} fold model(s), {len(meta['classes'])} classes "
+          f"-> {project.rel(out)}/ (bundle.json + weights/*.safetensors)")
+    print(f"use it anywhere: foldblend evaluate --data FOLDER|CSV --exp {project.rel(out)}   "
+          f"foldblend predict --images FOLDER --exp {project.rel(out)}")
+    return out
