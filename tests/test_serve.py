@@ -106,6 +106,32 @@ def test_weights_from_elsewhere_have_no_cv_but_still_serve(project, tmp_path):
     assert len(result["images"]) == 3 and [m["member"] for m in result["images"][0]["members"]] == [served.exp]
 
 
+def test_a_bundle_serves_with_the_scores_it_was_exported_with(project, images):
+    from foldblend.outputs.export import export_bundle
+
+    bundle = export_bundle(project, "blend", project.root / "export" / "blend")
+    served = load_served(project, str(bundle))
+    assert served.card.headline == "blend (bundle of blend) (greedy): nested CV (at export) macro-F1 0.4000"
+    assert served.card.biases and set(served.predictor.members) == {"exp_a", "exp_b"}
+    readable = [p for p in images if p.name != "broken.png"]
+    names = [p.name for p in readable]
+    from_bundle = classify(served, readable, names, progress=False)
+    from_project = classify(load_served(project, "blend"), readable, names, progress=False)
+    assert [i["predicted"] for i in from_bundle["images"]] == [i["predicted"] for i in from_project["images"]]
+
+
+def test_the_blends_holdout_score_is_shown_beside_its_cv(project):
+    blend_json = project.oof / "_blend" / "blend.json"
+    blend = json.loads(blend_json.read_text())
+    blend["holdout"] = {"n_images": 12, "blend": {"macro_f1": 0.35, "accuracy": 0.5},
+                        "members": {"exp_a": {"macro_f1": 0.3}, "exp_b": {"macro_f1": 0.2}}}
+    blend_json.write_text(json.dumps(blend))
+    card = load_served(project, "blend").card
+    assert card.scores["holdout (12 images)"]["macro_f1"] == 0.35
+    assert [m["holdout macro_f1"] for m in card.members] == [0.3, 0.2]
+    assert "holdout (12 images)" in card_html(card, None)
+
+
 def _mean_colour(images: np.ndarray) -> np.ndarray:
     """A test-only "backbone": the mean colour, enough to tell generated colour classes apart."""
     return images.reshape(len(images), -1, 3).mean(1) + 1.0

@@ -199,8 +199,8 @@ def serve(project, exp: str = "blend", host: str = "127.0.0.1", port: int = 7860
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--exp", default="blend", help="`blend` (default), an experiment under models/, "
-                        "or a checkpoint file / folder of checkpoints")
+    parser.add_argument("--exp", default="blend", help="`blend` (default), an experiment under models/, a bundle "
+                        "folder from `foldblend export`, or a checkpoint file / folder of checkpoints")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (this machine only; default) or 0.0.0.0 "
                         "(everyone on the network)")

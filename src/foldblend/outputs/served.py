@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .export import BUNDLE_FILE, find_bundle
 from .neighbours import FeatureIndex, find_feature_index
 from .predict import BLEND, Predictor, load_predictor, predict_images, top_k_table
 
@@ -67,6 +68,23 @@ def _per_class(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.
     return pd.DataFrame({"class": classes, "precision": p, "recall": r, "F1": f1, "OOF images": support})
 
 
+def _bundle_card(folder: Path, predictor: Predictor) -> ModelCard:
+    """A bundle's card: the scores it recorded when exported (no OOF travels with it)."""
+    meta = _read_json(folder / BUNDLE_FILE) or {}
+    provenance = meta.get("provenance") or {}
+    scores = {}
+    for key, label in (("cv_nested", "nested CV"), ("cv", "OOF CV")):
+        if provenance.get(key):
+            scores[f"{label} (at export)"] = provenance[key]
+    held = provenance.get("holdout") or {}
+    if held.get("blend"):
+        scores[f"holdout ({held.get('n_images', '?')} images)"] = held["blend"]
+    members = [{"member": n, "weight": w, "macro_f1": None} for n, w in predictor.weights.items()]
+    return ModelCard(f"{folder.name} (bundle of {meta.get('name', '?')})", scores, "", members,
+                     predictor.method if len(members) > 1 else "", predictor.biases is not None,
+                     per_class=pd.DataFrame({"class": predictor.classes}), notes=list(predictor.notes))
+
+
 def model_card(project, exp: str, predictor: Predictor) -> ModelCard:
     """CV, members and per-class OOF scores of the blend or an experiment; little for weights from elsewhere."""
     from .report import oof_sources
@@ -79,6 +97,11 @@ def model_card(project, exp: str, predictor: Predictor) -> ModelCard:
         members = [{"member": m, "weight": weights.get(m), "macro_f1": (scores.get(m) or {}).get("macro_f1")}
                    for m in blend.get("members") or weights]
         cv = {"nested CV": blend.get("cv_nested") or {}, "in-sample": blend.get("cv_in_sample") or {}}
+        held = blend.get("holdout") or {}
+        if held.get("blend"):  # scored once, after fitting, on images nothing was trained or fitted on
+            cv[f"holdout ({held.get('n_images', '?')} images)"] = held["blend"]
+            for row in members:
+                row["holdout macro_f1"] = ((held.get("members") or {}).get(row["member"]) or {}).get("macro_f1")
         card = ModelCard(BLEND, cv, "the blend's nested-CV out-of-fold predictions", members, blend.get("method", ""),
                          blend.get("biases") is not None, notes=notes)
         sources = oof_sources(project, None, project.oof / "_blend" / "blend.npz")
@@ -91,6 +114,8 @@ def model_card(project, exp: str, predictor: Predictor) -> ModelCard:
         except (ValueError, OSError) as e:  # a member folder mid-rewrite: serve anyway, say why scores are missing
             sources = {}
             card.notes.append(f"per-class scores left out: {e}")
+    elif find_bundle(exp) is not None:
+        return _bundle_card(find_bundle(exp), predictor)
     else:  # a checkpoint or a folder of them from elsewhere: nothing was scored here
         members = [{"member": n, "weight": w, "macro_f1": None} for n, w in predictor.weights.items()]
         return ModelCard(exp, {}, "", members, per_class=pd.DataFrame({"class": classes}), notes=notes)
