@@ -302,3 +302,20 @@ def test_every_node_is_probed_and_one_without_the_project_is_refused(ray_instanc
     with pytest.raises(RuntimeError, match=r"^node .*: .* not the one the driver writes to .*same path"):
         check_nodes(ray_instance, project.root, "a token this folder does not hold", wait_s=0)
     assert fold_task.PROBE in os.listdir(project.models)
+
+
+def test_an_unreachable_cluster_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    class NoCluster:
+        @staticmethod
+        def is_initialized():
+            return False
+
+        @staticmethod
+        def init(**kw):
+            raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
+
+    monkeypatch.setattr("foldblend.running.ray_executor.import_ray", lambda: NoCluster)
+    job = FoldJob("tiny", 0, config_from_dict({"name": "tiny"}), tmp_path / "tiny.yaml", [], tmp_path, {})
+    with pytest.raises(RuntimeError, match=r"^no Ray cluster at 'auto' \(Could not find .*\): start one with "
+                                           r"`ray start --head`"):
+        RayExecutor(address="auto").run(Project.at(tmp_path), [job], train_here=None)

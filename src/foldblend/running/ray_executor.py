@@ -78,7 +78,12 @@ class RayExecutor:
         ray = import_ray()
         started = not ray.is_initialized()
         if started:
-            context = ray.init(address=self.address, log_to_driver=False)  # fold lines come by the queue
+            try:
+                context = ray.init(address=self.address, log_to_driver=False)  # fold lines come by the queue
+            except ConnectionError as e:
+                raise RuntimeError(f"no Ray cluster at {self.address or os.environ.get('RAY_ADDRESS')!r} "
+                                   f"({str(e).strip().splitlines()[0]}): start one with `ray start --head`, "
+                                   f"or leave out --address and RAY_ADDRESS to start Ray on this machine") from None
             if self.progress and getattr(context, "dashboard_url", None):
                 print(f"Ray dashboard: http://{context.dashboard_url}")
         try:
