@@ -176,6 +176,10 @@ def test_two_experiments_as_ray_tasks_match_the_local_executor(ray_instance, tmp
         for k in (0, 1):  # every fold was a task, and its lines reached the driver
             assert f"[{exp} fold {k}] on " in out and f"[{exp} fold {k}] epoch 1/1 loss" in out
         assert scores[exp]["n_images"] == 36
+    # never more folds at once than the instance has CPUs (each fold asks for one)
+    spans = [((d / "config.yaml").stat().st_mtime, (d / "done.json").stat().st_mtime)
+             for d in sorted(project.models.glob("*/fold_*"))]
+    assert len(spans) == 4 and max(sum(a <= t < b for a, b in spans) for t, _ in spans) <= 2
     ray_models = tmp_path / "ray_models"
     for exp in ("other", "tiny"):
         shutil.copytree(project.models / exp, ray_models / exp)
@@ -267,7 +271,8 @@ def test_a_sigkilled_task_is_retried_and_resumes_to_identical_metrics(ray_instan
     watcher.join()
     lines = capsys.readouterr().out
     assert killed and 1 <= killed[0][1] < 7, "the task was not killed mid-fold"
-    assert f"pid {killed[0][0]}," in lines  # the killed process had started the fold ...
+    starts = [line for line in lines.splitlines() if "[tiny fold 0] on " in line]
+    assert any(f"pid {killed[0][0]}," in line for line in starts), (killed, starts)  # it ran the fold ...
     assert f"[tiny fold 0] resuming after epoch {killed[0][1] + 1}" in lines  # ... and a retry resumed it
     assert len(pd.read_csv(out / "log.csv")) == 8
 
@@ -319,3 +324,37 @@ def test_an_unreachable_cluster_is_one_line_naming_the_fix(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match=r"^no Ray cluster at 'auto' \(Could not find .*\): start one with "
                                            r"`ray start --head`"):
         RayExecutor(address="auto").run(Project.at(tmp_path), [job], train_here=None)
+
+
+def _chatty(lines, n: int) -> float:
+    from foldblend.running.ray_executor import LineSender
+
+    emit = LineSender(lines)
+    for i in range(n):
+        emit(f"line {i}")
+        time.sleep(0.005)
+    emit.wait()
+    return time.time()
+
+
+def _started() -> float:
+    return time.time()
+
+
+@pytest.mark.slow
+def test_sending_fold_lines_never_lends_the_task_cpus_to_another_fold(ray_instance):
+    """Waiting on each line (ray.get) would let Ray start the next task on the CPUs of a running one."""
+    ray = ray_instance
+    from foldblend.running.ray_executor import FoldLines
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test file
+    lines = ray.remote(num_cpus=0)(FoldLines).remote()
+    ray.get(lines.take.remote())  # up first, as the executor has it
+    chatty = ray.remote(num_cpus=2)(_chatty).remote(lines, 200)  # holds both CPUs while it sends
+    time.sleep(0.5)
+    other = ray.remote(num_cpus=1)(_started).remote()
+    chatty_end, other_start = ray.get([chatty, other])
+    assert other_start >= chatty_end  # it waited for the CPUs
+    assert ray.get(lines.take.remote()) == [f"line {i}" for i in range(200)]  # all of them, in order
+    ray.kill(lines)
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

@@ -51,16 +51,49 @@ def task_job(job: FoldJob, resources: dict) -> FoldJob:
     return job
 
 
-def fold_task_body(root: str, job: FoldJob, token: str, lines, threads: int, progress: bool) -> dict:
-    """The body of a fold's Ray task: `fold_task.run_job` with its lines sent to the driver's queue."""
+class FoldLines:
+    """Where tasks leave their fold lines until the driver takes them: a plain (not async) actor, so one
+    task's lines arrive in the order it sent them."""
 
-    def emit(line: str) -> None:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def put(self, line: str) -> None:
+        self.lines.append(line)
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+def fold_task_body(root: str, job: FoldJob, token: str, lines, threads: int, progress: bool) -> dict:
+    """The body of a fold's Ray task: `fold_task.run_job`, its lines sent to the driver's `FoldLines`."""
+    emit = LineSender(lines)
+    try:
+        return fold_task.run_job(root, job, token, emit if progress else None, threads, progress)
+    finally:
+        emit.wait()
+
+
+class LineSender:
+    """`emit` for a task: sends each line to `FoldLines` without waiting for it (a task blocked in
+    `ray.get` lends its CPUs back to Ray, which would start another fold on them); `wait()` waits for
+    the last one only, so the driver has every line once the task is done."""
+
+    def __init__(self, lines):
+        self.lines, self.last = lines, None
+
+    def __call__(self, line: str) -> None:
         try:
-            lines.put(line, block=False)
-        except Exception:  # the driver is gone or busy: the line is still in this worker's log
+            self.last = self.lines.put.remote(line)
+        except Exception:  # the driver is gone: the line is still in this worker's log
             pass
 
-    return fold_task.run_job(root, job, token, emit if progress else None, threads, progress)
+    def wait(self) -> None:
+        if self.last is not None:
+            import ray
+
+            ray.wait([self.last], timeout=10)
 
 
 class RayExecutor:
@@ -79,7 +112,7 @@ class RayExecutor:
         started = not ray.is_initialized()
         if started:
             try:
-                context = ray.init(address=self.address, log_to_driver=False)  # fold lines come by the queue
+                context = ray.init(address=self.address, log_to_driver=False)  # fold lines: FoldLines
             except ConnectionError as e:
                 raise RuntimeError(f"no Ray cluster at {self.address or os.environ.get('RAY_ADDRESS')!r} "
                                    f"({str(e).strip().splitlines()[0]}): start one with `ray start --head`, "
@@ -93,8 +126,6 @@ class RayExecutor:
                 ray.shutdown()
 
     def _run(self, ray, project: Project, jobs: list[FoldJob], private: bool) -> None:
-        from ray.util.queue import Queue
-
         token = fold_task.write_probe(project)
         check_nodes(ray, project.root, token)
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
@@ -103,7 +134,8 @@ class RayExecutor:
         asks = [task_resources(job.cfg, cluster_gpus, self.cpus_per_fold) for job in jobs]
         for job, resources in zip(jobs, asks):  # before any task starts
             _check_feasible(job, resources, nodes, private)
-        lines = Queue(actor_options={"num_cpus": 0})
+        lines = ray.remote(num_cpus=0)(FoldLines).remote()
+        ray.get(lines.take.remote())  # up before any task: a task's lines wait in it until then, and die with it
         refs = {}
         for job, resources in zip(jobs, asks):
             threads = resources["num_cpus"] - (0 if resources["num_gpus"] else job.cfg.num_workers)
@@ -116,7 +148,7 @@ class RayExecutor:
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
-                _print_lines(lines, bar)
+                _print_lines(ray, lines, bar)
                 for ref in done:
                     job = refs[ref]
                     try:
@@ -126,14 +158,14 @@ class RayExecutor:
                         failed.append((job, _reason(e).removeprefix(f"[{job.label}] ")))
                         bar.write(f"[{job.label}] failed: {failed[-1][1]}")
                     bar.update()
-            _print_lines(lines, bar)
+            _print_lines(ray, lines, bar)
         except BaseException:
             for ref in pending:  # interrupted: stop the folds still running (they resume on the next run)
                 ray.cancel(ref, force=True)
             raise
         finally:
             bar.close()
-            ray.kill(lines.actor)
+            ray.kill(lines)
         if failed:
             raise failed_jobs_error(failed)
 
@@ -180,9 +212,8 @@ def _check_written(job: FoldJob) -> None:
         time.sleep(POLL_S)
 
 
-def _print_lines(lines, bar) -> None:
-    n = lines.size()
-    for line in lines.get_nowait_batch(n) if n else []:
+def _print_lines(ray, lines, bar) -> None:
+    for line in ray.get(lines.take.remote()):
         bar.write(line)
 
 
