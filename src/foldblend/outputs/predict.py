@@ -92,15 +92,33 @@ def _prediction_settings(path: Path, ckpt: dict) -> tuple[list[str], str]:
 
 def output_name(exp: str) -> str:
     """A file-name-safe name for outputs of `exp` (an experiment, `blend`, or a checkpoint path)."""
-    return Path(exp).stem if ("/" in exp or exp.endswith(".pt")) else exp
+    return Path(exp).stem if ("/" in exp or exp.endswith((".pt", ".npz"))) else exp
+
+
+FOLD_CHECKPOINTS = ("best.pt", "head.npz")  # a network's weights; an embedding member's head (+ backbone spec)
+
+
+def _fold_checkpoints(exp_dir: Path) -> list[Path]:
+    """Every fold's checkpoint under models/<exp>/ (or a copy of it), in fold order."""
+    found = [p for name in FOLD_CHECKPOINTS for p in exp_dir.glob(f"fold_*/{name}")]
+    return sorted(found, key=lambda p: int(p.parent.name.split("_")[1]))
 
 
 def _checkpoints_at(path: Path) -> list[Path]:
-    """A checkpoint file, or every *.pt below a folder (e.g. a copied models/<exp>/), sorted."""
+    """A checkpoint file, or every *.pt / head*.npz below a folder (e.g. a copied models/<exp>/), sorted."""
     if path.is_file():
         return [path]
-    found = sorted(path.glob("fold_*/best.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
-    return found or sorted(p for p in path.rglob("*.pt") if p.name != "last.pt")
+    return _fold_checkpoints(path) or sorted(p for p in path.rglob("*") if (p.suffix == ".pt" and p.name != "last.pt")
+                                             or (p.suffix == ".npz" and p.name.startswith("head")))
+
+
+def load_fold_checkpoint(path: Path, device="cpu", backbones: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """(model from images to logits, its checkpoint's settings) for a network's .pt or an embedding head's .npz."""
+    if path.suffix == ".npz":
+        from ..members.embedding.checkpoint import load_head_checkpoint
+
+        return load_head_checkpoint(path, device, backbones)
+    return load_checkpoint(path, device)
 
 
 def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
@@ -111,22 +129,22 @@ def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
     """
     as_path = Path(exp)
     exp_dir = project.models / exp
-    named = as_path.name == exp and as_path.suffix != ".pt" and exp_dir.is_dir()  # an experiment, not a path
-    if not named and (as_path.suffix == ".pt" or as_path.is_dir()):
+    named = as_path.name == exp and as_path.suffix not in (".pt", ".npz") and exp_dir.is_dir()  # not a path
+    if not named and (as_path.suffix in (".pt", ".npz") or as_path.is_dir()):
         checkpoints = _checkpoints_at(as_path) if as_path.exists() else []
         if not checkpoints:
             raise FileNotFoundError(f"{as_path}: no checkpoint (.pt) there")
         exp_dir = as_path
     else:
-        checkpoints = sorted(exp_dir.glob("fold_*/best.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+        checkpoints = _fold_checkpoints(exp_dir)
     if not checkpoints:
         known = sorted(p.name for p in project.models.glob("*") if not p.name.startswith(".") and p.is_dir())
-        raise FileNotFoundError(f"no trained fold models in {exp_dir} (fold_<k>/best.pt); "
+        raise FileNotFoundError(f"no trained fold models in {exp_dir} (fold_<k>/best.pt or head.npz); "
                                 f"experiments with models: {', '.join(known) or 'none'}")
-    out = []
+    out, backbones = [], {}  # an embedding member's folds share one frozen backbone
     for path in checkpoints:
-        model, ckpt = load_checkpoint(path, device)
-        label = path.parent.name if path.name == "best.pt" else path.stem
+        model, ckpt = load_fold_checkpoint(path, device, backbones)
+        label = path.parent.name if path.name in FOLD_CHECKPOINTS else path.stem
         views, amp = _prediction_settings(path, ckpt)
         out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]),
                              int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp))

@@ -51,7 +51,8 @@ def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition |
     return TrainData(images=images, labels=folds["label"].map(index).to_numpy(np.int64),
                      fold=folds["fold"].to_numpy(np.int64), classes=list(comp.classes),
                      test_images=test_images, fingerprint=train_digest, ids=folds["image"].to_numpy(str),
-                     test_ids=comp.test["id"].to_numpy(str), test_ok=test_ok, test_fingerprint=test_digest)
+                     test_ids=comp.test["id"].to_numpy(str), test_ok=test_ok, test_fingerprint=test_digest,
+                     feature_cache=project.feature_cache_dir)
 
 
 def _train_contents(project: Project, folds) -> list[str]:
