@@ -138,19 +138,29 @@ def _counted(state: dict) -> list[str]:
     return [k for k in state if not k.endswith("num_batches_tracked")]
 
 
-def map_state_dict(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
-                   source: str) -> tuple[dict[str, torch.Tensor], str | None]:
+def map_state_dict(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str,
+                   ordered: bool = True) -> tuple[dict[str, torch.Tensor], str | None]:
     """`state` renamed to `own`'s keys: by name when every tensor is found with its shape, else by position.
 
     Returns (the mapped tensors, a note when mapped by position). Tensors past the backbone's last one
     (a classifier the backbone has no use for) are left out; any other difference is an error that
-    names the first tensor that differs.
+    names the first tensor that differs. `ordered=False` (a safetensors file, which stores its tensors
+    sorted by name, not in the network's order) allows names only.
     """
     state = {re.sub(r"^(module\.|model\.|backbone\.)", "", k): v for k, v in state.items()}
     own_keys, file_keys = _counted(own), _counted(state)
     if all(k in state and state[k].shape == own[k].shape for k in own_keys):
         return {k: state[k] for k in own if k in state}, None
     by_name = sum(k in state for k in own_keys)
+    if not ordered:
+        missing = [k for k in own_keys if k not in state]
+        wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own_keys
+                 if k in state and state[k].shape != own[k].shape]
+        raise ValueError(f"{source}: does not fit this backbone (wrong architecture?): "
+                         + (f"{len(missing)} tensor(s) missing by name, e.g. {', '.join(missing[:3])}; " if missing else "")
+                         + (f"{len(wrong)} of another shape, e.g. {', '.join(wrong[:3])}; " if wrong else "")
+                         + "a .safetensors file does not keep the network's tensor order, so names cannot be "
+                           "matched by position (a torch state-dict file can be)")
     for i, (a, b) in enumerate(zip(own_keys, file_keys)):
         if own[a].shape != state[b].shape:
             raise ValueError(
@@ -171,7 +181,9 @@ def map_state_dict(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
 
 def load_weights_file(module: nn.Module, path: str | Path) -> str | None:
     """Load a local weights file into a backbone (see `map_state_dict`); returns the position note, if any."""
-    mapped, note = map_state_dict(module.state_dict(), read_weights_file(path), str(path))
+    path = Path(path)
+    mapped, note = map_state_dict(module.state_dict(), read_weights_file(path), str(path),
+                                  ordered=path.suffix != ".safetensors")
     module.load_state_dict(mapped, strict=False)
     return note
 

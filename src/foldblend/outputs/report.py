@@ -20,6 +20,7 @@ from ..artifacts import load_member, write_text
 from ..data.read import ImageReadError, load_rgb
 from ..metrics import softmax
 from ..paths import Project
+from .neighbours import neighbours_section
 from .plots import SCALE, confusion_png, data_uri, learning_curves_png, per_class_f1_png, png_size, thumbnail_png
 
 TOP_LOSSES = 24
@@ -253,6 +254,7 @@ def build_report(project: Project) -> str:
          confusion_section(shown, sources[shown]) if shown else missing("no OOF predictions yet")),
         ("mistakes", "Most confident mistakes",
          top_losses_section(project, shown, sources[shown]) if shown else missing("no OOF predictions yet")),
+        ("neighbours", "Nearest training images", neighbours_section(project, thumbnail, missing)),
         ("submissions", "Submissions", submissions_section(project)),
     ]
     nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in sections)
