@@ -202,3 +202,8 @@ def load_pretrained(backbone: nn.Module, pretrained: bool | str) -> None:
     if entry is not None:
         backbone.pretrained_cfg = {**(getattr(backbone, "pretrained_cfg", None) or {}),
                                    "mean": entry.mean, "std": entry.std}
+
+
+def installed_packages() -> list[PackagedWeights]:
+    """The packaged checkpoints usable here (what a generated fold config may name as `package:<name>`)."""
+    return [entry for entry in PACKAGED.values() if is_installed(entry)]

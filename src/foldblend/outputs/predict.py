@@ -251,12 +251,31 @@ def fold_model_logits(fm: FoldModel, images: np.ndarray, batch_size: int, device
     return infer(fm.model, loader, fm.views, device, fm.mean, fm.std, fm.amp, desc=fm.name if progress else None)
 
 
+def _embedding_member_logits(models: list[FoldModel], images: dict[int, np.ndarray], batch_size: int, device,
+                             progress: bool) -> np.ndarray | None:
+    """(F, V, N, C) for an embedding member's folds, its frozen backbone run once instead of once per fold;
+    None for any other member."""
+    from ..members.embedding.checkpoint import logits_of_heads, share_one_backbone
+
+    first = models[0]
+    if not share_one_backbone([fm.model for fm in models]) or any(
+            (fm.views, fm.mean, fm.std, fm.amp, fm.img_size) != (first.views, first.mean, first.std, first.amp,
+                                                                   first.img_size) for fm in models):
+        return None
+    images = images[first.img_size]
+    loader = eval_loader(images, np.arange(len(images)), batch_size)
+    return logits_of_heads([fm.model for fm in models], loader, first.views, device, first.mean, first.std,
+                           first.amp, desc=first.name.rsplit("/", 1)[0] if progress else None)
+
+
 def member_probs(predictor: Predictor, name: str, images: dict[int, np.ndarray], batch_size: int, device,
                  progress: bool) -> np.ndarray:
     """(N, C): the member's fold models combined, then its views, exactly as the blend combined its test set."""
     models = predictor.members[name]
-    logits = np.stack([fold_model_logits(fm, images[fm.img_size], batch_size, device, progress)
-                       for fm in models])                                         # (F, V, N, C)
+    logits = _embedding_member_logits(models, images, batch_size, device, progress)
+    if logits is None:
+        logits = np.stack([fold_model_logits(fm, images[fm.img_size], batch_size, device, progress)
+                           for fm in models])                                     # (F, V, N, C)
     views = E.combine_folds(logits[:, E.identity_first(models[0].views)], predictor.fold_combine)
     probs = E.combine_views(views, predictor.identity_weights.get(name))
     t = float(predictor.temperatures.get(name, 1.0) or 1.0)

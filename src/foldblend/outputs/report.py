@@ -105,8 +105,13 @@ def experiment_section(project: Project, exp: str) -> str:
                      + table(score_table(scores.get("per_view", {}), "view")) + "</div></div>")
     logs = {int(p.parent.name.split("_")[1]): pd.read_csv(p)
             for p in sorted(project.models.glob(f"{exp}/fold_*/log.csv"))}
+    config = (scores or {}).get("config") or {}
     if logs:
         parts.append(image(learning_curves_png(logs), f"{exp} learning curves"))
+    elif config.get("kind") == "embedding":  # a head fitted once per fold: no epochs to plot
+        parts.append(f'<p class="meta">embedding member: a {esc((config.get("embed") or {}).get("head", "?"))} '
+                     f'head per fold on frozen {esc(config.get("model", "?"))} features '
+                     f'({esc(config.get("pretrained"))}, {config.get("img_size", "?")} px)</p>')
     else:
         parts.append(missing(f"no epoch logs under models/{exp}/"))
     return "\n".join(parts)

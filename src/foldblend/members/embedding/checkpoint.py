@@ -52,3 +52,20 @@ def load_head_checkpoint(path: str | Path, device="cpu", backbones: dict | None 
     if spec not in cache:
         cache[spec] = load_backbone(spec)[0]
     return EmbeddingClassifier(cache[spec], head).to(device).eval(), meta
+
+
+def share_one_backbone(models: list[nn.Module]) -> bool:
+    """Fold models of one embedding member: the same frozen backbone object under different heads."""
+    return all(isinstance(m, EmbeddingClassifier) and m.backbone is models[0].backbone for m in models)
+
+
+@torch.no_grad()
+def logits_of_heads(models: list[EmbeddingClassifier], loader, views: list[str], device, mean, std, amp: str,
+                    desc: str | None = None) -> np.ndarray:
+    """(F, V, N, C): the shared backbone runs once per view, then every fold's head on its features
+    (what each EmbeddingClassifier would give alone, at 1/F of the backbone's cost)."""
+    from ..infer import infer
+
+    feats = infer(models[0].backbone, loader, views, device, mean, std, amp, desc=desc)  # (V, N, D)
+    feats = nn.functional.normalize(torch.from_numpy(feats).to(device), dim=2)
+    return np.stack([np.stack([m.head(f).float().cpu().numpy() for f in feats]) for m in models]).astype(np.float32)
