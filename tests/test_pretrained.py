@@ -57,7 +57,10 @@ def test_packaged_weights_classify_sample_photographs():
     assert float(china.max()) > 0.2  # confident, not a flat distribution
 
 
-def test_fold_config_backbone_loads_the_package_and_its_normalisation(capsys):
+def test_fold_config_backbone_loads_the_package_and_its_normalisation(capsys, monkeypatch):
+    import foldblend.members.pretrained as P
+
+    monkeypatch.setattr(P, "_said", set())  # the note is printed once per process: as if this were the first
     backbone = create_backbone(LITE0.model, PACKAGE).eval()
     full = _imagenet_model()
     x = torch.randn(2, 3, 64, 64)
