@@ -103,6 +103,7 @@ def main() -> None:
     print(f"\n{len(truth)} test images in unseen styles; {args.per_class} train images per class, "
           f"{args.folds} folds, {args.epochs} epochs, {args.size} px")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("(the first embedding member's time includes extracting the features; the others reuse them)")
     if "weights" in blend:
         print("blend weights:", {k: round(float(v), 3) for k, v in blend["weights"].items()})
 
