@@ -151,7 +151,8 @@ def _local(project: Project, configs: list[Path], **kw):
 def assert_same_fold(a: Path, b: Path) -> None:
     """The files of two fold directories, and everything in them that does not record wall time."""
     names = lambda d: sorted(p.name for p in d.iterdir() if not p.name.startswith("."))  # noqa: E731
-    assert names(a) == names(b) == ["best.pt", "config.yaml", "done.json", "last.pt", "log.csv", "preds.npz"]
+    assert names(a) == names(b) == ["best.pt", "config.yaml", "done.json", "last.pt", "log.csv", "preds.npz",
+                                    "time.json"]
     assert (a / "config.yaml").read_text() == (b / "config.yaml").read_text()
     assert json.loads((a / "done.json").read_text()) == json.loads((b / "done.json").read_text())
     pd.testing.assert_frame_equal(pd.read_csv(a / "log.csv")[METRICS], pd.read_csv(b / "log.csv")[METRICS],

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..artifacts import write_json
 from ..config import ExperimentConfig
+
+SECONDS_FILE = "time.json"
 
 
 def fold_signature(cfg: ExperimentConfig, data) -> dict:
@@ -38,3 +41,19 @@ def is_fold_done(out_dir: Path, signature: dict, predictions: dict | None = None
     if not (is_trained(out_dir, signature) and (Path(out_dir) / "preds.npz").exists()):
         return False
     return predictions is None or read_done(out_dir).get("predictions") == predictions
+
+
+def record_seconds(out_dir: Path, train: float, predict: float = 0.0) -> None:
+    """The wall seconds a fold took (training, resumed runs included; predicting), read by the summary's time
+    budget lines. Written before done.json, and kept out of it: done.json is the same on every rerun."""
+    write_json(Path(out_dir) / SECONDS_FILE, {"train": round(train, 2), "predict": round(predict, 2),
+                                             "seconds": round(train + predict, 2)})
+
+
+def fold_seconds(out_dir: Path) -> dict:
+    """{train, predict, seconds} of a finished fold; {} when it has no record (trained before they existed)."""
+    path = Path(out_dir) / SECONDS_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from ...artifacts import atomic_path, write_csv, write_json, write_npz, write_text
 from ...config import ExperimentConfig, dump_config
 from ...metrics import classification_scores, softmax
-from ...running.signatures import fold_signature, is_fold_done, is_trained, predict_signature, read_done
+from ...running.signatures import (fold_seconds, fold_signature, is_fold_done, is_trained, predict_signature,
+                                   read_done, record_seconds)
 from ..base import TrainData
 from ..infer import autocast, infer, resolve_device
 from ..loaders import eval_loader, train_loader, train_steps
@@ -128,7 +129,8 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
             return done
         best = {"epoch": done["best_epoch"], "score": done["best_macro_f1"], "weights": done["weights"]}
         return predict_fold(cfg, k, data, out_dir, signature, best, resolve_device(cfg.device),
-                            np.flatnonzero(data.fold == k), progress)
+                            np.flatnonzero(data.fold == k), progress, fold_seconds(out_dir).get("train", 0.0))
+    started = time.perf_counter()  # wall time spent on this fold is recorded (the summary reports it)
     last_path = out_dir / "last.pt"
     resume = _load_resume(last_path, signature)
     if resume is None and out_dir.exists():
@@ -156,6 +158,7 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
     if resume is not None:
         fit.load_state_dict(resume["fit"])
         run = resume["run"]
+        started -= run.get("seconds", 0.0)  # earlier runs' time counts too
         if progress:
             print(f"[{cfg.name} fold {k}] resuming after epoch {run['epoch'] + 1}")
 
@@ -192,6 +195,7 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
         else:
             run["stale"] += 1
         run["epoch"] = epoch
+        run["seconds"] = time.perf_counter() - started
         run["stopped_early"] = cfg.patience > 0 and run["stale"] >= cfg.patience
         if progress:
             print(f"[{cfg.name} fold {k}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
@@ -203,7 +207,8 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
         with atomic_path(last_path) as tmp:
             torch.save({"signature": signature, "run": run, "fit": fit.state_dict()}, tmp)
 
-    return predict_fold(cfg, k, data, out_dir, signature, run["best"], device, val_idx, progress)
+    return predict_fold(cfg, k, data, out_dir, signature, run["best"], device, val_idx, progress,
+                        time.perf_counter() - started)
 
 
 def _record_prediction_settings(path: Path, cfg: ExperimentConfig) -> None:
@@ -218,8 +223,11 @@ def _record_prediction_settings(path: Path, cfg: ExperimentConfig) -> None:
         torch.save(ckpt, tmp)
 
 
-def predict_fold(cfg, k, data: TrainData, out_dir: Path, signature, best, device, val_idx, progress) -> dict:
-    """The best checkpoint on its held-out fold, the test set and the held-out split, under every TTA view."""
+def predict_fold(cfg, k, data: TrainData, out_dir: Path, signature, best, device, val_idx, progress,
+                 train_seconds: float = 0.0) -> dict:
+    """The best checkpoint on its held-out fold, the test set and the held-out split, under every TTA view.
+    time.json records the wall seconds spent: training (`train_seconds`, resumed runs included) + this."""
+    started = time.perf_counter()
     model, ckpt = load_checkpoint(out_dir / "best.pt", device)
     channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:
@@ -240,5 +248,6 @@ def predict_fold(cfg, k, data: TrainData, out_dir: Path, signature, best, device
     _record_prediction_settings(out_dir / "best.pt", cfg)
     summary = {"signature": signature, "predictions": predict_signature(cfg, data), "fold": k,
                "best_epoch": best["epoch"], "best_macro_f1": best["score"], "weights": best.get("weights", "model")}
+    record_seconds(out_dir, train_seconds, time.perf_counter() - started)
     write_json(out_dir / "done.json", summary)
     return summary

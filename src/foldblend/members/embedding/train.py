@@ -17,7 +17,7 @@ import numpy as np
 from ...artifacts import write_json, write_npz, write_text
 from ...config import ExperimentConfig, dump_config
 from ...metrics import classification_scores, softmax
-from ...running.signatures import fold_signature, is_fold_done, predict_signature, read_done
+from ...running.signatures import fold_signature, is_fold_done, predict_signature, read_done, record_seconds
 from ..base import TrainData
 from ..features import FeatureSpec, features_of, normalisation_of
 from ..infer import resolve_device
@@ -47,6 +47,7 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
     signature, predictions = fold_signature(cfg, data), predict_signature(cfg, data)
     if is_fold_done(out_dir, signature, predictions):
         return read_done(out_dir)
+    started = time.perf_counter()  # features included: the fold that extracts them pays for them
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "done.json").unlink(missing_ok=True)  # the fold is not done until it is written again
     write_text(out_dir / "config.yaml", dump_config(cfg))
@@ -74,6 +75,7 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
               f"{score['macro_f1']:.4f} acc {score['accuracy']:.4f} ({time.perf_counter() - t0:.1f}s)")
     summary = {"signature": signature, "predictions": predictions, "fold": k, "checkpoint": CHECKPOINT,
                "best_epoch": 0, "best_macro_f1": score["macro_f1"], "weights": cfg.embed.head}
+    record_seconds(out_dir, time.perf_counter() - started)
     write_json(out_dir / "done.json", summary)
     return summary
 
