@@ -30,12 +30,16 @@ def _devices_arg(text: str) -> list[str]:
 
 
 def cmd_demo(args, project):
-    from .data.demo import build_demo, is_demo_complete, is_empty_input
+    from .data.demo import build_demo, is_demo_complete, is_empty_input, write_demo_configs
 
     if is_empty_input(project.input) or args.force or (project.input / ".demo_complete").exists() and not \
             is_demo_complete(project.input):
         print(f"building the demo competition (scikit-learn digits) in {project.input.name}/")
         build_demo(project.input, seed=args.seed)
+        written = write_demo_configs(project.folds_dir)
+        folder = project.rel(project.folds_dir)
+        print(f"wrote the demo's fold configs: {', '.join(f'{folder}/{n}' for n in written)}" if written else
+              f"{folder}/ already holds fold configs: the demo's are not written")
     else:
         print(f"{project.input.name}/ already holds a competition: the demo is not built")
 
@@ -50,6 +54,13 @@ def cmd_folds(args, project):
     from .data.folds import run_folds
 
     run_folds(project, progress=not args.quiet, holdout=args.holdout)
+
+
+def cmd_init(args, project):
+    from .recipes.init import run_init
+
+    run_init(project, preset=args.preset, time_limit=args.time_limit, device=args.device, online=args.online,
+             force=args.force, do_probe=not args.no_probe, progress=not args.quiet)
 
 
 def visible_gpus() -> list[str] | None:
@@ -140,6 +151,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "and is kept by later runs until changed (0 removes it)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_folds)
+
+    from .recipes.presets import DEFAULT_PRESET, PRESETS
+
+    s = sub.add_parser("init", help="write fold configs chosen for this data and machine (never over existing "
+                                    "ones without --force)")
+    s.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET,
+                   help="fast: few, cheap members; medium: adds a pretrained fine-tune and more; best: larger sizes, "
+                        "more updates (default: %(default)s)")
+    s.add_argument("--time-limit", default=None, metavar="DURATION",
+                   help="fit what follows the split (the probe, training, the blend) into this: 2h, 90m, 1h30m, "
+                        "or seconds; a timed probe sizes epochs and the number of members")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="the device the configs are for (default: this machine's); cuda without a GPU here writes "
+                        "GPU configs untimed")
+    online = s.add_mutually_exclusive_group()
+    online.add_argument("--online", dest="online", action="store_true", default=None,
+                        help="use timm hub weights (default: when the hub answers)")
+    online.add_argument("--offline", dest="online", action="store_false", help="use packaged weights only")
+    s.add_argument("--no-probe", action="store_true", help="write the preset's epochs without timing anything")
+    s.add_argument("--force", action="store_true", help="write even though folds/ holds fold configs "
+                                                        "(same names are replaced)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_init)
 
     s = sub.add_parser("train", help="train fold configs and write oof/<exp>/ (finished folds are skipped)")
     s.add_argument("configs", nargs="*", type=Path, help="fold configs (default: every folds/*.yaml)")

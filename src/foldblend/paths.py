@@ -30,6 +30,11 @@ class Project:
         return self.folds_dir / "scan.csv"
 
     @property
+    def init_record(self) -> Path:
+        """What `foldblend init` planned: preset, time limit, estimates (the summary reports them)."""
+        return self.folds_dir / "init.json"
+
+    @property
     def cache_dir(self) -> Path:
         """Decoded, resized images shared by every experiment (decode once)."""
         return self.root / "models" / ".image_cache"

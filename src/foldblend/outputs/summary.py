@@ -106,9 +106,76 @@ def print_summary(project: Project) -> None:
             if best["CV macro-F1"] > blend["nested CV"]:
                 print(f"note: {best['experiment']} alone (CV {best['CV macro-F1']:.4f}) beats the blend's nested CV; "
                       f"try another `foldblend blend --method`, or `foldblend submit --exp {best['experiment']}`")
+    for line in tta_lines(project) + budget_lines(project):
+        print(line)
     sub = latest_submission(project)
     if sub is not None:
         print(f"submission: {project.submissions.name}/{sub['file']}  (CV {sub.get('cv')})")
         test_f1 = demo_test_score(project, sub["file"])
         if test_f1 is not None:
             print(f"demo only - true test macro-F1 of that file (held-back labels): {test_f1:.4f}")
+
+
+def tta_lines(project: Project) -> list[str]:
+    """What the last blend did with each member's TTA views: with `--tta weighted` the identity view's
+    weight against the others was fitted on OOF (nested), so a view that hurts is dropped (weight 0)."""
+    path = project.oof / "_blend" / "blend.json"
+    if not path.exists():
+        return []
+    b = json.loads(path.read_text())
+    parts = []
+    for name, w in ((b.get("fitted") or {}).get("identity_weights") or {}).items():
+        scores = project.oof / name / "scores.json"
+        views = [v for v in json.loads(scores.read_text()).get("per_view", {})] if scores.exists() else []
+        others = "+".join(v for v in views if v != "identity")
+        if not others:
+            continue
+        if w is None:
+            parts.append(f"{name}: {others} averaged with identity")
+        elif w >= 0.995:
+            parts.append(f"{name}: {others} dropped (it hurt OOF log-loss)")
+        elif w <= 0.005:
+            parts.append(f"{name}: only {others} kept (identity hurt OOF log-loss)")
+        else:
+            parts.append(f"{name}: {others} kept at weight {1 - w:.2f} (identity {w:.2f})")
+    if not parts:
+        return []
+    how = ("weighted on OOF by `--tta weighted`" if (b.get("options") or {}).get("tta") == "weighted"
+           else "averaged; `foldblend blend --tta weighted` weighs them by OOF evidence")
+    return [f"TTA views ({how}): " + "; ".join(parts)]
+
+
+def budget_lines(project: Project) -> list[str]:
+    """What `foldblend init` planned (preset, time limit, estimate) beside what was spent: its probe and
+    every fold's wall seconds (models/<exp>/fold_<k>/time.json)."""
+    from ..recipes.budget import format_duration
+    from ..running.signatures import fold_seconds
+
+    path = project.init_record
+    try:
+        record = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        record = None
+    if not record:
+        return []
+    n_folds = record.get("data", {}).get("n_folds", 0)
+    rows, spent = [], float(record.get("probe_s") or 0.0)
+    for name, m in record.get("members", {}).items():
+        times = [fold_seconds(d) for d in sorted(project.models.glob(f"{name}/fold_*"))]
+        seconds = sum(t.get("seconds", 0.0) for t in times)
+        spent += seconds
+        planned = f"planned {format_duration(m['estimate_s'])}, " if m.get("estimate_s") is not None else ""
+        rows.append(f"  {name}: {planned}spent {format_duration(seconds)} "
+                    f"({sum(1 for t in times if t)}/{n_folds} folds)")
+    limit = record.get("time_limit_s")
+    head = f"time ({record.get('command', 'foldblend init')}): "
+    if limit:
+        head += f"limit {format_duration(limit)}, "
+    if record.get("planned_s") is not None:
+        head += f"planned {format_duration(record['planned_s'])} of training, "
+    head += (f"spent {format_duration(spent)} (probe {format_duration(record.get('probe_s') or 0)} + each fold's "
+             f"wall time; scan, blend and report not counted)")
+    if limit and spent > limit:
+        head += f": OVER the limit by {format_duration(spent - limit)}"
+    dropped = [d["name"] for d in record.get("dropped", [])]
+    return [head] + rows + ([f"  left out to fit the limit: {', '.join(dropped)}"] if dropped else [])
