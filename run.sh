@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # foldblend end to end.
-#   bash run.sh              set up .venv, build the demo competition if input/ is empty, then
-#                            scan -> folds -> train every folds/*.yaml -> blend -> submit -> summary -> report
+#   bash run.sh              set up .venv, build the demo competition (and its fold configs) if input/ is empty,
+#                            then scan -> folds -> [init, when folds/ holds no fold config] -> train every
+#                            folds/*.yaml -> blend -> submit -> summary -> report
 #   bash run.sh test         set up .venv with the dev extras and run the test suite
 #   bash run.sh <stage> ...  any single stage, e.g. `bash run.sh train folds/cnn_small.yaml --folds 0`
+# PRESET=fast|medium|best and TIME_LIMIT=2h choose what `foldblend init` writes (only when folds/ holds no config).
 # GPUS=0,1 bash run.sh picks the devices folds train on (default: every GPU when there are several).
 # EXECUTOR=ray bash run.sh trains every fold as a Ray task (RAY_ADDRESS=auto: the cluster `ray start` began;
 # needs foldblend[ray], which the dev extras of `bash run.sh test` include).
@@ -36,6 +38,9 @@ main() {
   foldblend demo
   foldblend scan
   foldblend folds
+  if ! compgen -G "folds/*.yaml" > /dev/null; then  # no fold config yet: write them for this data and machine
+    foldblend init ${PRESET:+--preset "$PRESET"} ${TIME_LIMIT:+--time-limit "$TIME_LIMIT"}
+  fi
   foldblend train ${GPUS:+--gpus "$GPUS"} ${EXECUTOR:+--executor "$EXECUTOR"}
   foldblend blend ${BLEND_ARGS:---method greedy --tta weighted --bias}
   foldblend submit

@@ -5,7 +5,9 @@ and intensities, a mildly imbalanced class distribution, the Simpsons layout (`t
 `testset/`, `sample_submission.csv`), plus held-back test labels so the demo can print a test score.
 
 The build is written into a temporary folder and moved in; `input/.demo_complete` is written last, so
-an interrupted build is simply rebuilt on the next call.
+an interrupted build is simply rebuilt on the next call. The demo's fold configs belong to the demo: they
+ship in `demo_configs/` and are written into `folds/` when the demo is built and `folds/` holds none
+(any other competition gets configs written for it by `foldblend init`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,25 @@ def build_demo(input_dir: str | Path, seed: int = 0, test_fraction: float = 0.25
         (input_dir / BUILDING_MARKER).unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def demo_configs() -> dict[str, str]:
+    """{file name: text} of the demo's fold configs (shipped with the package)."""
+    folder = resources.files(__package__) / "demo_configs"
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.iterdir(), key=lambda p: p.name)
+            if p.name.endswith(".yaml")}
+
+
+def write_demo_configs(folds_dir: str | Path) -> list[str]:
+    """Write the demo's fold configs into folds_dir when it holds no fold config; the names written
+    (none when a config is already there: a user's configs are never joined or replaced)."""
+    folds_dir = Path(folds_dir)
+    if any(folds_dir.glob("*.yaml")):
+        return []
+    configs = demo_configs()
+    for name, text in configs.items():
+        write_text(folds_dir / name, text)
+    return list(configs)
 
 
 def _read_json(path: Path):
