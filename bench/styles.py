@@ -1,7 +1,8 @@
-"""A generated competition that is not the digits: shape families drawn in several styles.
+"""A generated competition that is not the digits: shape and glyph families drawn in several styles.
 
 Ten classes of drawn shapes (disc, square, triangle, star, cross, ring, arrow, hexagon, crescent,
-heart), each image at a random size (28-120 px), position, rotation and scale, in one of five styles:
+heart) and six of glyphs (A, G, K, R, 5, 7 in four Hershey fonts at random stroke weights:
+`GLYPH_CLASSES`), each image at a random size (28-120 px), position, rotation and scale, in one of five styles:
 `flat` (one flat colour on plain paper), `outline` (a thick contour), `textured` (striped or dotted
 fill on a noisy background), `photo` (a shaded shape over a smooth random-gradient "photograph" with
 clutter) and `sketch` (jittered pencil strokes). Train images use some styles and test images another,
@@ -19,6 +20,8 @@ import pandas as pd
 from PIL import Image
 
 CLASSES = ["disc", "square", "triangle", "star", "cross", "ring", "arrow", "hexagon", "crescent", "heart"]
+GLYPH_CLASSES = ["glyph_A", "glyph_G", "glyph_K", "glyph_R", "glyph_5", "glyph_7"]
+FONTS = [cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX]
 STYLES = ["flat", "outline", "textured", "photo", "sketch"]
 
 
@@ -75,14 +78,35 @@ def _colour(rng) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(0, 230, 3))
 
 
-def draw(name: str, style: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One RGB uint8 image of shape `name` in `style`, size x size."""
+def _glyph(text: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A character in a random font and stroke weight, tilted, scaled and placed: (mask, its contours)."""
+    canvas = 128
+    font, thickness = FONTS[int(rng.integers(len(FONTS)))], int(rng.integers(6, 14))
+    (w, h), base = cv2.getTextSize(text, font, 3.0, thickness)
+    big = np.zeros((canvas, canvas), np.uint8)
+    cv2.putText(big, text, ((canvas - w) // 2, (canvas + h) // 2), font, 3.0, 255, thickness, cv2.LINE_AA)
+    scale = size / canvas * rng.uniform(0.75, 1.05)
+    m = cv2.getRotationMatrix2D((canvas / 2, canvas / 2), float(np.degrees(rng.uniform(-0.5, 0.5))), scale)
+    m[:, 2] += size / 2 - canvas / 2 + rng.uniform(-0.1, 0.1, 2) * size
+    mask = (cv2.warpAffine(big, m, (size, size)) > 127).astype(np.uint8) * 255
+    contours, _ = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    return mask, [c.reshape(-1, 2) for c in contours if len(c) >= 3] or [np.zeros((3, 2), np.int32)]
+
+
+def _mask(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    if name in GLYPH_CLASSES:
+        return _glyph(name.split("_", 1)[1], size, rng)
     polys = _place(_polygon(name, rng), size, rng)
-    holes = polys[1:]  # a ring's inner circle
     mask = np.zeros((size, size), np.uint8)
     cv2.fillPoly(mask, polys[:1], 255)
-    for h in holes:
+    for h in polys[1:]:  # a ring's inner circle
         cv2.fillPoly(mask, [h], 0)
+    return mask, polys
+
+
+def draw(name: str, style: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One RGB uint8 image of shape or glyph `name` in `style`, size x size."""
+    mask, polys = _mask(name, size, rng)
     if style == "flat":
         img = np.full((size, size, 3), rng.integers(225, 256), np.uint8)
         img[mask > 0] = _colour(rng)
@@ -122,26 +146,30 @@ def draw(name: str, style: str, size: int, rng: np.random.Generator) -> np.ndarr
 
 
 def write_competition(root: Path, train_styles=("flat", "textured", "photo"), test_styles=("outline", "sketch"),
-                      per_class: int = 40, test_per_class: int = 20, seed: int = 0) -> Path:
+                      per_class: int = 40, test_per_class: int = 20, seed: int = 0, classes: list[str] = CLASSES,
+                      imbalance: float = 1.0) -> Path:
     """input/train/<class>/*.png, input/testset/*.png, input/sample_submission.csv; test labels in
-    input/test_labels.csv (never read by foldblend). Returns the input folder."""
+    input/test_labels.csv (never read by foldblend). With `imbalance` r > 1, class c of C keeps
+    per_class x r^(-c/(C-1)) train images (the first per_class, the last per_class / r); the test set
+    stays balanced. Returns the input folder."""
     rng = np.random.default_rng(seed)
     inp = Path(root) / "input"
     rows = []
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(classes):
         (inp / "train" / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
+        n = int(round(per_class * imbalance ** (-c / max(len(classes) - 1, 1))))
+        for i in range(n):
             style = train_styles[i % len(train_styles)]
             img = draw(name, style, int(rng.integers(28, 121)), rng)
             Image.fromarray(img).save(inp / "train" / name / f"{name}_{i:03d}.png")
     (inp / "testset").mkdir(parents=True, exist_ok=True)
-    for j in range(test_per_class * len(CLASSES)):
-        name, style = CLASSES[j % len(CLASSES)], test_styles[(j // len(CLASSES)) % len(test_styles)]
+    for j in range(test_per_class * len(classes)):
+        name, style = classes[j % len(classes)], test_styles[(j // len(classes)) % len(test_styles)]
         image_id = f"t{j:04d}.png"
         Image.fromarray(draw(name, style, int(rng.integers(28, 121)), rng)).save(inp / "testset" / image_id)
         rows.append((image_id, name, style))
     test = pd.DataFrame(rows, columns=["Id", "Expected", "style"])
-    test.assign(Expected=CLASSES[0])[["Id", "Expected"]].to_csv(inp / "sample_submission.csv", index=False)
+    test.assign(Expected=classes[0])[["Id", "Expected"]].to_csv(inp / "sample_submission.csv", index=False)
     test.to_csv(inp / "test_labels.csv", index=False)
     return inp
 
@@ -150,5 +178,6 @@ if __name__ == "__main__":  # a contact sheet: one row per class, one column per
     import sys
 
     rng = np.random.default_rng(1)
-    sheet = np.concatenate([np.concatenate([draw(n, s, 64, rng) for s in STYLES], 1) for n in CLASSES], 0)
+    sheet = np.concatenate([np.concatenate([draw(n, s, 64, rng) for s in STYLES], 1) for n in CLASSES + GLYPH_CLASSES],
+                           0)
     Image.fromarray(sheet).save(sys.argv[1] if len(sys.argv) > 1 else "styles_sheet.png")

@@ -69,15 +69,18 @@ class Candidate:
         self.values[key], self.why[key] = value, why
         return self
 
-    def with_epochs(self, epochs: int, why: str) -> "Candidate":
-        """A copy with `epochs` (and what follows from them)."""
-        out = dataclasses.replace(self, values=dict(self.values), why=dict(self.why))
-        out.set("epochs", int(epochs), why)
-        if out.values.get("ema"):  # EMA's horizon follows the number of updates: about a tenth of them
+    def set_epochs(self, epochs: int, why: str) -> "Candidate":
+        """Set `epochs` and what follows from them."""
+        self.set("epochs", int(epochs), why)
+        if self.values.get("ema"):  # EMA's horizon follows the number of updates: about a tenth of them
             updates = epochs * self.steps_per_epoch
             decay = min(0.9998, max(0.99, 1 - 10 / max(updates, 1)))
-            out.set("ema_decay", round(decay, 4), f"averages about the last {updates // 10:,} of {updates:,} updates")
-        return out
+            self.set("ema_decay", round(decay, 4), f"averages about the last {updates // 10:,} of {updates:,} updates")
+        return self
+
+    def with_epochs(self, epochs: int, why: str) -> "Candidate":
+        """A copy with other epochs (the budget's)."""
+        return dataclasses.replace(self, values=dict(self.values), why=dict(self.why)).set_epochs(epochs, why)
 
 
 def _round16(x: float) -> int:
@@ -112,9 +115,7 @@ def _epochs(c: Candidate, what: str, preset: str, profile: DataProfile) -> Candi
     c.min_epochs = max(2, lo // 2) if what == "scratch" else 2
     why = (f"~{target:,} updates at {c.steps_per_epoch} steps per epoch ({profile.fold_train:,} images per fold / "
            f"batch {batch}), kept within {lo}-{hi} for {preset}")
-    done = c.with_epochs(epochs, why)
-    c.values, c.why = done.values, done.why
-    return c
+    return c.set_epochs(epochs, why)
 
 
 def _imbalance(c: Candidate, profile: DataProfile, head: bool) -> Candidate:
@@ -151,15 +152,18 @@ def _common_cnn(c: Candidate, hw: Hardware) -> Candidate:
 
 def scratch(model: str, profile: DataProfile, hw: Hardware, preset: str, cap: int | None = None,
             ema: bool = False) -> Candidate:
-    cap = cap or SCRATCH_SIZE[hw.device][preset]
+    """A network from random weights; `cap` makes a second one smaller than the preset's."""
+    second, cap = cap is not None, cap or SCRATCH_SIZE[hw.device][preset]
     size = min(cap, max(SCRATCH_FLOOR, _round16(profile.median_side)))
     c = Candidate(f"scratch_{model}", "from scratch",
                   f"{model} trained from random weights at the data's own scale: assumes nothing about ImageNet")
     c.set("model", model, "built-in VGG-style network: cheapest at small sizes" if model.startswith("cnn_")
           else "a small timm ResNet: cheap per pixel, strong from scratch")
     c.set("pretrained", False, "from scratch: learns what this data looks like")
-    c.set("img_size", size, f"median image side {profile.median_side} px, rounded to 16 and kept within "
-                            f"{SCRATCH_FLOOR}-{cap} ({hw.device}, {preset})")
+    c.set("img_size", size, f"median image side {profile.median_side} px; a second network at {size} px: "
+                            f"another architecture and scale, cheaply" if second else
+          f"median image side {profile.median_side} px, rounded to 16 and kept within {SCRATCH_FLOOR}-{cap} "
+          f"({hw.device}, {preset})")
     batch, why = _batch(hw, size, profile, pretrained=False)
     c.set("batch_size", batch, why)
     c.set("lr", 3.0e-3 if model.startswith("cnn_") else 2.0e-3, "AdamW with a cosine schedule, from scratch")
