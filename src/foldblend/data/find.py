@@ -30,10 +30,11 @@ TEST_DIR_NAMES = ("test", "testset", "test_images", "test_set")
 ID_NAMES = ("id", "image", "image_id", "filename", "file_name", "file", "image_name", "img", "name", "path")
 LABEL_NAMES = ("label", "labels", "class", "category", "target", "class_name", "species", "breed", "genre")
 SUBMISSION_FORMATS = ("label", "probs", "class_id", "positive_prob")
-DEDUP_MODES = ("group", "keep_one", "off")
+DEDUP_MODES = ("auto", "group", "semantic", "keep_one", "off")
+GROUP_NAMES = ("group", "group_id")
 OOD_MODES = ("report", "drop")
-SETTINGS_DEFAULTS = {"n_splits": 5, "fold_seed": 42, "dedup": "group", "dedup_distance": 4, "ood": "report",
-                     "ood_threshold": None, "holdout": 0.0}
+SETTINGS_DEFAULTS = {"n_splits": 5, "fold_seed": 42, "dedup": "auto", "dedup_distance": 4, "ood": "report",
+                     "ood_threshold": None, "holdout": 0.0, "semantic_threshold": None, "embeddings": True}
 
 
 def _looks_like_test(name: str) -> bool:
@@ -49,7 +50,7 @@ _STR = ("a string (a path or column name)", lambda v: isinstance(v, str) and v !
 # key -> (what it must be, check). One table, so the error message and the check cannot drift apart.
 CONFIG_RULES = {
     **{k: _STR for k in ("train_dir", "train_csv", "id_column", "label_column", "image_column", "test_dir",
-                         "sample_submission")},
+                         "sample_submission", "group_column")},
     "classes": ("a list of class names", lambda v: isinstance(v, list) and all(
         isinstance(c, str) or _is_int(c) for c in v)),
     "submission_format": (f"one of {', '.join(SUBMISSION_FORMATS)}", lambda v: v is None or v in SUBMISSION_FORMATS),
@@ -62,6 +63,9 @@ CONFIG_RULES = {
     "holdout": ("a fraction in [0, 1) (0 = no held-out test split)",
                 lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1),
     "class_order": (f"one of {', '.join(CLASS_ORDERS)}", lambda v: v in CLASS_ORDERS),
+    "semantic_threshold": ("a cosine similarity in (0, 1], or null (chosen from the data)",
+                           lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1)),
+    "embeddings": ("true or false", lambda v: isinstance(v, bool)),
 }
 
 
@@ -349,11 +353,13 @@ def _csv_layout(root: Path, cfg: dict):
     cols = list(df.columns)
     id_col = cfg.get("id_column") or _guess(cols, ID_NAMES) or cols[0]
     image_col = cfg.get("image_column") or id_col
-    label_col = cfg.get("label_column") or _guess(cols, LABEL_NAMES, exclude=(id_col, image_col))
-    rest = [c for c in cols if c not in (id_col, image_col)]
+    group_col = cfg.get("group_column") or _guess(cols, GROUP_NAMES, exclude=(id_col, image_col))
+    label_col = cfg.get("label_column") or _guess(cols, LABEL_NAMES, exclude=(id_col, image_col, group_col))
+    rest = [c for c in cols if c not in (id_col, image_col, group_col)]
     if label_col is None and len(rest) == 1:
         label_col = rest[0]
-    for key, col in (("id_column", id_col), ("image_column", image_col), ("label_column", label_col)):
+    for key, col in (("id_column", id_col), ("image_column", image_col), ("label_column", label_col),
+                     ("group_column", group_col)):
         if col is not None and col not in cols:
             raise CompetitionError(f"{csv}: no column {col!r} (columns: {cols}); fix {key} in {root / CONFIG_NAME}")
     if label_col is not None:
@@ -375,6 +381,9 @@ def _csv_layout(root: Path, cfg: dict):
     images = [index.find(v) for v in df[image_col]]
     _raise_missing(df[image_col], images, image_dir, root, "train_dir")
     train = pd.DataFrame({"image": images, "label": labels.to_numpy()})
+    if group_col is not None:  # the user's groups (same patient, scene, product): they win over any dedup
+        groups = df[group_col].str.strip()
+        train["group"] = groups.where(groups != "", None).to_numpy(dtype=object)
     return f"labels CSV: {csv.name} ({image_col} -> {_rel(image_dir, root)}/)", train, index.others
 
 

@@ -31,6 +31,7 @@ from .dedup import duplicate_groups, keep_one_per_group
 from .find import Competition, load_competition
 from .ood import ood_flags
 from .scan import run_scan
+from .shift_stage import fold_groups, run_shift_check, write_similarity
 
 FOLD_COLUMNS = ["image", "label", "group", "fold"]
 HOLDOUT = -1          # the fold value of held-out test rows
@@ -121,6 +122,13 @@ def _kfold(labels: np.ndarray, group: np.ndarray, n_splits: int, seed: int) -> n
         for k, (_, valid) in enumerate(splits):
             fold[valid] = k
     return fold
+
+
+def assign_folds(labels, groups, n_splits: int, seed: int) -> np.ndarray:
+    """The fold of each row as `make_folds` assigns it (stratified, grouped), for a split not written to disk:
+    the shift check tries many groupings before the folds stage makes one."""
+    labels = np.asarray(labels).astype(str)
+    return _kfold(labels, _group_codes(groups, len(labels)), n_splits, seed)
 
 
 def _group_codes(groups, n: int) -> np.ndarray:
@@ -281,15 +289,16 @@ def run_folds(project: Project, comp: Competition | None = None, progress: bool 
     if comp.settings["ood"] == "drop":
         reasons[flagged & keep] = "out_of_domain"
         keep &= ~flagged
-    groups = None
     mode = comp.settings["dedup"]
     if mode == "keep_one":
         one = keep_one_per_group(train, duplicate_groups(train, comp.settings["dedup_distance"]))
         reasons[keep & ~one] = "duplicate"
         keep &= one
     kept = train[keep].reset_index(drop=True)
-    if mode == "group":  # regrouped here: scan.csv's groups may come from another dedup_distance
-        groups = duplicate_groups(kept, comp.settings["dedup_distance"])
+    # regrouped here: scan.csv's groups may come from another dedup_distance
+    groups = duplicate_groups(kept, comp.settings["dedup_distance"]) if mode in ("group", "auto", "semantic") else None
+    run_shift_check(project, comp, table, progress=progress, quiet_if_current=True)  # current: a no-op
+    groups, grouping = fold_groups(project, comp, kept, groups, progress=progress)
     counts = pd.Series(reasons[~keep]).value_counts()
     print("left out of training: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "none")
           + (f" (out-of-domain threshold {threshold:.3f}, {how})" if comp.settings["ood"] == "drop" else ""))
@@ -299,8 +308,9 @@ def run_folds(project: Project, comp: Competition | None = None, progress: bool 
     fraction = holdout_setting(comp, project.folds_csv, holdout)
     folds, _ = ensure_folds(kept[["image", "label"]], project.folds_csv, comp.settings["n_splits"],
                             comp.settings["fold_seed"], groups, holdout=fraction,
-                            record={"ood": ood, "left_out": left_out})
+                            record={"ood": ood, "grouping": grouping, "left_out": left_out})
     _write_holdout_list(project, comp, folds)
+    write_similarity(project, comp, folds, progress=progress)
     _warn_unseen_classes(folds)
     return folds
 

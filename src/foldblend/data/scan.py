@@ -1,5 +1,5 @@
 """The scan stage: every image read once before training (readable or not and why, size, mode, content and
-perceptual hash), then duplicate groups, out-of-domain scores and the EDA page.
+perceptual hash), then duplicate groups, out-of-domain scores, the train/test shift check and the EDA page.
 
 Finding a truncated JPEG at epoch 3 of fold 4 costs a run; finding it here costs a line in a table.
 The table is cached by (relative path, file size, mtime_ns), so rescanning a 25k-image folder after
@@ -27,6 +27,7 @@ from .eda import write_eda
 from .find import Competition, load_competition
 from .ood import STAT_COLUMNS, image_stats, ood_flags, ood_report, scores_from_stats
 from .read import ImageReadError, inspect_bytes, read_bytes
+from .shift_stage import run_shift_check
 
 # The out-of-domain statistics ride along: the file is decoded here anyway, so nothing decodes it again.
 COLUMNS = ["image", "ok", "why", "format", "mode", "width", "height", "bytes", "md5", "phash"] + STAT_COLUMNS
@@ -197,9 +198,12 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
         print(f"out-of-domain threshold {threshold:.3f} ({how}): {int(flagged.sum())} train image(s) above it, "
               + ("left out by `foldblend folds` (ood: drop)" if drop else
                  f"kept (ood: report; set ood: drop in {comp.root.name}/competition.yaml to leave them out)"))
+    shift, shift_arrays = run_shift_check(project, comp, table, progress=progress)
     eda = write_eda(table, table["group"].to_numpy(), scores, table["label"], project.folds_dir / "eda.html",
                     comp.root, ood_flagged={"mask": flagged, "threshold": threshold, "how": how,
-                                            "mode": comp.settings["ood"]})
+                                            "mode": comp.settings["ood"]},
+                    shift={"result": shift, "arrays": shift_arrays, "mode": comp.settings["dedup"],
+                           "train_images": table.loc[is_train, "image"].tolist()} if shift else None)
     print(f"data report: {eda.relative_to(project.root)}")
     return table
 
