@@ -5,6 +5,8 @@
 #   bash run.sh test         set up .venv with the dev extras and run the test suite
 #   bash run.sh <stage> ...  any single stage, e.g. `bash run.sh train folds/cnn_small.yaml --folds 0`
 # GPUS=0,1 bash run.sh picks the devices folds train on (default: every GPU when there are several).
+# EXECUTOR=ray bash run.sh trains every fold as a Ray task (RAY_ADDRESS=auto: the cluster `ray start` began;
+# needs foldblend[ray], which the dev extras of `bash run.sh test` include).
 # Rerunning is cheap: finished folds, scans and splits are reused; a changed fold config retrains.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,7 +36,7 @@ main() {
   foldblend demo
   foldblend scan
   foldblend folds
-  foldblend train ${GPUS:+--gpus "$GPUS"}
+  foldblend train ${GPUS:+--gpus "$GPUS"} ${EXECUTOR:+--executor "$EXECUTOR"}
   foldblend blend ${BLEND_ARGS:---method greedy --tta weighted --bias}
   foldblend submit
   foldblend summary

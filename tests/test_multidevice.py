@@ -40,7 +40,7 @@ def test_two_cpu_workers_train_every_fold_and_assemble(tmp_path, capfd):
     config.write_text("model: cnn_tiny\nimg_size: 16\nepochs: 1\nbatch_size: 8\naugment: none\ntta: [identity]\n")
     scores = run_experiment(config, project, devices=["cpu", "cpu"], progress=False)
     out = capfd.readouterr().out
-    assert "[fold 0] on cpu" in out and "[fold 1] on cpu" in out  # each fold went to a worker process
+    assert "[tiny fold 0] on cpu" in out and "[tiny fold 1] on cpu" in out  # each fold went to a worker process
     for k in range(2):
         done = json.loads((project.model_dir("tiny", k) / "done.json").read_text())
         assert done["fold"] == k

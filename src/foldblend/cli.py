@@ -15,6 +15,12 @@ def _folds_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--folds expects comma-separated fold numbers like 0,2; got {text!r}")
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expects a whole number of at least 1; got {text!r}")
+    return int(text)
+
+
 def _devices_arg(text: str) -> list[str]:
     """`0,1` -> cuda:0, cuda:1; `cpu,cpu` -> two CPU workers."""
     out = []
@@ -54,19 +60,35 @@ def visible_gpus() -> list[str] | None:
     return [f"cuda:{i}" for i in range(n)] if n > 1 else None
 
 
+def make_executor(args):
+    """The executor `--executor` names; None is the local one (the Ray module loads only when asked for)."""
+    if args.executor == "local":
+        if args.address is not None or args.cpus_per_fold is not None:
+            raise ValueError("--address and --cpus-per-fold belong to --executor ray")
+        return None
+    if args.gpus is not None:
+        raise ValueError("--gpus chooses local devices; with --executor ray each fold asks Ray for a GPU")
+    from .running.ray_executor import RayExecutor, import_ray
+
+    import_ray()  # not installed: one line naming the install command, before any data is loaded
+    return RayExecutor(address=args.address, cpus_per_fold=args.cpus_per_fold, progress=not args.quiet)
+
+
 def cmd_train(args, project):
-    from .running.experiment import run_experiment
+    from .running.experiment import train_experiments
 
     configs = args.configs or sorted(p for p in project.folds_dir.glob("*.yaml"))
     if not configs:
         sys.exit(f"no fold configs: put <experiment>.yaml files in {project.folds_dir.name}/ or name one")
     start = time.time()
-    devices = args.gpus if args.gpus is not None else visible_gpus()
-    if devices and len(devices) > 1:
-        print(f"training folds concurrently on {', '.join(devices)} (one fold per device; --gpus to choose)")
-    for path in configs:
-        run_experiment(path, project, folds=args.folds, overrides=args.set, devices=devices,
-                       assemble=not args.no_assemble, progress=not args.quiet)
+    executor = make_executor(args)
+    devices = None
+    if executor is None:
+        devices = args.gpus if args.gpus is not None else visible_gpus()
+        if devices and len(devices) > 1:
+            print(f"training folds concurrently on {', '.join(devices)} (one fold per device; --gpus to choose)")
+    train_experiments(configs, project, executor=executor, folds=args.folds, overrides=args.set, devices=devices,
+                      assemble=not args.no_assemble, progress=not args.quiet)
     if not args.configs and args.folds is None and not args.set:  # every fold config ran as it stands
         from .data.cache import remove_unused_caches
 
@@ -126,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus", type=_devices_arg, default=None,
                    help="run folds concurrently, one per device: 0,1 (CUDA) or cpu,cpu "
                         "(default: every GPU when there are several)")
+    s.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this machine (default); ray: every fold of every config as a Ray task "
+                        "(needs foldblend[ray] and the project on a shared file system)")
+    s.add_argument("--address", default=None,
+                   help="with --executor ray: the cluster, `auto` (started here with `ray start`) or "
+                        "ray://HEAD:10001 (default: RAY_ADDRESS, else a Ray instance of this machine)")
+    s.add_argument("--cpus-per-fold", type=_positive_int, default=None, metavar="N",
+                   help="with --executor ray: CPUs each fold asks for (default: 1 + the config's num_workers)")
     s.add_argument("--no-assemble", action="store_true", help=argparse.SUPPRESS)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_train)
@@ -162,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="write oof/report.html: CV, curves, blend, per-class F1, confusions, mistakes")
     add_report_arguments(s)
     s.set_defaults(fn=report_from_args)
+
+    from .outputs.serve import add_serve_arguments, serve_from_args
+
+    s = sub.add_parser("serve", help="a local web page to try the models on your own images (and its HTTP API)")
+    add_serve_arguments(s)
+    s.set_defaults(fn=serve_from_args)
     return p
 
 

@@ -79,6 +79,7 @@ class Prediction:
     probs: np.ndarray       # (N, C); rows of unreadable images are NaN
     classes: list[str]
     failures: dict[str, str]
+    member_probs: dict[str, np.ndarray] = field(default_factory=dict)  # (readable N, C) per member, before combining
 
 
 # ----------------------------------------------------------------------------- loading models
@@ -297,9 +298,10 @@ def predict_images(predictor: Predictor, paths: list[Path], batch_size: int = 64
             for n in predictor.members:
                 chunks[n].append(member_probs(predictor, n, readable, batch_size, device, progress))
     probs = np.full((len(paths), len(predictor.classes)), np.nan)
+    members = {n: np.concatenate(c) for n, c in chunks.items()} if ok.any() else {}
     if ok.any():  # members combine once, over every image: rank averaging depends on all the rows
-        probs[ok] = combine_members(predictor, {n: np.concatenate(c) for n, c in chunks.items()})
-    return Prediction(paths, ok, probs, predictor.classes, failures)
+        probs[ok] = combine_members(predictor, members)
+    return Prediction(paths, ok, probs, predictor.classes, failures, members)
 
 
 def top_k_table(pred: Prediction, ids: list[str], k: int = 3) -> pd.DataFrame:

@@ -1,14 +1,16 @@
-"""An experiment (one fold config) end to end: images from the cache, the pending folds, the member files.
+"""Fold configs end to end: images from the cache, the pending folds, the member files.
 
-`run_experiment` is what `foldblend train` does for each config: it decides which folds are pending
-(`signatures`), hands them to an executor (`local`: in sequence here, or one process per device), and
-assembles `oof/<exp>/` once every fold is done.
+`train_experiments` is what `foldblend train` does: it plans every config first (which folds are
+pending, by `signatures`), hands all their fold jobs to one executor (`local`: in sequence here or one
+process per device; `ray_executor`: Ray tasks on a cluster), then assembles `oof/<exp>/` for each
+experiment whose folds are all done.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from ..data.folds import HOLDOUT, folds_fingerprint, read_folds
 from ..members.assemble import assemble_member, load_fold_predictions
 from ..members.base import TrainData, member_kind
 from ..paths import Project
+from .jobs import Executor, FoldJob
 from .local import LocalExecutor
 from .signatures import fold_signature, is_fold_done, is_trained, predict_signature
 
@@ -75,10 +78,20 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def run_experiment(config_path: str | Path, project: Project, folds: list[int] | None = None,
-                   overrides: list[str] | None = None, devices: list[str] | None = None,
-                   assemble: bool = True, progress: bool = True) -> dict | None:
-    """Train the requested folds (skipping finished ones), then write oof/<exp>/ when every fold is done."""
+@dataclass
+class Plan:
+    """One fold config, planned: its data and the folds still to run."""
+
+    config_path: Path
+    cfg: ExperimentConfig
+    data: TrainData
+    n_folds: int
+    jobs: list[FoldJob]
+
+
+def plan_experiment(config_path: str | Path, project: Project, folds: list[int] | None = None,
+                    overrides: list[str] | None = None, progress: bool = True) -> Plan:
+    """Load a config and its data, and find its pending folds (finished ones are skipped, whoever ran them)."""
     cfg = load_config(config_path, overrides)
     data = load_train_data(cfg, project, progress=progress)
     n_folds = int(data.fold.max()) + 1
@@ -94,15 +107,61 @@ def run_experiment(config_path: str | Path, project: Project, folds: list[int] |
     for k in pending:
         if is_trained(project.model_dir(cfg.name, k), signature):
             print(f"[{cfg.name} fold {k}] weights are current; predicting again (TTA views or test images changed)")
-    kind = member_kind(cfg)
-    if devices:
-        cfg.device = devices[0]  # one device: every fold runs here, on it
-    LocalExecutor(devices).run(config_path, project, pending, overrides or [],
-                               lambda k: kind.train_fold(cfg, k, data, project.model_dir(cfg.name, k),
-                                                         progress=progress))
+    jobs = [FoldJob(cfg.name, k, cfg, Path(config_path).resolve(), list(overrides or []),
+                    project.model_dir(cfg.name, k), signature, predictions) for k in pending]
+    return Plan(Path(config_path), cfg, data, n_folds, jobs)
+
+
+def train_experiments(config_paths: list[str | Path], project: Project, executor: Executor | None = None,
+                      folds: list[int] | None = None, overrides: list[str] | None = None,
+                      devices: list[str] | None = None, assemble: bool = True,
+                      progress: bool = True) -> dict[str, dict | None]:
+    """Train the requested folds of every config (skipping finished ones) with one executor, then write
+    oof/<exp>/ for each experiment whose folds are all done. Returns {experiment: scores or None}."""
+    plans: list[Plan] = []
+    for path in config_paths:
+        plan = plan_experiment(path, project, folds, overrides, progress)
+        clash = next((p for p in plans if p.cfg.name == plan.cfg.name), None)
+        if clash is not None:
+            raise ValueError(f"{path} and {clash.config_path} both name experiment {plan.cfg.name!r} "
+                             f"(models/{plan.cfg.name}/): rename one, or set `name:` in it")
+        if devices:
+            plan.cfg.device = devices[0]  # one device: every fold in this process runs on it
+        plans.append(plan)
+    by_name = {p.cfg.name: p for p in plans}
+
+    def train_here(job: FoldJob):
+        plan = by_name[job.name]
+        return member_kind(plan.cfg).train_fold(plan.cfg, job.fold, plan.data, job.out_dir, progress=progress)
+
+    jobs = [job for plan in plans for job in plan.jobs]
+    executor = executor or LocalExecutor(devices)
+    try:
+        executor.run(project, jobs, train_here)
+    except Exception:
+        if assemble:  # experiments whose folds all finished still get their oof/<exp>/
+            for plan in plans:
+                if _all_folds_done(plan, project):
+                    assemble_experiment(plan.cfg, plan.data, project, plan.n_folds)
+        raise
     if not assemble:
-        return None
-    return assemble_experiment(cfg, data, project, n_folds)
+        return {p.cfg.name: None for p in plans}
+    return {p.cfg.name: assemble_experiment(p.cfg, p.data, project, p.n_folds) for p in plans}
+
+
+def run_experiment(config_path: str | Path, project: Project, folds: list[int] | None = None,
+                   overrides: list[str] | None = None, devices: list[str] | None = None,
+                   assemble: bool = True, progress: bool = True) -> dict | None:
+    """One fold config on the local executor: `train_experiments` for a single config."""
+    scores = train_experiments([config_path], project, folds=folds, overrides=overrides, devices=devices,
+                               assemble=assemble, progress=progress)
+    return next(iter(scores.values()))
+
+
+def _all_folds_done(plan: Plan, project: Project) -> bool:
+    signature, predictions = fold_signature(plan.cfg, plan.data), predict_signature(plan.cfg, plan.data)
+    return all(is_fold_done(project.model_dir(plan.cfg.name, k), signature, predictions)
+               for k in range(plan.n_folds))
 
 
 def _remove_folds_of_an_older_split(project: Project, exp: str, n_folds: int) -> None:

@@ -1,8 +1,9 @@
-"""The local executor: an experiment's pending folds in this process, or one process per device.
+"""The local executor: the pending fold jobs in this process, or one process per device.
 
-Folds run in sequence here when there is one device (or one fold); with several devices
+Jobs run in sequence here when there is one device (or one job); with several devices
 (`devices=["cuda:0", "cuda:1"]`, or two "cpu" workers, which exercise the same path without a GPU)
-each fold runs as its own `foldblend train --folds k` process on the next free device.
+each job runs as its own `foldblend train CONFIG --folds k` process on the next free device, so folds
+of different experiments share the devices too.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..paths import Project
+from .jobs import FoldJob, failed_jobs_error
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -43,37 +45,37 @@ class LocalExecutor:
     def __init__(self, devices: list[str] | None = None):
         self.devices = list(devices or [])
 
-    def run(self, config_path, project: Project, folds: list[int], overrides: list[str],
-            train_here: Callable[[int], object]) -> None:
-        if len(self.devices) > 1 and len(folds) > 1:
-            run_on_devices(config_path, project, folds, overrides, self.devices)
+    def run(self, project: Project, jobs: list[FoldJob], train_here: Callable[[FoldJob], object]) -> None:
+        if len(self.devices) > 1 and len(jobs) > 1:
+            run_on_devices(project, jobs, self.devices)
         else:
-            for k in folds:
-                train_here(k)
+            for job in jobs:
+                train_here(job)
 
 
-def run_on_devices(config_path, project: Project, folds: list[int], overrides: list[str], devices: list[str]):
-    """One fold per device at a time, each in its own process; folds queue for the next free device."""
+def run_on_devices(project: Project, jobs: list[FoldJob], devices: list[str]) -> None:
+    """One job per device at a time, each in its own process; jobs queue for the next free device."""
     free: queue.Queue[str] = queue.Queue()
     for dev in devices:
         free.put(dev)
-    config_path = Path(config_path).resolve()
 
-    def one(k: int) -> int:
+    def one(job: FoldJob) -> int:
         dev = free.get()
         try:
             env, worker_device = worker_env(dev, len(devices))
             # the worker's device goes last: it wins over a `device=` in the user's overrides
-            sets = [*overrides, f"device={worker_device}"]
-            cmd = [sys.executable, "-m", "foldblend.cli", "--root", str(project.root), "train", str(config_path),
-                   "--folds", str(k), "--no-assemble", "--quiet"] + [a for o in sets for a in ("--set", o)]
-            print(f"[fold {k}] on {dev}", flush=True)
+            sets = [*job.overrides, f"device={worker_device}"]
+            cmd = [sys.executable, "-m", "foldblend.cli", "--root", str(project.root), "train",
+                   str(Path(job.config_path).resolve()), "--folds", str(job.fold), "--no-assemble", "--quiet"] \
+                + [a for o in sets for a in ("--set", o)]
+            print(f"[{job.label}] on {dev}", flush=True)
             return subprocess.run(cmd, env=env).returncode
         finally:
             free.put(dev)
 
     with ThreadPoolExecutor(len(devices)) as pool:
-        codes = list(pool.map(one, folds))
-    failed = [k for k, c in zip(folds, codes) if c != 0]
+        codes = list(pool.map(one, jobs))
+    failed = [(job, f"its worker process exited with status {c} (see its output above)")
+              for job, c in zip(jobs, codes) if c != 0]
     if failed:
-        raise RuntimeError(f"{config_path}: folds {failed} failed in their worker processes (see output above)")
+        raise failed_jobs_error(failed)
