@@ -70,12 +70,12 @@ def adversarial_auc(train_x: np.ndarray, test_x: np.ndarray, kind: str, seed: in
     x = np.concatenate(parts).astype(np.float64)
     y = np.r_[np.zeros(len(parts[0])), np.ones(len(parts[1]))]
     if kind == "statistics":
-        model = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, random_state=seed)
+        model = HistGradientBoostingClassifier(max_iter=50, random_state=seed)
     else:
         components = min(32, x.shape[1], len(x) // 5)
         model = make_pipeline(StandardScaler(), PCA(components, random_state=seed),
                               LogisticRegression(C=0.1, max_iter=1000))
-    cv = StratifiedKFold(5, shuffle=True, random_state=seed)
+    cv = StratifiedKFold(3, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         proba = cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]

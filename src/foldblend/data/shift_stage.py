@@ -31,6 +31,9 @@ from .semantic import group_tree, groups_added, union_groups
 from .shift import OPTIMISTIC_SHARE, check_shift
 
 VERSION = 1  # bump when the check changes, so cached results are recomputed
+# Below these, two similarity distributions say little (and the backbone pass is not worth it)
+MIN_TRAIN = 50
+MIN_TEST = 20
 
 
 def shift_json(project: Project):
@@ -77,14 +80,23 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
     from .folds import assign_folds
 
     settings = comp.settings
-    if not settings["embeddings"]:
+    train = table[table["split"] == "train"].reset_index(drop=True)
+    test = table[table["split"] == "test"].reset_index(drop=True)
+    n_train, n_test = int(train["ok"].sum()), int(test["ok"].sum())
+    semantic_only = n_test == 0 and settings["dedup"] == "semantic" and settings["semantic_threshold"] is not None
+    why = ("embeddings: off (competition.yaml): no semantic groups, no train/test neighbour check"
+           if not settings["embeddings"] else
+           f"train/test shift: not checked ({n_train} readable train images; it needs {MIN_TRAIN})"
+           if n_train < MIN_TRAIN else
+           "train/test shift: no test set to compare with" if n_test == 0 and not semantic_only else
+           f"train/test shift: not checked ({n_test} readable test images; it needs {MIN_TEST})"
+           if 0 < n_test < MIN_TEST else None)
+    if why:  # no stale verdict may outlive its data
         for path in (shift_json(project), project.folds_dir / "shift.npz"):
             path.unlink(missing_ok=True)
         if not quiet_if_current:
-            print("embeddings: off (competition.yaml): no semantic groups, no train/test neighbour check")
+            print(why)
         return None, {}
-    train = table[table["split"] == "train"].reset_index(drop=True)
-    test = table[table["split"] == "test"].reset_index(drop=True)
     user = user_groups(comp)
     key = _digest(VERSION, spec_key(), *(settings[k] for k in ("n_splits", "fold_seed", "dedup", "dedup_distance",
                                                                 "semantic_threshold")),
@@ -214,8 +226,9 @@ def semantic_threshold(comp: Competition, shift: dict | None) -> float | None:
     if threshold is None and s["dedup"] == "semantic":
         from .folds import FoldsError
 
-        raise FoldsError(f"{comp.root / 'competition.yaml'}: dedup: semantic needs a threshold and there is no test "
-                         f"set to match one to; set semantic_threshold (a cosine similarity such as 0.85)")
+        raise FoldsError(f"{comp.root / 'competition.yaml'}: dedup: semantic needs a threshold and none was matched "
+                         f"to the test (no test set, too few images, or embeddings: false); set semantic_threshold "
+                         f"(a cosine similarity such as 0.85)")
     return threshold
 
 
@@ -248,7 +261,7 @@ def fold_groups(project: Project, comp: Competition, kept: pd.DataFrame, automat
 def write_similarity(project: Project, comp: Competition, folds: pd.DataFrame, progress: bool = True) -> None:
     """folds/similarity.npz for the split `folds` (a no-op while split, test set and backbone are unchanged)."""
     path = similarity_npz(project)
-    if not comp.settings["embeddings"]:
+    if not comp.settings["embeddings"] or read_shift(project) is None:  # no check, no weights (too few images)
         path.unlink(missing_ok=True)
         return
     from .embeddings import features_of_files, spec_key
