@@ -152,7 +152,8 @@ def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
         views, amp = _prediction_settings(path, ckpt)
         out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]),
                              int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp,
-                             arch=dict(ckpt.get("arch") or {}), kind=str(ckpt.get("kind", "cnn"))))
+                             arch=dict(ckpt.get("arch") or {"model": ckpt.get("model")}),
+                             kind=str(ckpt.get("kind", "cnn"))))
     _check_same_classes({m.name: m.classes for m in out})
     if len({tuple(m.views) for m in out}) > 1:
         raise ValueError(f"{exp}: its folds were last predicted with different TTA views "
