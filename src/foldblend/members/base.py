@@ -34,6 +34,7 @@ class TrainData:
     test_ids: np.ndarray      # (M,) sample-submission ids
     test_ok: np.ndarray       # (M,) False where the test image is missing or unreadable
     test_fingerprint: str = ""  # of the test ids, files (path, size, mtime) and readability
+    feature_cache: Path | None = None  # where frozen-backbone features are cached (None: not on disk)
     # the held-out test split (folds.csv fold -1): predicted like test images, never trained or chosen on
     holdout_images: np.ndarray | None = None  # (H, S, S, 3) uint8; None = no held-out rows
     holdout_ids: np.ndarray | None = None     # (H,) folds.csv `image`
@@ -48,7 +49,7 @@ class TrainData:
 
 
 class MemberKind(Protocol):
-    """One kind of ensemble member: a module with this function (`cnn.train` today)."""
+    """One kind of ensemble member: a module with this function (`cnn.train`, `embedding.train`)."""
 
     def train_fold(self, cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path,
                    progress: bool = True) -> dict:
@@ -56,9 +57,9 @@ class MemberKind(Protocol):
         ...
 
 
-KINDS = {"cnn": ".cnn.train"}  # kind -> the module implementing MemberKind
+KINDS = {"cnn": ".cnn.train", "embedding": ".embedding.train"}  # kind -> the module implementing MemberKind
 
 
 def member_kind(cfg: ExperimentConfig) -> MemberKind:
     """The module that trains `cfg`'s folds (imported on demand: a kind's dependencies load only when used)."""
-    return importlib.import_module(KINDS["cnn"], __package__)
+    return importlib.import_module(KINDS[cfg.kind], __package__)

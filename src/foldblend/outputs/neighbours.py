@@ -1,9 +1,9 @@
 """The training images most similar to an upload, found with frozen-backbone features when they exist.
 
-This module extracts no features itself. A source of features (the embedding member kind, which caches
-a frozen backbone's features of every training image) appends a function to `FEATURE_SOURCES` that
-returns a `FeatureIndex` for a project, or None when it has nothing for it. Without one, the web app
-shows no similar-images panel rather than inventing features of its own.
+This module extracts no features itself. A source of features appends a function to `FEATURE_SOURCES`
+that returns a `FeatureIndex` for a project, or None when it has nothing for it; the built-in source is
+the best embedding member's cached frozen-backbone features (`report_neighbours.embedding_feature_index`).
+Without an embedding member the web app shows no similar-images panel rather than inventing features.
 """
 from __future__ import annotations
 
@@ -58,6 +58,10 @@ FEATURE_SOURCES: list[Callable[[object], FeatureIndex | None]] = []
 
 def find_feature_index(project) -> FeatureIndex | None:
     """The first registered source's features for `project`, or None when no source has any."""
+    from .report_neighbours import embedding_feature_index  # the embedding member kind's features
+
+    if embedding_feature_index not in FEATURE_SOURCES:
+        FEATURE_SOURCES.append(embedding_feature_index)
     for source in FEATURE_SOURCES:
         index = source(project)
         if index is not None:

@@ -96,15 +96,33 @@ def _prediction_settings(path: Path, ckpt: dict) -> tuple[list[str], str]:
 
 def output_name(exp: str) -> str:
     """A file-name-safe name for outputs of `exp` (an experiment, `blend`, or a checkpoint path)."""
-    return Path(exp).stem if ("/" in exp or exp.endswith(".pt")) else exp
+    return Path(exp).stem if ("/" in exp or exp.endswith((".pt", ".npz"))) else exp
+
+
+FOLD_CHECKPOINTS = ("best.pt", "head.npz")  # a network's weights; an embedding member's head (+ backbone spec)
+
+
+def _fold_checkpoints(exp_dir: Path) -> list[Path]:
+    """Every fold's checkpoint under models/<exp>/ (or a copy of it), in fold order."""
+    found = [p for name in FOLD_CHECKPOINTS for p in exp_dir.glob(f"fold_*/{name}")]
+    return sorted(found, key=lambda p: int(p.parent.name.split("_")[1]))
 
 
 def _checkpoints_at(path: Path) -> list[Path]:
-    """A checkpoint file, or every *.pt below a folder (e.g. a copied models/<exp>/), sorted."""
+    """A checkpoint file, or every *.pt / head*.npz below a folder (e.g. a copied models/<exp>/), sorted."""
     if path.is_file():
         return [path]
-    found = sorted(path.glob("fold_*/best.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
-    return found or sorted(p for p in path.rglob("*.pt") if p.name != "last.pt")
+    return _fold_checkpoints(path) or sorted(p for p in path.rglob("*") if (p.suffix == ".pt" and p.name != "last.pt")
+                                             or (p.suffix == ".npz" and p.name.startswith("head")))
+
+
+def load_fold_checkpoint(path: Path, device="cpu", backbones: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """(model from images to logits, its checkpoint's settings) for a network's .pt or an embedding head's .npz."""
+    if path.suffix == ".npz":
+        from ..members.embedding.checkpoint import load_head_checkpoint
+
+        return load_head_checkpoint(path, device, backbones)
+    return load_checkpoint(path, device)
 
 
 def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
@@ -115,26 +133,27 @@ def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
     """
     as_path = Path(exp)
     exp_dir = project.models / exp
-    named = as_path.name == exp and as_path.suffix != ".pt" and exp_dir.is_dir()  # an experiment, not a path
-    if not named and (as_path.suffix == ".pt" or as_path.is_dir()):
+    named = as_path.name == exp and as_path.suffix not in (".pt", ".npz") and exp_dir.is_dir()  # not a path
+    if not named and (as_path.suffix in (".pt", ".npz") or as_path.is_dir()):
         checkpoints = _checkpoints_at(as_path) if as_path.exists() else []
         if not checkpoints:
             raise FileNotFoundError(f"{as_path}: no checkpoint (.pt) there")
         exp_dir = as_path
     else:
-        checkpoints = sorted(exp_dir.glob("fold_*/best.pt"), key=lambda p: int(p.parent.name.split("_")[1]))
+        checkpoints = _fold_checkpoints(exp_dir)
     if not checkpoints:
         known = sorted(p.name for p in project.models.glob("*") if not p.name.startswith(".") and p.is_dir())
-        raise FileNotFoundError(f"no trained fold models in {exp_dir} (fold_<k>/best.pt); "
+        raise FileNotFoundError(f"no trained fold models in {exp_dir} (fold_<k>/best.pt or head.npz); "
                                 f"experiments with models: {', '.join(known) or 'none'}")
-    out = []
+    out, backbones = [], {}  # an embedding member's folds share one frozen backbone
     for path in checkpoints:
-        model, ckpt = load_checkpoint(path, device)
-        label = path.parent.name if path.name == "best.pt" else path.stem
+        model, ckpt = load_fold_checkpoint(path, device, backbones)
+        label = path.parent.name if path.name in FOLD_CHECKPOINTS else path.stem
         views, amp = _prediction_settings(path, ckpt)
         out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]),
                              int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp,
-                             arch=dict(ckpt["arch"])))
+                             arch=dict(ckpt.get("arch") or {"model": ckpt.get("model")}),
+                             kind=str(ckpt.get("kind", "cnn"))))
     _check_same_classes({m.name: m.classes for m in out})
     if len({tuple(m.views) for m in out}) > 1:
         raise ValueError(f"{exp}: its folds were last predicted with different TTA views "
@@ -244,12 +263,31 @@ def fold_model_logits(fm: FoldModel, images: np.ndarray, batch_size: int, device
     return infer(fm.model, loader, fm.views, device, fm.mean, fm.std, fm.amp, desc=fm.name if progress else None)
 
 
+def _embedding_member_logits(models: list[FoldModel], images: dict[int, np.ndarray], batch_size: int, device,
+                             progress: bool) -> np.ndarray | None:
+    """(F, V, N, C) for an embedding member's folds, its frozen backbone run once instead of once per fold;
+    None for any other member."""
+    from ..members.embedding.checkpoint import logits_of_heads, share_one_backbone
+
+    first = models[0]
+    if not share_one_backbone([fm.model for fm in models]) or any(
+            (fm.views, fm.mean, fm.std, fm.amp, fm.img_size) != (first.views, first.mean, first.std, first.amp,
+                                                                   first.img_size) for fm in models):
+        return None
+    images = images[first.img_size]
+    loader = eval_loader(images, np.arange(len(images)), batch_size)
+    return logits_of_heads([fm.model for fm in models], loader, first.views, device, first.mean, first.std,
+                           first.amp, desc=first.name.rsplit("/", 1)[0] if progress else None)
+
+
 def member_probs(predictor: Predictor, name: str, images: dict[int, np.ndarray], batch_size: int, device,
                  progress: bool) -> np.ndarray:
     """(N, C): the member's fold models combined, then its views, exactly as the blend combined its test set."""
     models = predictor.members[name]
-    logits = np.stack([fold_model_logits(fm, images[fm.img_size], batch_size, device, progress)
-                       for fm in models])                                         # (F, V, N, C)
+    logits = _embedding_member_logits(models, images, batch_size, device, progress)
+    if logits is None:
+        logits = np.stack([fold_model_logits(fm, images[fm.img_size], batch_size, device, progress)
+                           for fm in models])                                     # (F, V, N, C)
     views = E.combine_folds(logits[:, E.identity_first(models[0].views)], predictor.fold_combine)
     probs = E.combine_views(views, predictor.identity_weights.get(name))
     t = float(predictor.temperatures.get(name, 1.0) or 1.0)

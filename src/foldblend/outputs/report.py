@@ -21,6 +21,7 @@ from ..ensemble.matched import describe as describe_matched
 from ..data.read import ImageReadError, load_rgb
 from ..metrics import softmax
 from ..paths import Project
+from .report_neighbours import neighbours_section
 from .plots import SCALE, confusion_png, data_uri, learning_curves_png, per_class_f1_png, png_size, thumbnail_png
 
 TOP_LOSSES = 24
@@ -105,8 +106,13 @@ def experiment_section(project: Project, exp: str) -> str:
                      + table(score_table(scores.get("per_view", {}), "view")) + "</div></div>")
     logs = {int(p.parent.name.split("_")[1]): pd.read_csv(p)
             for p in sorted(project.models.glob(f"{exp}/fold_*/log.csv"))}
+    config = (scores or {}).get("config") or {}
     if logs:
         parts.append(image(learning_curves_png(logs), f"{exp} learning curves"))
+    elif config.get("kind") == "embedding":  # a head fitted once per fold: no epochs to plot
+        parts.append(f'<p class="meta">embedding member: a {esc((config.get("embed") or {}).get("head", "?"))} '
+                     f'head per fold on frozen {esc(config.get("model", "?"))} features '
+                     f'({esc(config.get("pretrained"))}, {config.get("img_size", "?")} px)</p>')
     else:
         parts.append(missing(f"no epoch logs under models/{exp}/"))
     return "\n".join(parts)
@@ -293,6 +299,7 @@ def build_report(project: Project) -> str:
          confusion_section(shown, sources[shown]) if shown else missing("no OOF predictions yet")),
         ("mistakes", "Most confident mistakes",
          top_losses_section(project, shown, sources[shown]) if shown else missing("no OOF predictions yet")),
+        ("neighbours", "Nearest training images", neighbours_section(project, thumbnail, missing)),
         ("submissions", "Submissions", submissions_section(project)),
     ]
     nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in sections)

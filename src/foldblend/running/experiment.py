@@ -61,7 +61,8 @@ def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition |
                      test_images=test_images, fingerprint=train_digest, ids=trained["image"].to_numpy(str),
                      test_ids=comp.test["id"].to_numpy(str), test_ok=test_ok, test_fingerprint=test_digest,
                      holdout_images=holdout_images, holdout_ids=held["image"].to_numpy(str),
-                     holdout_labels=held["label"].map(index).to_numpy(np.int64))
+                     holdout_labels=held["label"].map(index).to_numpy(np.int64),
+                     feature_cache=project.feature_cache_dir)
 
 
 def _train_contents(project: Project, folds) -> list[str]:

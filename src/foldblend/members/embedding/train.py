@@ -1,0 +1,79 @@
+"""One fold of an embedding member: `train_fold(cfg, k, data, out_dir)`, the kind's entry point.
+
+The frozen backbone's features of every train and test image come from the feature cache (extracted by
+the first fold that needs them, under the identity view and every TTA view); the head is fitted on the
+identity-view features of the other folds, then predicts fold k, the test set and the held-out
+rows under each view.
+Seconds per fold once the features exist. Writes `head.npz` (the fold's checkpoint), `config.yaml`,
+`preds.npz` and, last, `done.json`, like every kind.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...artifacts import write_json, write_npz, write_text
+from ...config import ExperimentConfig, dump_config
+from ...metrics import classification_scores, softmax
+from ...running.signatures import fold_signature, is_fold_done, predict_signature, read_done
+from ..base import TrainData
+from ..features import FeatureSpec, features_of, normalisation_of
+from ..infer import resolve_device
+from .checkpoint import CHECKPOINT, save_head_checkpoint
+from .heads import fit_head, head_logits
+
+
+def member_features(cfg: ExperimentConfig, data: TrainData, progress: bool = True) -> tuple[dict, dict, dict]:
+    """{view: features} of the train (N, D), test (M, D) and held-out (H, D) images, for identity and every
+    TTA view."""
+    spec = FeatureSpec(cfg.model, cfg.pretrained, cfg.img_size)
+    views = list(dict.fromkeys(["identity", *cfg.tta]))
+    device = resolve_device(cfg.device)
+    common = dict(device=device, batch_size=cfg.batch_size, amp=cfg.amp, progress=progress)
+    train = features_of(data.images, spec, views, data.feature_cache, what="train", **common)
+    test = features_of(data.test_images, spec, views, data.feature_cache, what="test", **common)
+    if len(data.holdout_images):
+        holdout = features_of(data.holdout_images, spec, views, data.feature_cache, what="holdout", **common)
+    else:  # no held-out split: nothing to extract or cache
+        holdout = {v: np.zeros((0, train[v].shape[1]), np.float32) for v in views}
+    return train, test, holdout
+
+
+def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, progress: bool = True) -> dict:
+    """Fit the head on every fold but k; predict fold k and the test set under every TTA view."""
+    out_dir = Path(out_dir)
+    signature, predictions = fold_signature(cfg, data), predict_signature(cfg, data)
+    if is_fold_done(out_dir, signature, predictions):
+        return read_done(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "done.json").unlink(missing_ok=True)  # the fold is not done until it is written again
+    write_text(out_dir / "config.yaml", dump_config(cfg))
+    train_feats, test_feats, holdout_feats = member_features(cfg, data, progress)
+
+    t0 = time.perf_counter()
+    train_idx, val_idx = np.flatnonzero(data.fold != k), np.flatnonzero(data.fold == k)
+    n_classes = len(data.classes)
+    head = fit_head(cfg.embed, train_feats["identity"][train_idx], data.labels[train_idx], n_classes,
+                    cfg.class_weight, seed=cfg.seed + k)
+    mean, std = normalisation_of(FeatureSpec(cfg.model, cfg.pretrained, cfg.img_size))
+    meta = {"kind": "embedding", "head": cfg.embed.head, "model": cfg.model, "pretrained": cfg.pretrained,
+            "img_size": cfg.img_size, "classes": list(data.classes), "tta": list(cfg.tta), "amp": cfg.amp,
+            "mean": list(mean), "std": list(std), "feature_dim": int(train_feats["identity"].shape[1]),
+            "fold": k, "config": cfg.to_dict()}
+    save_head_checkpoint(out_dir / CHECKPOINT, head, meta)
+    val_logits = np.stack([head_logits(head, train_feats[v][val_idx]) for v in cfg.tta])
+    test_logits = np.stack([head_logits(head, test_feats[v]) for v in cfg.tta])
+    holdout_logits = np.stack([head_logits(head, holdout_feats[v]) for v in cfg.tta])  # never fitted on
+    write_npz(out_dir / "preds.npz", val_index=val_idx, val_logits=val_logits, test_logits=test_logits,
+              holdout_logits=holdout_logits, views=np.asarray(cfg.tta))
+    score = classification_scores(data.labels[val_idx], softmax(val_logits[0]), n_classes)
+    if progress:
+        print(f"[{cfg.name} fold {k}] {cfg.embed.head} head on {len(train_idx)} images: val macro-F1 "
+              f"{score['macro_f1']:.4f} acc {score['accuracy']:.4f} ({time.perf_counter() - t0:.1f}s)")
+    summary = {"signature": signature, "predictions": predictions, "fold": k, "checkpoint": CHECKPOINT,
+               "best_epoch": 0, "best_macro_f1": score["macro_f1"], "weights": cfg.embed.head}
+    write_json(out_dir / "done.json", summary)
+    return summary
+
