@@ -221,7 +221,7 @@ def _print_duplicates(report: dict, mode: str) -> None:
         print("duplicates: none found")
         return
     print(f"duplicates: {report['n_groups']} groups covering {report['n_images_in_groups']} images "
-          f"(mode '{mode}': {'kept together in one fold' if mode == 'group' else mode}); "
+          f"(mode '{mode}': {'kept together in one fold' if mode in ('group', 'auto', 'semantic') else mode}); "
           f"details in folds/duplicates.json")
     largest = max(len(g) for g in report["groups"])
     if largest > 20:  # near-duplicate links chain: a huge group means the distance joins distinct images

@@ -103,7 +103,7 @@ def describe(matched: dict) -> str:
 
 
 def load_similarity(similarity_npz, folds_csv, ids: np.ndarray) -> tuple[dict | None, str]:
-    """({oof_similarity, test_similarity, groups} aligned with the blend's OOF `ids`, "") or (None, why not)."""
+    """({oof_sim, test_sim, groups} aligned with the blend's OOF `ids`, "") or (None, why not)."""
     import pandas as pd
 
     if not similarity_npz.exists():
@@ -117,5 +117,5 @@ def load_similarity(similarity_npz, folds_csv, ids: np.ndarray) -> tuple[dict | 
         return None, "no test set to match"
     folds = pd.read_csv(folds_csv, dtype={"image": str}, keep_default_na=False)
     group = dict(zip(folds["image"], folds["group"]))
-    return {"oof_similarity": oof_sim, "test_similarity": test_sim,
+    return {"oof_sim": oof_sim, "test_sim": test_sim,
             "groups": np.array([group[i] for i in sim_ids], np.int64)}, ""
