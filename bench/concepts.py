@@ -201,9 +201,10 @@ def split(images: pd.DataFrame, how: str, test_fraction: float = 0.3, seed: int 
 
 
 def write_competition(root: Path, how: str, n_classes: int = 8, concepts_per_class: int = 12, variants: int = 3,
-                      size: int = 96, test_fraction: float = 0.3, seed: int = 0) -> Path:
+                      size: int = 96, test_fraction: float = 0.3, seed: int = 0,
+                      styles: tuple[str, ...] = tuple(STYLES)) -> Path:
     """A competition folder in the Simpsons layout for split `how`; returns input/."""
-    concepts, images = universe(n_classes, concepts_per_class, variants=variants, seed=seed)
+    concepts, images = universe(n_classes, concepts_per_class, styles, variants=variants, seed=seed)
     classes = SHAPES[:n_classes]
     test = split(images, how, test_fraction, seed)
     rng = np.random.default_rng(seed + 2)

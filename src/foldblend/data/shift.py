@@ -200,7 +200,9 @@ def check_shift(train_feats: np.ndarray, test_feats: np.ndarray, base_groups: np
                                                                            seed))
     arrays = {"oof_similarity": oof_sim, "test_similarity": test_sim}
     if len(test_sim) and (search == "always" or (search == "if_optimistic" and result["optimistic"])):
-        match = match_threshold(train_feats, base_groups, test_sim, n_splits, seed, top)
+        tree = group_tree(train_feats)
+        match = match_threshold(train_feats, base_groups, test_sim, n_splits, seed, top, tree)
+        arrays["tree_children"], arrays["tree_similarity"] = tree.children, tree.similarity
         arrays["matched_similarity"] = match.pop("oof_similarity")
         arrays["matched_groups"] = match.pop("groups")
         result["match"] = match

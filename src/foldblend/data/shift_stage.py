@@ -27,7 +27,7 @@ from .find import Competition
 from .groups import user_groups, with_user_groups
 from .neighbours import nearest_similarity, other_fold_similarity
 from .ood import STAT_COLUMNS
-from .semantic import group_tree, groups_added, union_groups
+from .semantic import GroupTree, group_tree, groups_added, union_groups
 from .shift import OPTIMISTIC_SHARE, check_shift
 
 VERSION = 1  # bump when the check changes, so cached results are recomputed
@@ -91,12 +91,8 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
            "train/test shift: no test set to compare with" if n_test == 0 and not semantic_only else
            f"train/test shift: not checked ({n_test} readable test images; it needs {MIN_TEST})"
            if 0 < n_test < MIN_TEST else None)
-    if why:  # no stale verdict may outlive its data
-        for path in (shift_json(project), project.folds_dir / "shift.npz"):
-            path.unlink(missing_ok=True)
-        if not quiet_if_current:
-            print(why)
-        return None, {}
+    if why:
+        return _not_checked(project, why, quiet_if_current)
     user = user_groups(comp)
     key = _digest(VERSION, spec_key(), *(settings[k] for k in ("n_splits", "fold_seed", "dedup", "dedup_distance",
                                                                 "semantic_threshold")),
@@ -114,9 +110,9 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
     test_feats, test_ok = features_of_files(project, comp.root, test["image"].tolist(), progress)
     rows = np.flatnonzero(train["ok"].to_numpy(bool) & train_ok)
     test_rows = np.flatnonzero(test["ok"].to_numpy(bool) & test_ok) if len(test) else np.zeros(0, np.int64)
-    if len(rows) < 2 * settings["n_splits"]:
-        print(f"train/test shift: not checked ({len(rows)} readable train images for {settings['n_splits']} folds)")
-        return None, {}
+    if len(rows) < MIN_TRAIN:
+        return _not_checked(project, f"train/test shift: not checked ({len(rows)} train images the backbone could "
+                                     f"read; it needs {MIN_TRAIN})", quiet_if_current)
     kept = train.iloc[rows].reset_index(drop=True)
     phash = duplicate_groups(kept, settings["dedup_distance"])
     base = with_user_groups(phash, None if user is None else user[rows])
@@ -129,8 +125,7 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
     try:
         assign(base)
     except ValueError as e:  # the folds stage will say the same, with its fix
-        print(f"train/test shift: not checked ({e})")
-        return None, {}
+        return _not_checked(project, f"train/test shift: not checked ({e})", quiet_if_current)
     result, arrays = check_shift(feats, test_feats[test_rows] if len(test_rows) else np.zeros((0, feats.shape[1])),
                                  base, assign, settings["n_splits"], search=_search_mode(settings, user is not None),
                                  train_stats=_stats(kept), test_stats=_stats(test.iloc[test_rows]),
@@ -147,6 +142,23 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
     return result, arrays
 
 
+def _not_checked(project: Project, why: str, quiet: bool) -> tuple[None, dict]:
+    """No check: and no stale verdict outlives its data."""
+    for path in (shift_json(project), project.folds_dir / "shift.npz"):
+        path.unlink(missing_ok=True)
+    if not quiet:
+        print(why)
+    return None, {}
+
+
+def _tree(arrays: dict, feats: np.ndarray) -> GroupTree:
+    """The semantic tree the check built (shift.npz), else built now (and kept in `arrays`)."""
+    if "tree_children" not in arrays:
+        tree = group_tree(feats)
+        arrays["tree_children"], arrays["tree_similarity"] = tree.children, tree.similarity
+    return GroupTree(len(feats), np.asarray(arrays["tree_children"]), np.asarray(arrays["tree_similarity"]))
+
+
 def _semantic_summary(result: dict, arrays: dict, feats: np.ndarray, phash: np.ndarray, settings: dict,
                       has_user_groups: bool) -> dict | None:
     """The semantic groups the folds would use (or would with `dedup: auto`), and what they add to pHash."""
@@ -158,7 +170,7 @@ def _semantic_summary(result: dict, arrays: dict, feats: np.ndarray, phash: np.n
     if result.get("match") and result["match"]["threshold"] == threshold and "matched_groups" in arrays:
         groups = arrays["matched_groups"]
     else:
-        groups = union_groups(phash, group_tree(feats).cut(threshold))
+        groups = union_groups(phash, _tree(arrays, feats).cut(threshold))
     arrays["semantic_groups"] = groups
     added = groups_added(phash, groups)
     mode = settings["dedup"]
@@ -245,8 +257,11 @@ def fold_groups(project: Project, comp: Competition, kept: pd.DataFrame, automat
     if threshold is not None:
         from .embeddings import features_of_files
 
-        feats, _ = features_of_files(project, comp.root, comp.train["image"].tolist(), progress)
-        semantic = group_tree(feats[index]).cut(threshold)
+        tree = _saved_tree(project, index)
+        if tree is None:
+            feats, _ = features_of_files(project, comp.root, comp.train["image"].tolist(), progress)
+            tree = group_tree(feats[index])
+        semantic = tree.cut(threshold)
         groups = union_groups(semantic if groups is None else groups, semantic)
         print(f"semantic groups at similarity {threshold:.4f} (dedup: {comp.settings['dedup']}): "
               f"{int(groups.max()) + 1} groups over {len(kept)} images")
@@ -256,6 +271,18 @@ def fold_groups(project: Project, comp: Competition, kept: pd.DataFrame, automat
               f"{len(set(user[pd.notna(user)]))} groups (they win over duplicate and semantic groups)")
     return groups, {"dedup": comp.settings["dedup"], "semantic_threshold": threshold,
                     "user_groups": int(pd.notna(user).sum()) if user is not None else 0}
+
+
+def _saved_tree(project: Project, index: np.ndarray) -> GroupTree | None:
+    """The scan's semantic tree when it was built over exactly these train rows (the usual case: nothing
+    left out after the scan), so the folds stage does not build it again."""
+    path = project.folds_dir / "shift.npz"
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if "tree_children" not in z.files or not np.array_equal(z["rows"], index):
+            return None
+        return GroupTree(len(index), z["tree_children"], z["tree_similarity"])
 
 
 def write_similarity(project: Project, comp: Competition, folds: pd.DataFrame, progress: bool = True) -> None:
