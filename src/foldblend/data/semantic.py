@@ -25,6 +25,7 @@ from scipy.sparse.csgraph import connected_components
 # step is a product of every group mean with one, so its cost is images x dimensions.
 SVD_DIMENSIONS = 256
 SVD_FROM_IMAGES = 4000
+PROGRESS_FROM = 2000  # images from which building the tree shows a progress bar
 
 
 @dataclass
@@ -72,8 +73,11 @@ def average_linkage(feats: np.ndarray, floor: float = 0.0) -> GroupTree:
     Merges below `floor` are not made (a group whose best partner is below it is final: average linkage
     never brings a later partner closer), so the tree holds every merge a cut at >= floor can use.
     """
+    from tqdm.auto import tqdm
+
     means = np.array(feats, np.float32)
     n = len(means)
+    bar = tqdm(total=max(n - 1, 0), desc="semantic groups", unit="merge", disable=n < PROGRESS_FROM)
     sizes = np.ones(n, np.float32)
     node = np.arange(n)                      # the tree node each slot holds now
     open_ = np.ones(n, bool)                 # slots still able to merge
@@ -103,8 +107,10 @@ def average_linkage(feats: np.ndarray, floor: float = 0.0) -> GroupTree:
             total = sizes[c] + sizes[j]
             means[j] = (sizes[c] * means[c] + sizes[j] * means[j]) / total
             sizes[j], node[j], open_[c] = total, n + len(children) - 1, False
+            bar.update()
         else:
             chain.append(j)
+    bar.close()
     return GroupTree(n, np.array(children, np.int64).reshape(-1, 2), np.array(similarity, np.float64))
 
 
