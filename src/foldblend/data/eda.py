@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 import cv2
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -56,7 +57,7 @@ def _hist(values: dict[str, np.ndarray], title: str) -> str:
 
 def _thumb(root: Path, image: str, caption: str) -> str:
     try:
-        rgb = load_rgb(Path(root) / image, draft_size=THUMB)
+        rgb = load_rgb(Path(root) / image, draft_size=THUMB, root=root)
         h, w = rgb.shape[:2]
         s = THUMB / max(h, w)
         small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
@@ -142,13 +143,18 @@ def _ood_section(scan_df, ood_scores, root, top: int = 20) -> list[str]:
 def write_eda(scan_df: pd.DataFrame, groups: np.ndarray | None, ood_scores: np.ndarray | None,
               labels: pd.Series | None, out_path: Path, root: Path) -> Path:
     """Write the EDA page atomically; `labels` is positional (one per scan row, NaN for test rows)."""
+    with matplotlib.rc_context({"text.parse_math": False}):  # class names are data: `$x$` is not mathtext
+        page = _page(scan_df, groups, ood_scores, labels, root)
+    write_text(out_path, page)
+    return Path(out_path)
+
+
+def _page(scan_df, groups, ood_scores, labels, root) -> str:
     n, n_ok = len(scan_df), int(scan_df["ok"].astype(bool).sum())
     body = [f"<h1>Data report</h1><p>{n} files scanned, {n_ok} readable, {n - n_ok} unreadable.</p>",
             "<p><a href='#classes'>classes</a> · <a href='#sizes'>sizes</a> · <a href='#unreadable'>unreadable</a>"
             " · <a href='#duplicates'>duplicates</a> · <a href='#ood'>out-of-domain</a></p>"]
     body += _class_section(labels) + _sizes_section(scan_df) + _bad_section(scan_df)
     body += _dup_section(scan_df, groups, labels, root) + _ood_section(scan_df, ood_scores, root)
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>foldblend data report</title>"
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>foldblend data report</title>"
             f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
-    write_text(out_path, page)
-    return Path(out_path)

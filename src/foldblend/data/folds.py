@@ -20,16 +20,19 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ..artifacts import write_csv, write_json
+from ..errors import FoldblendError
 from ..paths import Project
+from ..safety import say_swept, sweep_temporaries
 from .dedup import duplicate_groups, keep_one_per_group
 from .find import Competition, load_competition
+from .freshness import changed_since_scan
 from .scan import run_scan
 
 FOLD_COLUMNS = ["image", "label", "group", "fold"]
 FIX = "run `foldblend folds`"
 
 
-class FoldsError(ValueError):
+class FoldsError(FoldblendError):
     """folds.csv is missing or malformed, or the train set cannot be split; the message says what to do."""
 
 
@@ -180,6 +183,7 @@ def _reusable(path: Path, sidecar: Path, wanted: dict) -> pd.DataFrame | None:
 
 def run_folds(project: Project, comp: Competition | None = None, progress: bool = True) -> pd.DataFrame:
     comp = comp or load_competition(project.input)
+    say_swept(sweep_temporaries(project.folds_dir), project)
     table = scan_table(project, comp, progress)
     train = table[table["split"] == "train"].reset_index(drop=True)
     keep = train["ok"].to_numpy(bool)
@@ -223,11 +227,16 @@ def _warn_unseen_classes(folds: pd.DataFrame) -> None:
 
 
 def scan_table(project: Project, comp: Competition, progress: bool = True) -> pd.DataFrame:
-    """folds/scan.csv when it covers exactly this competition's files, else a fresh scan."""
+    """folds/scan.csv when it covers exactly this competition's files as they are now, else a fresh scan."""
+    expected = list(comp.train["image"]) + list(comp.test["image"])
     if project.scan_csv.exists():
-        table = pd.read_csv(project.scan_csv, keep_default_na=False, na_values={"ood": [""], "label": []})
-        expected = list(comp.train["image"]) + list(comp.test["image"])
-        if table["image"].tolist() == expected:
-            table["ok"] = table["ok"].astype(str).str.lower().isin(["true", "1"])
-            return table
+        changed = changed_since_scan(project.scan_csv, comp.root, expected)
+        if not changed:
+            table = pd.read_csv(project.scan_csv, keep_default_na=False, na_values={"ood": [""], "label": []},
+                                dtype={"image": str})
+            if table["image"].tolist() == expected:
+                table["ok"] = table["ok"].astype(str).str.lower().isin(["true", "1"])
+                return table
+        else:
+            print(f"{len(changed)} input file(s) changed since the scan (e.g. {changed[0]}): scanning again")
     return run_scan(project, comp, progress=progress)

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
-from ..artifacts import write_csv, write_text
+from ..artifacts import write_bytes, write_csv, write_text
 from ..data.read import is_image_name
+from ..safety import is_inside, say_swept, sweep_temporaries
 from .plots import confusion_png
 from .predict import Predictor, add_model_arguments, output_name, predict_images, predictor_from_args
 
@@ -135,7 +136,7 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     write_csv(files["predictions"], predictions_table(ev))
     png = confusion_png(ev.y_true, ev.y_pred, ev.classes,
                         title=f"{ev.name}: macro-F1 {ev.macro_f1:.4f}, accuracy {ev.accuracy:.4f}")
-    files["confusion"].write_bytes(png)
+    write_bytes(files["confusion"], png)
     write_text(files["report"], format_evaluation(ev) + "\n")
     if ev.failures:
         files["unreadable"] = out_dir / "unreadable.csv"
@@ -155,6 +156,9 @@ def evaluate_from_args(args: argparse.Namespace, project) -> Evaluation:
     predictor, device = predictor_from_args(args, project)
     ev = evaluate_folder(predictor, args.data, args.batch_size, device)
     print(format_evaluation(ev))
-    files = write_evaluation(ev, args.out or project.oof / f"eval_{output_name(args.exp)}")
+    out_dir = args.out or project.oof / f"eval_{output_name(args.exp)}"
+    if is_inside(out_dir, project.root):  # a folder of the user's own (--out elsewhere) is left alone
+        say_swept(sweep_temporaries(out_dir), project)
+    files = write_evaluation(ev, out_dir)
     print("wrote " + ", ".join(project.rel(p) for p in files.values()))
     return ev

@@ -3,12 +3,16 @@
 `run_experiment` is what `foldblend train` does for each config: it decides which folds are pending
 (`signatures`), hands them to an executor (`local`: in sequence here, or one process per device), and
 assembles `oof/<exp>/` once every fold is done.
+
+It holds the experiment's lock (models/<exp>/.lock) throughout: two runs of one experiment would
+delete and write each other's fold folders, while different experiments write disjoint folders and
+share only the decode cache, whose files are content-addressed and written atomically (so two
+experiments can train at once, e.g. from two shells on two GPUs).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +23,12 @@ from ..config import ExperimentConfig, load_config
 from ..data.cache import cache_key, cached_images
 from ..data.find import Competition, load_competition
 from ..data.folds import folds_fingerprint, read_folds
+from ..data.freshness import digest_of_test_files, require_current_scan
+from ..locks import hold, live_holders
 from ..members.assemble import assemble_member, load_fold_predictions
 from ..members.base import TrainData, member_kind
 from ..paths import Project
+from ..safety import remove, say_swept, sweep_temporaries
 from .local import LocalExecutor
 from .signatures import fold_signature, is_fold_done, is_trained, predict_signature
 
@@ -30,6 +37,9 @@ def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition |
                     progress: bool = True) -> TrainData:
     comp = comp or load_competition(project.input)
     folds = read_folds(project.folds_csv)
+    # the training signature holds the scan's content hashes: a file replaced since the scan would
+    # otherwise leave its fold "finished earlier" with the old pixels
+    require_current_scan(project.scan_csv, comp.root, list(folds["image"]), then="`foldblend train`")
     unknown = sorted(set(folds["label"]) - set(comp.classes))
     if unknown:
         raise ValueError(f"{project.folds_csv}: labels {unknown[:5]} are not classes of {project.input}; "
@@ -73,7 +83,30 @@ def run_experiment(config_path: str | Path, project: Project, folds: list[int] |
                    assemble: bool = True, progress: bool = True) -> dict | None:
     """Train the requested folds (skipping finished ones), then write oof/<exp>/ when every fold is done."""
     cfg = load_config(config_path, overrides)
-    data = load_train_data(cfg, project, progress=progress)
+    with hold(lock_path(project, cfg.name), f"experiment {cfg.name!r} (models/{cfg.name}/)",
+              fix="wait for it to finish, or train another fold config meanwhile"):
+        for folder, recursive in ((project.models / cfg.name, True), (project.oof_dir(cfg.name), False),
+                                  (project.cache_dir, False)):
+            say_swept(sweep_temporaries(folder, recursive), project)
+        return _run_locked(cfg, config_path, project, folds, overrides, devices, assemble, progress)
+
+
+LOCK_NAME = ".lock"
+
+
+def lock_path(project: Project, exp: str) -> Path:
+    return project.models / exp / LOCK_NAME
+
+
+def other_trainings(project: Project) -> list[dict]:
+    """Live `train` runs of any experiment, other than this process."""
+    return live_holders(project.models.glob(f"*/{LOCK_NAME}"))
+
+
+def _run_locked(cfg, config_path, project, folds, overrides, devices, assemble, progress):
+    comp = load_competition(project.input)
+    inputs = {"test_files": digest_of_test_files(comp)}  # before decoding: a file replaced meanwhile shows
+    data = load_train_data(cfg, project, comp, progress=progress)
     n_folds = int(data.fold.max()) + 1
     todo = folds if folds is not None else (cfg.folds if cfg.folds is not None else list(range(n_folds)))
     bad = [k for k in todo if not 0 <= k < n_folds]
@@ -95,7 +128,7 @@ def run_experiment(config_path: str | Path, project: Project, folds: list[int] |
                                                          progress=progress))
     if not assemble:
         return None
-    return assemble_experiment(cfg, data, project, n_folds)
+    return assemble_experiment(cfg, data, project, n_folds, inputs=inputs)
 
 
 def _remove_folds_of_an_older_split(project: Project, exp: str, n_folds: int) -> None:
@@ -104,14 +137,16 @@ def _remove_folds_of_an_older_split(project: Project, exp: str, n_folds: int) ->
         suffix = d.name.split("_", 1)[1]
         if suffix.isdigit() and int(suffix) >= n_folds:
             print(f"[{exp}] removing {project.rel(d)}: folds.csv now has {n_folds} folds")
-            shutil.rmtree(d)
+            remove(d, inside=project.models)
 
 
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project, n_folds: int) -> dict | None:
+def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project, n_folds: int,
+                        inputs: dict | None = None) -> dict | None:
+    """oof/<exp>/ from every fold's predictions; `inputs` (digests of the files predicted) go to scores.json."""
     signature, predictions = fold_signature(cfg, data), predict_signature(cfg, data)
     dirs = [project.model_dir(cfg.name, k) for k in range(n_folds)]
     missing = [k for k, d in enumerate(dirs) if not is_fold_done(d, signature, predictions)]
@@ -133,9 +168,24 @@ def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project
     scores = assemble_member(out, [load_fold_predictions(d / "preds.npz") for d in dirs], ids=data.ids,
                              labels=data.labels, fold=data.fold, classes=data.classes, test_ids=data.test_ids,
                              test_ok=data.test_ok, extra_scores={
-                                 "stamp": stamp, "model": cfg.model, "config": cfg.to_dict(),
+                                 "stamp": stamp, "inputs": inputs or {}, "model": cfg.model, "config": cfg.to_dict(),
                                  "best_epochs": [d["best_epoch"] for d in done]})
     if (~data.test_ok).any():
         print(f"WARNING [{cfg.name}] {int((~data.test_ok).sum())} test image(s) unreadable: "
               f"they are predicted as the training prior's most likely class")
     return scores
+
+
+def remove_unused_caches(project: Project, since: float) -> None:
+    """After a `train` of every fold config: delete the decode caches none of them used since `since`,
+    unless another `train` runs (it may be about to open one of them)."""
+    from ..data import cache
+
+    others = other_trainings(project)
+    if others:
+        print(f"unused decoded-image caches are kept: another train runs (pid {others[0].get('pid')} on "
+              f"{others[0].get('host')})")
+        return
+    gone = cache.remove_unused_caches(project.cache_dir, since=since)
+    if gone:
+        print(f"removed {len(gone)} decoded-image cache(s) that no fold config uses any more")
