@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import class_image, make_competition
-from hostile import build_trained, cli, copy_project, error_line, new_project, run_process, temporaries
+from hostile import cli, copy_project, error_line, new_project, run_process, temporaries
 
 from foldblend.artifacts import save_member
 from foldblend.ensemble.blend import run_blend
@@ -24,9 +24,9 @@ from foldblend.paths import Project
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    return build_trained(tmp_path_factory.mktemp("trained") / "proj")
+@pytest.fixture
+def trained(trained_project) -> Path:
+    return trained_project  # built once per session (conftest); every test copies it
 
 
 def _failure(capsys, root: Path, *args: str) -> str:
@@ -85,9 +85,10 @@ def test_a_weights_file_that_is_not_one_is_one_line(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content", [
-    pickle.dumps({"weights": {1, 2, 3}, "cls": Path("x")}),            # pickled Python objects beyond tensors
-    b"\x89PNG\r\n\x1a\n not a checkpoint at all",                      # any other file
-    "state_dict"])                                                     # tensors, but not a foldblend checkpoint
+    pickle.dumps({"weights": {1, 2, 3}, "cls": Path("x")}, protocol=2),  # pickled Python objects beyond tensors
+    b"\x89PNG\r\n\x1a\n not a checkpoint at all",                        # any other file
+    "state_dict"],                                                       # tensors, but not a foldblend checkpoint
+    ids=["pickled-objects", "another-file", "tensors-not-a-checkpoint"])
 def test_predict_with_a_file_that_is_not_a_checkpoint_is_one_line(trained, tmp_path, capsys, content):
     proj = copy_project(trained, tmp_path / "proj")
     path = tmp_path / "weights.pt"
@@ -116,7 +117,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(trained, tmp_path, st
     line = error_line(result.stderr)
     assert where in line and "file too large" in line and "rerun the same command" in line, line
     assert temporaries(proj) == []
-    assert run_process(proj, *stage).returncode == 0  # with space again, the same command finishes
+    assert cli(proj, *stage) == 0  # with space again, the same command finishes
 
 
 def test_no_space_left_on_device_names_the_file(trained, tmp_path, capsys, monkeypatch):

@@ -11,16 +11,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hostile import build_trained, cli, copy_project, error_line, run_process, start_process, temporaries
+from hostile import cli, copy_project, error_line, run_process, start_process, temporaries
 
 from foldblend.outputs.submit import read_sample
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    return build_trained(tmp_path_factory.mktemp("trained") / "proj")
+@pytest.fixture
+def trained(trained_project) -> Path:
+    return trained_project  # built once per session (conftest); every test copies it
 
 
 def _wait_for(check, what: str, proc=None, timeout: float = 180) -> None:

@@ -22,9 +22,9 @@ from foldblend.paths import Project
 SRC = Path(__file__).resolve().parents[1] / "src" / "foldblend"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    return build_trained(tmp_path_factory.mktemp("trained") / "proj")
+@pytest.fixture
+def trained(trained_project) -> Path:
+    return trained_project  # built once per session (conftest); every test copies it
 
 
 # ----------------------------------------------------------------------------- 1. experiment names
