@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 import cv2
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -56,7 +57,7 @@ def _hist(values: dict[str, np.ndarray], title: str) -> str:
 
 def _thumb(root: Path, image: str, caption: str) -> str:
     try:
-        rgb = load_rgb(Path(root) / image, draft_size=THUMB)
+        rgb = load_rgb(Path(root) / image, draft_size=THUMB, root=root)
         h, w = rgb.shape[:2]
         s = THUMB / max(h, w)
         small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
@@ -234,6 +235,13 @@ def write_eda(scan_df: pd.DataFrame, groups: np.ndarray | None, ood_scores: np.n
 
     `ood_flagged`: {mask, threshold, how, mode} of the images above the out-of-domain threshold;
     `shift`: {result, arrays, mode, train_images} of the shift check (`shift_stage.run_shift_check`)."""
+    with matplotlib.rc_context({"text.parse_math": False}):  # class names are data: `$x$` is not mathtext
+        page = _page(scan_df, groups, ood_scores, labels, root, ood_flagged, shift)
+    write_text(out_path, page)
+    return Path(out_path)
+
+
+def _page(scan_df, groups, ood_scores, labels, root, ood_flagged, shift) -> str:
     n, n_ok = len(scan_df), int(scan_df["ok"].astype(bool).sum())
     body = [f"<h1>Data report</h1><p>{n} files scanned, {n_ok} readable, {n - n_ok} unreadable.</p>",
             "<p><a href='#classes'>classes</a> · <a href='#sizes'>sizes</a> · <a href='#unreadable'>unreadable</a>"
@@ -244,7 +252,5 @@ def write_eda(scan_df: pd.DataFrame, groups: np.ndarray | None, ood_scores: np.n
     body += _dup_section(scan_df, groups, labels, root) + _ood_section(scan_df, ood_scores, root)
     body += _flagged_section(scan_df, ood_scores, ood_flagged, root)
     body += _shift_section(shift) + _semantic_section(shift, root)
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>foldblend data report</title>"
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>foldblend data report</title>"
             f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
-    write_text(out_path, page)
-    return Path(out_path)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .find import Competition
+from .tables import TableError, read_table
 
 GROUPS_FILE = "groups.csv"
 
@@ -37,9 +38,9 @@ def _lookup(train_images: list[str]) -> dict[str, list[int]]:
 def read_groups_file(path: Path, train_images: list[str]) -> dict[int, str]:
     """{train row: group name} from a groups CSV (image,group); errors name the file and the fix."""
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise GroupsError(f"{path}: unreadable ({e}); write it as a CSV with a header image,group") from None
+        df = read_table(path, "groups file", "write it as a CSV with a header image,group")
+    except TableError as e:
+        raise GroupsError(str(e)) from None
     cols = {c.strip().lower(): c for c in df.columns}
     if "image" not in cols or "group" not in cols:
         raise GroupsError(f"{path}: needs the columns image,group (found {list(df.columns)}); one row per train "

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import write_csv, write_json
 from ..paths import Project
+from ..safety import say_swept, sweep_temporaries
 from .classes import class_table
 from .dedup import duplicate_groups, duplicate_report
 from .eda import write_eda
@@ -30,7 +31,8 @@ from .read import ImageReadError, inspect_bytes, read_bytes
 from .shift_stage import run_shift_check
 
 # The out-of-domain statistics ride along: the file is decoded here anyway, so nothing decodes it again.
-COLUMNS = ["image", "ok", "why", "format", "mode", "width", "height", "bytes", "md5", "phash"] + STAT_COLUMNS
+# mtime_ns with bytes: later stages notice a file changed after the scan (data/freshness.py)
+COLUMNS = ["image", "ok", "why", "format", "mode", "width", "height", "bytes", "mtime_ns", "md5", "phash"] + STAT_COLUMNS
 _CACHE_KEY = ["image", "bytes", "mtime_ns"]
 # Perceptual hashes only look at a 32x32 thumbnail; decoding large JPEGs at reduced scale is ~4x faster.
 PHASH_DRAFT = 256
@@ -59,12 +61,12 @@ def _stat(path: Path) -> tuple[int, int]:
         return -1, -1
 
 
-def scan_one(path: Path, image: str) -> dict:
-    """One row of the scan table for one file; never raises."""
-    row = dict(image=image, ok=False, why="", format="", mode="", width=0, height=0, bytes=-1, md5="", phash="",
-               **{c: np.nan for c in STAT_COLUMNS})
+def scan_one(path: Path, image: str, root: Path | None = None) -> dict:
+    """One row of the scan table for one file; never raises. A file linking out of `root` is unreadable."""
+    row = dict(image=image, ok=False, why="", format="", mode="", width=0, height=0, bytes=-1, mtime_ns=-1, md5="",
+               phash="", **{c: np.nan for c in STAT_COLUMNS})
     try:
-        data = read_bytes(path)
+        data = read_bytes(path, root)
     except ImageReadError as e:
         row["why"] = str(e)
         return row
@@ -121,14 +123,14 @@ def scan_images(paths: list[Path], root: Path, cache_csv: Path | None = None, wo
             todo.append(i)
     if todo:
         with ThreadPoolExecutor(workers or default_workers()) as pool:
-            results = pool.map(lambda i: scan_one(paths[i], names[i]), todo)
+            results = pool.map(lambda i: scan_one(paths[i], names[i], root), todo)
             for i, row in tqdm(zip(todo, results), total=len(todo), desc="scan images", unit="img",
                                disable=not progress):
                 row["mtime_ns"] = stats[i][1]
                 if row["bytes"] >= 0 and row["bytes"] != stats[i][0]:
                     row["mtime_ns"] = -1  # the file changed while we read it: never trust this row later
                 rows[i] = row
-    table = pd.DataFrame(rows, columns=COLUMNS + ["mtime_ns"])
+    table = pd.DataFrame(rows, columns=COLUMNS)
     table = table.astype({"ok": bool, "width": np.int64, "height": np.int64, "bytes": np.int64,
                           "mtime_ns": np.int64})
     if cache_csv is not None and (todo or len(cache) != len(table) or not Path(cache_csv).exists()):
@@ -165,6 +167,7 @@ def scan_summary(df: pd.DataFrame, max_listed: int = 50) -> str:
 def run_scan(project: Project, comp: Competition | None = None, workers: int | None = None,
              progress: bool = True) -> pd.DataFrame:
     comp = comp or load_competition(project.input)
+    say_swept(sweep_temporaries(project.folds_dir), project)
     print(comp.describe())
     print(f"class index (class_order: {comp.class_order}):\n{class_table(comp.classes)}")
     paths = [comp.root / p for p in comp.train["image"]] + [comp.root / p for p in comp.test["image"]]

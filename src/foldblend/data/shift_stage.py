@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..artifacts import write_json, write_npz
 from ..paths import Project
+from ..safety import remove
 from .dedup import duplicate_groups
 from .find import Competition
 from .groups import user_groups, with_user_groups
@@ -145,7 +146,7 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
 def _not_checked(project: Project, why: str, quiet: bool) -> tuple[None, dict]:
     """No check: and no stale verdict outlives its data."""
     for path in (shift_json(project), project.folds_dir / "shift.npz"):
-        path.unlink(missing_ok=True)
+        remove(path, project.folds_dir)
     if not quiet:
         print(why)
     return None, {}
@@ -289,7 +290,7 @@ def write_similarity(project: Project, comp: Competition, folds: pd.DataFrame, p
     """folds/similarity.npz for the split `folds` (a no-op while split, test set and backbone are unchanged)."""
     path = similarity_npz(project)
     if not comp.settings["embeddings"] or read_shift(project) is None:  # no check, no weights (too few images)
-        path.unlink(missing_ok=True)
+        remove(path, project.folds_dir)
         return
     from .embeddings import features_of_files, spec_key
     from .folds import HOLDOUT, folds_fingerprint

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..artifacts import Member, load_member, member_digest, write_json, write_npz
 from ..metrics import HIGHER_IS_BETTER, METRICS, classification_scores, softmax
+from ..safety import check_plain_name, remove, say_swept, sweep_temporaries
 from . import matched as M
 from . import methods as E
 
@@ -291,7 +292,7 @@ def format_table(result: BlendResult, metric: str = "macro_f1") -> str:
 def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str] | None = None) -> None:
     """blend.npz (arrays with their ids) and blend.json (what was done, and how well), both atomic."""
     out_dir = Path(out_dir)
-    (out_dir / "blend.json").unlink(missing_ok=True)  # written last: a kill between the two leaves no blend
+    remove(out_dir / "blend.json", inside=out_dir)  # written last: a kill between the two leaves no blend
     holdout_probs = result.holdout_probs if result.holdout_probs is not None else np.zeros((0, len(result.classes)))
     write_npz(out_dir / "blend.npz", ids=np.asarray(result.ids).astype(str), labels=result.labels,
               test_ids=np.asarray(result.test_ids).astype(str), oof_probs=result.oof_probs,
@@ -379,7 +380,10 @@ def split_members(oof_root: Path, folds_csv: Path) -> tuple[list[str], list[str]
 
 def blend_from_args(args: argparse.Namespace, project) -> BlendResult:
     out_dir = project.oof / "_blend"
+    say_swept(sweep_temporaries(out_dir), project)
     members = args.members
+    for name in members or []:
+        check_plain_name(name, "--members name")
     if not members:
         members, stale = split_members(project.oof, project.folds_csv)
         for name in stale:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import changed_members, write_json
+from ..errors import FoldblendError
+from ..safety import remove
 from .predict import BLEND, FoldModel, Predictor, load_predictor, read_blend
 
 BUNDLE_FILE = "bundle.json"
@@ -33,7 +34,7 @@ FORMAT = "foldblend-bundle/1"
 KINDS = ("cnn", "embedding")
 
 
-class BundleError(ValueError):
+class BundleError(FoldblendError):
     """A bundle cannot be written there, or read back; the message names the file and the fix."""
 
 
@@ -80,7 +81,6 @@ def export_bundle(project, name: str, out: str | Path) -> Path:
     Built under a temporary name beside `out` and renamed into place, so a kill leaves the old bundle
     or the new one; an existing `out` is replaced only when it is a bundle.
     """
-    from safetensors.torch import save_file
 
     out = _inside_project(project, out)
     if out.exists() and find_bundle(out) is None and any(out.iterdir()):
@@ -106,9 +106,14 @@ def export_bundle(project, name: str, out: str | Path) -> Path:
                 _save_tensors(tmp, rel, state)
                 files[fm.name] = rel
         write_json(tmp / BUNDLE_FILE, bundle_metadata(predictor, files, _provenance(project, name)))
+        umask = os.umask(0)
+        os.umask(umask)
+        for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:  # mkdtemp made tmp 0700
+            folder.chmod(0o777 & ~umask)
         _replace_dir(tmp, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            remove(tmp, inside=out.parent)
     return out
 
 
@@ -150,7 +155,7 @@ def _replace_dir(new: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(new, target)
     if old is not None:
-        shutil.rmtree(old)
+        remove(old, inside=target.parent)
 
 
 # ----------------------------------------------------------------------------- reading

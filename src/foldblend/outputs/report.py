@@ -21,8 +21,9 @@ from ..ensemble.matched import describe as describe_matched
 from ..data.read import ImageReadError, load_rgb
 from ..metrics import softmax
 from ..paths import Project
-from .report_neighbours import neighbours_section
+from ..safety import say_swept, sweep_temporaries
 from .plots import SCALE, confusion_png, data_uri, learning_curves_png, per_class_f1_png, png_size, thumbnail_png
+from .report_neighbours import neighbours_section
 
 TOP_LOSSES = 24
 SCORE_COLUMNS = ("macro_f1", "accuracy", "log_loss", "micro_f1", "weighted_f1")
@@ -216,9 +217,10 @@ def confusion_section(name: str, source: dict) -> str:
             + image(confusion_png(source["labels"], pred, source["classes"], title=f"{name} (OOF)"), "confusion matrix"))
 
 
-def thumbnail(path: Path) -> str:
+def thumbnail(path: Path, root: Path | None = None) -> str:
     try:
-        return f'<img alt="{esc(path.name)}" src="{data_uri(thumbnail_png(load_rgb(path, draft_size=160)))}">'
+        png = thumbnail_png(load_rgb(path, draft_size=160, root=root))
+        return f'<img alt="{esc(path.name)}" src="{data_uri(png)}">'
     except (ImageReadError, ValueError) as e:
         return f'<div class="missing">unreadable: {esc(e)}</div>'
 
@@ -234,7 +236,7 @@ def top_losses_section(project: Project, name: str, source: dict, k: int = TOP_L
     order = wrong[np.argsort(-conf, kind="stable")][:k]
     cards = []
     for i in order:
-        cards.append(f"<figure>{thumbnail(project.input / source['ids'][i])}<figcaption>"
+        cards.append(f"<figure>{thumbnail(project.input / source['ids'][i], project.input)}<figcaption>"
                      f'<div>true <span class="good">{esc(classes[labels[i]])}</span></div>'
                      f'<div>pred <span class="bad">{esc(classes[pred[i]])}</span></div>'
                      f"<div>p = {probs[i, pred[i]]:.3f}</div>"
@@ -269,7 +271,15 @@ def submissions_section(project: Project) -> str:
     log = project.submissions / "log.csv"
     if not log.exists():
         return missing("no submissions yet (submissions/log.csv): run `foldblend submit`")
-    raw = pd.read_csv(log, dtype={"file": str})
+    from .submission_log import SubmissionError, read_log
+
+    try:
+        raw = read_log(project.submissions).replace("", np.nan)
+    except SubmissionError as e:
+        return missing(str(e))
+    for column in ("cv", "lb"):
+        if column in raw:
+            raw[column] = pd.to_numeric(raw[column], errors="coerce")
     if raw.empty:
         return missing("submissions/log.csv has no rows yet")
     df, left_out = submissions_table(raw)
@@ -315,6 +325,7 @@ def build_report(project: Project) -> str:
 def write_report(project: Project) -> Path:
     """Write oof/report.html (atomically) and return its path."""
     path = project.oof / "report.html"
+    say_swept(sweep_temporaries(project.oof), project)
     write_text(path, build_report(project))
     return path
 

@@ -89,7 +89,9 @@ def latest_submission(project: Project) -> pd.Series | None:
     log = project.submissions / "log.csv"
     if not log.exists():
         return None
-    df = pd.read_csv(log)
+    from .submission_log import read_log
+
+    df = read_log(project.submissions)
     return df.iloc[-1] if len(df) else None
 
 
