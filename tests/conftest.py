@@ -56,6 +56,14 @@ def make_competition(root: Path, n_classes: int = 3, per_class: int = 12, n_test
     return root
 
 
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """A project after scan, folds, train, blend and submit, built once: tests copy it, never change it."""
+    from hostile import build_trained
+
+    return build_trained(tmp_path_factory.mktemp("trained") / "proj")
+
+
 @pytest.fixture
 def tiny_project(tmp_path: Path) -> Path:
     """A project folder with a 3-class competition, 2 folds and a 1-epoch cnn_tiny fold config."""

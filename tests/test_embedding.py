@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,25 @@ def test_embedding_member_end_to_end(tiny_project):
     pred = predict_images(load_predictor(project, "blend"), paths, progress=False)
     np.testing.assert_allclose(pred.probs, blend_test, atol=1e-4)
     assert main(["--root", root, "evaluate", "--data", str(tiny_project / "input" / "train"), "--exp", "emb"]) == 0
+
+    # a bundle carries the embedding member (backbone once, a head per fold) and needs no weights package
+    import foldblend.members.pretrained as pretrained
+
+    assert main(["--root", root, "export", "--exp", "blend"]) == 0
+    bundle = tiny_project.parent / f"{tiny_project.name}_bundle"
+    shutil.copytree(tiny_project / "export" / "blend", bundle)
+    files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*.safetensors"))
+    assert files == ["weights/emb/backbone.safetensors", "weights/emb/fold_0.safetensors",
+                     "weights/emb/fold_1.safetensors", "weights/tiny/fold_0.safetensors",
+                     "weights/tiny/fold_1.safetensors"]
+    real_package_file = pretrained.package_file
+    pretrained.package_file = lambda entry: (_ for _ in ()).throw(AssertionError("the bundle read the package"))
+    try:
+        moved = predict_images(load_predictor(Project.at(tiny_project.parent / "elsewhere"), str(bundle)), paths,
+                               progress=False)
+    finally:
+        pretrained.package_file = real_package_file
+    np.testing.assert_allclose(moved.probs, pred.probs, atol=1e-6)
 
     html = (project.oof / "report.html").read_text()
     assert "Nearest training images" in html and "least like any training image" in html

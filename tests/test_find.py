@@ -28,7 +28,8 @@ def write(root: Path, rel: str, text: str) -> None:
 
 
 def sample(root: Path, ids, name="sample_submission.csv", header="Id,Expected"):
-    write(root, name, header + "\n" + "".join(f"{i},x\n" for i in ids))
+    targets = ",x" * (header.count(","))  # one placeholder per target column: samples are complete tables
+    write(root, name, header + "\n" + "".join(f"{i}{targets}\n" for i in ids))
 
 
 @pytest.mark.parametrize("train_dir", ["train", "train/simpsons_dataset", "simpsons_dataset", "train/train"])
@@ -172,8 +173,9 @@ def _base(tmp_path):
 def test_yaml_overrides_and_defaults(tmp_path):
     _base(tmp_path)
     comp = load_competition(tmp_path)
-    assert comp.settings == {"n_splits": 5, "fold_seed": 42, "dedup": "group", "dedup_distance": 4,
-                             "ood": "report", "ood_threshold": None, "holdout": 0.0}
+    assert comp.settings == {"n_splits": 5, "fold_seed": 42, "dedup": "auto", "dedup_distance": 4,
+                             "ood": "report", "ood_threshold": None, "holdout": 0.0, "semantic_threshold": None,
+                             "embeddings": True}
     assert comp.submission_format is None and comp.test_labels_path is None
     write(tmp_path, "competition.yaml", "classes: [c, a, b]\nn_splits: 3\nsubmission_format: probs\n"
                                         "dedup: off\nood_threshold: 0.5\n")
@@ -189,7 +191,11 @@ def test_yaml_overrides_and_defaults(tmp_path):
     ("n_split: 3\n", "unknown key 'n_split'"),
     ("n_splits: three\n", "'n_splits' must be an integer"),
     ("n_splits: true\n", "'n_splits' must be an integer"),
-    ("dedup: maybe\n", "'dedup' must be one of group"),
+    ("dedup: maybe\n", "'dedup' must be one of auto, group, semantic"),
+    ("semantic_threshold: 1.5\n", "'semantic_threshold' must be a cosine similarity in \\(0, 1\\]"),
+    ("semantic_threshold: true\n", "'semantic_threshold' must be"),
+    ("embeddings: no_thanks\n", "'embeddings' must be true or false"),
+    ("group_column: 3\n", "'group_column' must be a string"),
     ("submission_format: csv\n", "'submission_format' must be one of"),
     ("classes: [a, b]\n", r"missing \['c'\]"),
     ("classes: [a, b, c, d]\n", r"unknown \['d'\]"),

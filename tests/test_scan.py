@@ -55,7 +55,7 @@ def test_cache_reuses_rows_and_rereads_only_changed_files(folder, tmp_path, monk
 
     calls = []
     real = scan.scan_one
-    monkeypatch.setattr(scan, "scan_one", lambda p, name: calls.append(name) or real(p, name))
+    monkeypatch.setattr(scan, "scan_one", lambda p, name, *rest: calls.append(name) or real(p, name, *rest))
     again = scan_images(paths, root, cache_csv=cache_csv, progress=False)
     assert calls == []  # nothing re-read
     pd.testing.assert_frame_equal(again, first)

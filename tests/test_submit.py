@@ -113,18 +113,19 @@ def test_missing_prediction_names_the_ids_and_writes_nothing(tmp_path):
 def test_log_rows_and_lb_write_back(tmp_path):
     sample = _sample(tmp_path, "Id,Character\n" + "".join(f"{i},homer\n" for i in SAMPLE_IDS))
     info = {"members": ["a", "b"], "weights": {"a": 0.75, "b": 0.25}, "method": "greedy"}
-    first = write_submission(sample, TEST_IDS, PROBS, CLASSES, tmp_path, "g", 0.8, info)
-    write_submission(sample, TEST_IDS, PROBS[:, ::-1], CLASSES, tmp_path, "g", 0.8, {"method": "mean"})
-    log = read_sample(tmp_path / "log.csv")
+    out = tmp_path / "submissions"  # not next to the sample: the log describes every CSV in its folder
+    first = write_submission(sample, TEST_IDS, PROBS, CLASSES, out, "g", 0.8, info)
+    write_submission(sample, TEST_IDS, PROBS[:, ::-1], CLASSES, out, "g", 0.8, {"method": "mean"})
+    log = read_sample(out / "log.csv")
     assert log["file"].tolist() == ["g_cv0.8000.csv", "g_cv0.8000_2.csv"]
     assert log["format"].tolist() == ["label", "label"] and log["lb"].tolist() == ["", ""]
     assert json.loads(log.loc[0, "weights"]) == {"a": 0.75, "b": 0.25} and log.loc[1, "method"] == "mean"
     pd.Timestamp(log.loc[0, "time"])  # ISO time
-    row = record_lb(tmp_path, first, 0.7935)
+    row = record_lb(out, first, 0.7935)
     assert row["lb"] == "0.7935"
-    assert read_sample(tmp_path / "log.csv")["lb"].tolist() == ["0.7935", ""]
+    assert read_sample(out / "log.csv")["lb"].tolist() == ["0.7935", ""]
     with pytest.raises(SubmissionError, match="not in"):
-        record_lb(tmp_path, "nope.csv", 0.5)
+        record_lb(out, "nope.csv", 0.5)
 
 
 def test_kaggle_command_and_fallback_print(monkeypatch, capsys):

@@ -1,19 +1,23 @@
 """Atomic writes and the ensemble-member contract (oof/<exp>/oof.npz, test.npz, holdout.npz, scores.json).
 
 Every file a later stage reads is written to a temporary name in the same folder and renamed into
-place, so a kill at any moment leaves either the old file or the new one, never half of one.
+place, so a kill at any moment leaves either the old file or the new one, never half of one (and a
+temporary that the next run of the stage owning the folder removes: `safety.sweep_temporaries`).
+Files get the mode a plain `open(path, "w")` gives under the umask, so reports and CSVs can be shared.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from .errors import FoldblendError
+from .safety import create_temporary, remove
 
 
 @contextlib.contextmanager
@@ -21,20 +25,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = create_temporary(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.filename is None or str(e.filename) == str(tmp_path):  # name the file being written, not its temporary
+            e.filename, e.filename2 = str(path), None
+        raise
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        remove(tmp_path, inside=path.parent)  # a no-op after the rename
 
 
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -63,6 +73,37 @@ def write_csv(path: str | Path, df, **kwargs) -> None:
     kwargs.setdefault("index", False)
     with atomic_path(path) as tmp:
         df.to_csv(tmp, **kwargs)
+
+
+class _Recording:
+    """A file whose write errors are kept: torch.save turns an OSError into an opaque RuntimeError."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def write_torch(path: str | Path, obj) -> None:
+    """torch.save(obj) atomically; a full disk raises the OSError itself (one clear line in the CLI)."""
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        out = _Recording(f)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
 
 
 # ----------------------------------------------------------------------------- the member contract
@@ -95,7 +136,7 @@ class Member:
         return len(self.classes)
 
 
-class ContractError(ValueError):
+class ContractError(FoldblendError):
     """An oof/<exp>/ folder does not fulfil the ensemble-member contract."""
 
 
@@ -110,7 +151,7 @@ def save_member(out_dir: str | Path, *, classes, ids, labels, fold, views, oof_l
         holdout_logits = np.zeros((test_logits.shape[0], len(views), 0, oof_logits.shape[2]), np.float32)
     # oof.npz marks a complete member: remove it first, so a kill while rewriting leaves no member at all
     # (remade on the next run) rather than a new test.npz beside an old oof.npz
-    (out_dir / "oof.npz").unlink(missing_ok=True)
+    remove(out_dir / "oof.npz", inside=out_dir)
     write_npz(out_dir / "test.npz", ids=np.asarray(test_ids).astype(str), views=views, logits=test_logits)
     write_npz(out_dir / "holdout.npz", ids=np.asarray(holdout_ids).astype(str),
               labels=np.asarray(holdout_labels, dtype=np.int64), views=views,

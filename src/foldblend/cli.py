@@ -101,11 +101,9 @@ def cmd_train(args, project):
     train_experiments(configs, project, executor=executor, folds=args.folds, overrides=args.set, devices=devices,
                       assemble=not args.no_assemble, progress=not args.quiet)
     if not args.configs and args.folds is None and not args.set:  # every fold config ran as it stands
-        from .data.cache import remove_unused_caches
+        from .running.experiment import remove_unused_caches
 
-        gone = remove_unused_caches(project.cache_dir, since=start - 1)
-        if gone:
-            print(f"removed {len(gone)} decoded-image cache(s) that no fold config uses any more")
+        remove_unused_caches(project, since=start - 1)
 
 
 def cmd_blend(args, project):
@@ -245,10 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is kept; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # FoldblendError is a ValueError
         if os.environ.get("FOLDBLEND_DEBUG"):
             raise
-        print(f"foldblend {args.stage}: error: {e}\n(set FOLDBLEND_DEBUG=1 for the traceback)", file=sys.stderr)
+        from .errors import os_error_line
+
+        line = os_error_line(e) if isinstance(e, OSError) else " ".join(str(e).split())
+        print(f"foldblend {args.stage}: error: {line}\n(set FOLDBLEND_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
     return 0
 

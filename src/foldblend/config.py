@@ -18,6 +18,9 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .errors import FoldblendError
+from .safety import UnsafePathError, check_plain_name
+
 
 @dataclass
 class FreezeConfig:
@@ -134,7 +137,7 @@ def _within(value: float, interval: str) -> bool:
     return (lo <= value if interval[0] == "[" else lo < value) and (value <= hi if interval[-1] == "]" else value < hi)
 
 
-class ConfigError(ValueError):
+class ConfigError(FoldblendError):
     """A fold config is invalid; the message names the file and the key."""
 
 
@@ -214,6 +217,8 @@ def _check_kind(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()
 
 
 def validate(cfg: ExperimentConfig, where: str) -> ExperimentConfig:
+    if cfg.name:
+        _check_name(cfg.name, where)
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{where}: key '{key}' must be one of {sorted(allowed)}, got {_get(cfg, key)!r}")
@@ -255,7 +260,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:  # e.g. a !!python/object tag: safe_load refuses it
+        reason = str(e).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value is not plain YAML ({reason}); "
+                          f"quote it as a string, e.g. --set '{key.strip()}=\"...\"'") from None
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
@@ -276,13 +286,25 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
     for text in overrides or []:
-        key, value = parse_override(text)
+        try:
+            key, value = parse_override(text)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         _set_dotted(data, key, value)
     cfg = _build(ExperimentConfig, data, str(path))
     if not cfg.name:
         cfg.name = path.stem
+        _check_name(cfg.name, str(path), "the experiment name (the file's name without .yaml)", "rename the file")
     _check_kind(cfg, str(path), set(data))
     return validate(cfg, str(path))
+
+
+def _check_name(name: str, where: str, what: str = "key 'name'", fix: str = "") -> None:
+    """The name becomes models/<name>/ and oof/<name>/: a plain name, or a ConfigError naming the file."""
+    try:
+        check_plain_name(name, what, where)
+    except UnsafePathError as e:
+        raise ConfigError(f"{e}{'; ' + fix if fix else ''}") from None
 
 
 def config_from_dict(data: dict, where: str = "<dict>") -> ExperimentConfig:

@@ -7,6 +7,7 @@ edited, added or removed image gives a new file and a stale cache is never read.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,10 +19,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..artifacts import atomic_path, write_npz
+from ..safety import remove
 from .read import ImageReadError, load_rgb
 
 GREY = 128          # fill for unreadable images: the mean-ish value, harmless after normalisation
-CACHE_VERSION = 1   # bump when decoding or resizing changes, so old caches are not reused
+CACHE_VERSION = 2   # bump when decoding or resizing changes, so old caches are not reused (2: links out refused)
 
 
 def resize_square(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -52,10 +54,10 @@ def cache_files(paths: list[Path], size: int, cache_dir: Path, root: Path | None
     return Path(cache_dir) / f"{stem}.npy", Path(cache_dir) / f"{stem}.meta.npz"
 
 
-def _decode_into(out: np.ndarray, i: int, path: Path, size: int) -> str:
+def _decode_into(out: np.ndarray, i: int, path: Path, size: int, root: Path | None = None) -> str:
     """Decode one image into out[i]; return "" or the reason it is unreadable (never raise)."""
     try:
-        out[i] = resize_square(load_rgb(path, draft_size=size), size)
+        out[i] = resize_square(load_rgb(path, draft_size=size, root=root), size)
         return ""
     except ImageReadError as e:
         out[i] = GREY
@@ -71,23 +73,28 @@ def cached_images(paths: list[Path], size: int, cache_dir: Path, workers: int | 
 
     Built on first call (parallel decode), reopened in milliseconds afterwards. Unreadable images are
     constant grey with ok=False. Pass `root` to key the cache on paths relative to it, so a moved
-    project keeps its cache.
+    project keeps its cache, and to treat a file linking out of it as unreadable.
     """
     paths = [Path(p) for p in paths]
     if size < 1:
         raise ValueError(f"cache size must be a positive number of pixels, got {size}")
     images_file, meta_file = cache_files(paths, size, cache_dir, root)
-    if not (images_file.exists() and meta_file.exists()):
-        _build(paths, size, images_file, meta_file, workers, progress)
-    else:
+    try:
         os.utime(meta_file)  # "last used": see remove_unused_caches
-    with np.load(meta_file, allow_pickle=False) as meta:
-        ok = meta["ok"].astype(bool)
-    images = np.load(images_file, mmap_mode="r")
+        ok, images = _open(images_file, meta_file)
+    except FileNotFoundError:  # not built yet (or removed as unused by another run a moment ago)
+        _build(paths, size, images_file, meta_file, workers, progress, root)
+        ok, images = _open(images_file, meta_file)
     if images.shape != (len(paths), size, size, 3) or len(ok) != len(paths):
         raise RuntimeError(f"{images_file}: cache has shape {images.shape}, expected {(len(paths), size, size, 3)}; "
                            "delete the file and rerun")
     return images, ok
+
+
+def _open(images_file: Path, meta_file: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(meta_file, allow_pickle=False) as meta:
+        ok = meta["ok"].astype(bool)
+    return ok, np.load(images_file, mmap_mode="r")
 
 
 def remove_unused_caches(cache_dir: Path, since: float) -> list[Path]:
@@ -101,8 +108,8 @@ def remove_unused_caches(cache_dir: Path, since: float) -> list[Path]:
     for meta in Path(cache_dir).glob("images_*.meta.npz"):
         if meta.stat().st_mtime < since:
             pixels = meta.with_name(meta.name.replace(".meta.npz", ".npy"))
-            meta.unlink(missing_ok=True)
-            pixels.unlink(missing_ok=True)
+            remove(meta, inside=cache_dir)
+            remove(pixels, inside=cache_dir)
             gone.append(pixels)
     return gone
 
@@ -115,18 +122,35 @@ def cache_failures(paths: list[Path], size: int, cache_dir: Path, root: Path | N
 
 
 def _build(paths: list[Path], size: int, images_file: Path, meta_file: Path, workers: int | None,
-           progress: bool) -> None:
+           progress: bool, root: Path | None = None) -> None:
     n = len(paths)
     why = [""] * n
     # Pixels first, under a temporary name; the meta file is written only after the pixels are in place,
     # so the pair exists only when complete (an interrupted build leaves nothing to be mistaken for a cache).
     with atomic_path(images_file) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        _allocate(tmp)
         with ThreadPoolExecutor(workers) as pool:  # Pillow and cv2 release the GIL while decoding/resizing
-            jobs = pool.map(lambda i: _decode_into(out, i, paths[i], size), range(n))
+            jobs = pool.map(lambda i: _decode_into(out, i, paths[i], size, root), range(n))
             for i, reason in enumerate(tqdm(jobs, total=n, desc=f"cache {size}px", unit="img", disable=not progress)):
                 why[i] = reason
         out.flush()
         del out
     write_npz(meta_file, ok=np.array([not w for w in why], bool), why=np.array(why, dtype=str),
               paths=np.array([p.as_posix() for p in paths], dtype=str))
+
+
+def _allocate(path: Path) -> None:
+    """Reserve the memmap's blocks now: on a full disk a sparse memmap dies of SIGBUS when a page is
+    first written, while this raises an OSError (one clear line) before any decoding starts."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):  # not supported here: stay sparse
+            e.filename = str(path)
+            raise
+    except AttributeError:  # no posix_fallocate on this platform
+        pass
+    finally:
+        os.close(fd)

@@ -10,10 +10,12 @@ import re
 
 from natsort import natsorted
 
+from ..errors import FoldblendError
+
 CLASS_ORDERS = ("lexical", "natural")
 
 
-class ClassOrderError(ValueError):
+class ClassOrderError(FoldblendError):
     """An explicit class list does not match the classes found."""
 
 

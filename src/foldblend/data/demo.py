@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 from PIL import Image
 
 from ..artifacts import write_csv, write_text
+from ..safety import remove
 
 COMPLETE_MARKER = ".demo_complete"
 BUILDING_MARKER = ".demo_building"
@@ -62,24 +62,21 @@ def build_demo(input_dir: str | Path, seed: int = 0, test_fraction: float = 0.25
                          f"(empty the folder, or point foldblend at another project folder)")
     input_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in input_dir.parent.glob(f".{input_dir.name}.demo-*"):  # left by an interrupted build
-        shutil.rmtree(stale, ignore_errors=True)
+        remove(stale, inside=input_dir.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{input_dir.name}.demo-", dir=input_dir.parent))
     try:
         _write_demo(tmp, seed, test_fraction)
         input_dir.mkdir(exist_ok=True)
         write_text(input_dir / BUILDING_MARKER, "")
-        marker.unlink(missing_ok=True)
+        remove(marker, inside=input_dir)
         for name in DEMO_ENTRIES:
             target = input_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            remove(target, inside=input_dir)
             os.replace(tmp / name, target)
         write_text(marker, json.dumps(params) + "\n")
-        (input_dir / BUILDING_MARKER).unlink()
+        remove(input_dir / BUILDING_MARKER, inside=input_dir)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp, inside=input_dir.parent)
 
 
 def demo_configs() -> dict[str, str]:

@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 import cv2
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -56,7 +57,7 @@ def _hist(values: dict[str, np.ndarray], title: str) -> str:
 
 def _thumb(root: Path, image: str, caption: str) -> str:
     try:
-        rgb = load_rgb(Path(root) / image, draft_size=THUMB)
+        rgb = load_rgb(Path(root) / image, draft_size=THUMB, root=root)
         h, w = rgb.shape[:2]
         s = THUMB / max(h, w)
         small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
@@ -162,20 +163,94 @@ def _flagged_section(scan_df, ood_scores, flagged: dict | None, root) -> list[st
     return out
 
 
+def similarity_png(distributions: dict[str, np.ndarray], title: str = "", dpi: int = 90) -> bytes:
+    """Histograms (as densities) of nearest-neighbour similarities, one per population, as PNG bytes."""
+    fig = Figure(figsize=(7, 3.4))
+    ax = fig.subplots()
+    finite = [np.asarray(v, np.float64)[np.isfinite(v)] for v in distributions.values()]
+    values = np.concatenate(finite) if finite else np.zeros(0)
+    lo, hi = (np.percentile(values, 0.5), values.max()) if len(values) else (0.0, 1.0)
+    bins = np.linspace(lo, hi + 1e-6, 40)
+    for (name, _), v in zip(distributions.items(), finite):
+        if len(v):
+            ax.hist(v, bins=bins, density=True, histtype="stepfilled", alpha=0.35, label=f"{name} (median {np.median(v):.3f})")
+            ax.hist(v, bins=bins, density=True, histtype="step", linewidth=1.2)
+    ax.set_xlabel("cosine similarity to the nearest training image")
+    ax.set_ylabel("density")
+    ax.set_title(title or "how close each image is to what its model trained on")
+    ax.legend(fontsize=8, loc="upper left")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _shift_section(shift: dict | None) -> list[str]:
+    out = ["<h2 id='shift'>Train and test: can CV be trusted?</h2>"]
+    if shift is None:
+        return out + ["<p>Not computed (<code>embeddings: false</code> in competition.yaml, or too few images).</p>"]
+    from .shift_stage import describe_shift  # local: a leaf module otherwise
+
+    result, arrays = shift["result"], shift["arrays"]
+    lines = describe_shift(result, shift["mode"])
+    out += [f"<p{' class=warn' if line.startswith('WARNING') else ''}>{html.escape(line)}</p>" for line in lines]
+    if result.get("n_test"):
+        dists = {"OOF image -> nearest in other folds (pHash groups)": arrays["oof_similarity"],
+                 "test image -> nearest train image": arrays["test_similarity"]}
+        if "matched_similarity" in arrays and (result.get("match") or {}).get("threshold") is not None:
+            dists["OOF, folds with semantic groups"] = arrays["matched_similarity"]
+        png = similarity_png(dists)
+        out.append(f'<img alt="similarity distributions" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+        out.append("<p>When the OOF curve sits right of the test curve, every OOF image had a closer relative in "
+                   "training than test images will have, and CV scores easier cases than the leaderboard.</p>")
+    return out
+
+
+def _semantic_section(shift: dict | None, root: Path) -> list[str]:
+    out = ["<h2 id='semantic'>Semantic groups (beyond pHash)</h2>"]
+    semantic = (shift or {}).get("result", {}).get("semantic") if shift else None
+    if not semantic or "semantic_groups" not in shift["arrays"]:
+        return out + ["<p>None: no threshold was chosen (no sign that CV is optimistic, no test set to match, or "
+                      "<code>semantic_threshold</code> unset).</p>"]
+    from .semantic import groups_added  # local: a leaf module otherwise
+
+    arrays = shift["arrays"]
+    images = np.asarray(shift["train_images"], dtype=object)[arrays["rows"]]
+    groups, phash = np.asarray(arrays["semantic_groups"]), np.asarray(arrays["phash_groups"])
+    added = groups_added(phash, groups)["groups"]
+    sizes = np.bincount(groups)
+    out.append(f"<p>{len(added)} groups join images pHash does not (threshold {semantic['threshold']:.4f}, "
+               f"{html.escape(semantic['how'])}; {'used by the folds' if semantic['applied'] else 'not used by the folds'}"
+               f"). The largest first, up to {MAX_DUP_GROUPS}; each keeps its images in one fold.</p>")
+    for g in added[np.argsort(-sizes[added], kind="stable")][:MAX_DUP_GROUPS]:
+        rows = np.flatnonzero(groups == g)
+        figs = "".join(_thumb(root, images[r], images[r]) for r in rows[:8])
+        out.append(f"<div class='grp'>group of {len(rows)} images, {len(np.unique(phash[rows]))} pHash groups<br>{figs}</div>")
+    return out
+
+
 def write_eda(scan_df: pd.DataFrame, groups: np.ndarray | None, ood_scores: np.ndarray | None,
-              labels: pd.Series | None, out_path: Path, root: Path, ood_flagged: dict | None = None) -> Path:
+              labels: pd.Series | None, out_path: Path, root: Path, ood_flagged: dict | None = None,
+              shift: dict | None = None) -> Path:
     """Write the EDA page atomically; `labels` is positional (one per scan row, NaN for test rows).
 
-    `ood_flagged`: {mask, threshold, how, mode} of the images above the out-of-domain threshold."""
+    `ood_flagged`: {mask, threshold, how, mode} of the images above the out-of-domain threshold;
+    `shift`: {result, arrays, mode, train_images} of the shift check (`shift_stage.run_shift_check`)."""
+    with matplotlib.rc_context({"text.parse_math": False}):  # class names are data: `$x$` is not mathtext
+        page = _page(scan_df, groups, ood_scores, labels, root, ood_flagged, shift)
+    write_text(out_path, page)
+    return Path(out_path)
+
+
+def _page(scan_df, groups, ood_scores, labels, root, ood_flagged, shift) -> str:
     n, n_ok = len(scan_df), int(scan_df["ok"].astype(bool).sum())
     body = [f"<h1>Data report</h1><p>{n} files scanned, {n_ok} readable, {n - n_ok} unreadable.</p>",
             "<p><a href='#classes'>classes</a> · <a href='#sizes'>sizes</a> · <a href='#unreadable'>unreadable</a>"
             " · <a href='#duplicates'>duplicates</a> · <a href='#ood'>out-of-domain</a>"
-            + (" · <a href='#ood-dropped'>dropped</a>" if ood_flagged is not None else "") + "</p>"]
+            + (" · <a href='#ood-dropped'>dropped</a>" if ood_flagged is not None else "")
+            + " · <a href='#shift'>train/test shift</a> · <a href='#semantic'>semantic groups</a></p>"]
     body += _class_section(labels) + _sizes_section(scan_df) + _bad_section(scan_df)
     body += _dup_section(scan_df, groups, labels, root) + _ood_section(scan_df, ood_scores, root)
     body += _flagged_section(scan_df, ood_scores, ood_flagged, root)
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>foldblend data report</title>"
+    body += _shift_section(shift) + _semantic_section(shift, root)
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>foldblend data report</title>"
             f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
-    write_text(out_path, page)
-    return Path(out_path)

@@ -18,8 +18,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ..errors import FoldblendError
 from .classes import CLASS_ORDERS, ClassOrderError, order_classes
-from .read import is_image_name
+from .read import is_image_name, resolves_inside
+from .tables import read_table
 
 CONFIG_NAME = "competition.yaml"
 SAMPLE_NAMES = ("sample_submission.csv", "samplesubmission.csv")
@@ -30,10 +32,11 @@ TEST_DIR_NAMES = ("test", "testset", "test_images", "test_set")
 ID_NAMES = ("id", "image", "image_id", "filename", "file_name", "file", "image_name", "img", "name", "path")
 LABEL_NAMES = ("label", "labels", "class", "category", "target", "class_name", "species", "breed", "genre")
 SUBMISSION_FORMATS = ("label", "probs", "class_id", "positive_prob")
-DEDUP_MODES = ("group", "keep_one", "off")
+DEDUP_MODES = ("auto", "group", "semantic", "keep_one", "off")
+GROUP_NAMES = ("group", "group_id")
 OOD_MODES = ("report", "drop")
-SETTINGS_DEFAULTS = {"n_splits": 5, "fold_seed": 42, "dedup": "group", "dedup_distance": 4, "ood": "report",
-                     "ood_threshold": None, "holdout": 0.0}
+SETTINGS_DEFAULTS = {"n_splits": 5, "fold_seed": 42, "dedup": "auto", "dedup_distance": 4, "ood": "report",
+                     "ood_threshold": None, "holdout": 0.0, "semantic_threshold": None, "embeddings": True}
 
 
 def _looks_like_test(name: str) -> bool:
@@ -49,7 +52,7 @@ _STR = ("a string (a path or column name)", lambda v: isinstance(v, str) and v !
 # key -> (what it must be, check). One table, so the error message and the check cannot drift apart.
 CONFIG_RULES = {
     **{k: _STR for k in ("train_dir", "train_csv", "id_column", "label_column", "image_column", "test_dir",
-                         "sample_submission")},
+                         "sample_submission", "group_column")},
     "classes": ("a list of class names", lambda v: isinstance(v, list) and all(
         isinstance(c, str) or _is_int(c) for c in v)),
     "submission_format": (f"one of {', '.join(SUBMISSION_FORMATS)}", lambda v: v is None or v in SUBMISSION_FORMATS),
@@ -62,10 +65,13 @@ CONFIG_RULES = {
     "holdout": ("a fraction in [0, 1) (0 = no held-out test split)",
                 lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1),
     "class_order": (f"one of {', '.join(CLASS_ORDERS)}", lambda v: v in CLASS_ORDERS),
+    "semantic_threshold": ("a cosine similarity in (0, 1], or null (chosen from the data)",
+                           lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1)),
+    "embeddings": ("true or false", lambda v: isinstance(v, bool)),
 }
 
 
-class CompetitionError(ValueError):
+class CompetitionError(FoldblendError):
     """input/ does not hold a competition we can read; the message names the folder and the fix."""
 
 
@@ -117,7 +123,8 @@ def load_competition(input_dir: str | Path) -> Competition:
     if sample_path is None:  # train-only: no test set, unless an unlabelled test folder says one is missing
         sample, id_column, test_dir, labelled_test = None, None, None, _train_only_test_folder(root, cfg)
     else:
-        sample = pd.read_csv(sample_path, dtype=str, keep_default_na=False)
+        _refuse_outside(root, sample_path, "the sample submission")
+        sample = read_table(sample_path, "sample submission", "use the competition's own sample_submission.csv")
         if sample.shape[1] < 2 or sample.empty:
             raise CompetitionError(f"{sample_path}: a sample submission needs an id column, at least one target "
                                    f"column and one row (found columns {list(sample.columns)}, {len(sample)} rows)")
@@ -131,10 +138,15 @@ def load_competition(input_dir: str | Path) -> Competition:
     if found is None and sample is None and "train_dir" not in cfg:
         found = _classes_in_root(root)
     if found is None:
+        _explain_single_class(root, cfg, test_dir)
         raise CompetitionError(
             f"{root}/: no training data found (looked for class folders such as train/<class>/*.jpg and for "
             f"{', '.join(TRAIN_CSV_NAMES)} with an image folder); set train_dir or train_csv in {root / CONFIG_NAME}")
     layout, train, ignored = found
+    if train["label"].nunique() < 2:
+        found_labels = f"every train image has the label {train['label'].iloc[0]!r}" if len(train) else "no train rows"
+        raise CompetitionError(f"{root}/: {found_labels} ({layout}); a classifier needs at least two classes: "
+                               f"add the other classes' images")
     if sample is None:
         test, test_ignored = pd.DataFrame({"id": pd.Series(dtype=str), "image": pd.Series(dtype=str)}), []
         layout += "; no test set (no sample submission)"
@@ -144,6 +156,7 @@ def load_competition(input_dir: str | Path) -> Competition:
     else:
         test, test_ignored = _match_test(root, test_dir, sample[id_column].tolist())
         layout += f"; test: {_rel(test_dir, root)}/"
+    _refuse_folders_outside(root, list(train["image"]) + list(test["image"]))
     try:
         classes = order_classes(train["label"].unique().tolist(), cfg.get("class_order"), cfg.get("classes"),
                                 str(root / CONFIG_NAME))
@@ -168,8 +181,10 @@ def read_config(input_dir: Path) -> dict:
         return {}
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise CompetitionError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as e:
-        raise CompetitionError(f"{path}: not valid YAML ({e})") from e
+        raise CompetitionError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
     if not isinstance(raw, dict):
         raise CompetitionError(f"{path}: expected `key: value` lines, got a {type(raw).__name__}")
     if raw.get("dedup") is False:  # YAML 1.1 reads a bare `off` as false
@@ -220,8 +235,27 @@ def _rel(p: Path, root: Path) -> str:
     return Path(os.path.relpath(p, root)).as_posix()
 
 
+def _refuse_outside(root: Path, path: Path, what: str) -> None:
+    """Inputs are read from inside input/ only: a link out of it is an error naming the fix."""
+    if not resolves_inside(path, root):
+        raise CompetitionError(f"{_rel(path, root)}: {what} resolves to {path.resolve()}, outside {root.name}/ "
+                               f"(a symbolic link); copy it into {root.name}/, or make {root.name}/ itself a link "
+                               f"to the folder holding the whole competition")
+
+
+def _refuse_folders_outside(root: Path, images: list[str]) -> None:
+    """Every folder an image is read from lies inside input/ (a linked image file is the scan's business:
+    it is reported as unreadable like any other bad file)."""
+    for folder in sorted({Path(i).parent for i in images}):
+        _refuse_outside(root, root / folder, "the image folder")
+
+
 def _configured(root: Path, cfg: dict, key: str, want_dir: bool) -> Path:
     p = root / cfg[key]
+    if not resolves_inside(p, root):
+        raise CompetitionError(f"{root / CONFIG_NAME}: {key} {cfg[key]!r} points outside {root.name}/ "
+                               f"({p.resolve()}); name a path inside {root.name}/ (move the files there, or make "
+                               f"{root.name}/ itself a link to the folder holding the whole competition)")
     if not (p.is_dir() if want_dir else p.is_file()):
         raise CompetitionError(f"{root / CONFIG_NAME}: {key} {cfg[key]!r} is not a "
                                f"{'folder' if want_dir else 'file'} in {root}/; fix the path")
@@ -280,6 +314,27 @@ def _find_test_dir(root: Path, cfg: dict, required: bool = True) -> Path | None:
 
 def _class_root(d: Path) -> tuple[Path, dict[str, list[Path]], list[Path]] | None:
     """(folder whose sub-folders are classes, images per class, other files) if d is a folder per class."""
+    d, per_class, others, loose = _class_folders(d)
+    if len(per_class) < 2 or len(loose) >= sum(map(len, per_class.values())):
+        return None  # a flat image folder (CSV layout) or a single class is not a folder per class
+    return d, per_class, others + loose
+
+
+def _explain_single_class(root: Path, cfg: dict, test_dir: Path | None) -> None:
+    """A folder-per-class layout with one class folder: say that, not "no training data found"."""
+    if "train_csv" in cfg or _pick(root, TRAIN_CSV_NAMES) is not None:
+        return
+    skip = set() if test_dir is None else {test_dir, *test_dir.parents}
+    for s in ([root / cfg["train_dir"]] if "train_dir" in cfg else [s for s in _subdirs(root) if s not in skip]):
+        d, per_class, _, loose = _class_folders(s)
+        if len(per_class) == 1 and len(loose) < sum(map(len, per_class.values())):
+            raise CompetitionError(f"{_rel(d, root)}/: only one class folder ({next(iter(per_class))}/) holds "
+                                   f"images; a classifier needs at least two classes: add the other classes' "
+                                   f"folders next to it")
+
+
+def _class_folders(d: Path) -> tuple[Path, dict[str, list[Path]], list[Path], list[Path]]:
+    """(the folder whose sub-folders look like classes, images per sub-folder, other files, loose images)."""
     for _ in range(3):  # descend train/simpsons_dataset/<class>, train/train/<class>
         subs = _subdirs(d)
         if len(subs) == 1 and not _direct_images(subs[0]) and _subdirs(subs[0]):
@@ -292,10 +347,7 @@ def _class_root(d: Path) -> tuple[Path, dict[str, list[Path]], list[Path]] | Non
         others += rest
         if images:
             per_class[s.name] = images
-    loose = _direct_images(d)
-    if len(per_class) < 2 or len(loose) >= sum(map(len, per_class.values())):
-        return None  # a flat image folder (CSV layout) or a single class is not a folder per class
-    return d, per_class, others + loose
+    return d, per_class, others, _direct_images(d)
 
 
 def _folder_layout(root: Path, cfg: dict, test_dir: Path | None):
@@ -345,15 +397,18 @@ def _csv_layout(root: Path, cfg: dict):
     csv = _configured(root, cfg, "train_csv", False) if "train_csv" in cfg else _pick(root, TRAIN_CSV_NAMES)
     if csv is None:
         return None
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    _refuse_outside(root, csv, "the labels CSV")
+    df = read_table(csv, "labels CSV", "fix the file or set train_csv in " + str(root / CONFIG_NAME))
     cols = list(df.columns)
     id_col = cfg.get("id_column") or _guess(cols, ID_NAMES) or cols[0]
     image_col = cfg.get("image_column") or id_col
-    label_col = cfg.get("label_column") or _guess(cols, LABEL_NAMES, exclude=(id_col, image_col))
-    rest = [c for c in cols if c not in (id_col, image_col)]
+    group_col = cfg.get("group_column") or _guess(cols, GROUP_NAMES, exclude=(id_col, image_col))
+    label_col = cfg.get("label_column") or _guess(cols, LABEL_NAMES, exclude=(id_col, image_col, group_col))
+    rest = [c for c in cols if c not in (id_col, image_col, group_col)]
     if label_col is None and len(rest) == 1:
         label_col = rest[0]
-    for key, col in (("id_column", id_col), ("image_column", image_col), ("label_column", label_col)):
+    for key, col in (("id_column", id_col), ("image_column", image_col), ("label_column", label_col),
+                     ("group_column", group_col)):
         if col is not None and col not in cols:
             raise CompetitionError(f"{csv}: no column {col!r} (columns: {cols}); fix {key} in {root / CONFIG_NAME}")
     if label_col is not None:
@@ -375,6 +430,9 @@ def _csv_layout(root: Path, cfg: dict):
     images = [index.find(v) for v in df[image_col]]
     _raise_missing(df[image_col], images, image_dir, root, "train_dir")
     train = pd.DataFrame({"image": images, "label": labels.to_numpy()})
+    if group_col is not None:  # the user's groups (same patient, scene, product): they win over any dedup
+        groups = df[group_col].str.strip()
+        train["group"] = groups.where(groups != "", None).to_numpy(dtype=object)
     return f"labels CSV: {csv.name} ({image_col} -> {_rel(image_dir, root)}/)", train, index.others
 
 

@@ -26,11 +26,15 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ..artifacts import write_csv, write_json
+from ..errors import FoldblendError
 from ..paths import Project
+from ..safety import remove, say_swept, sweep_temporaries
 from .dedup import duplicate_groups, keep_one_per_group
 from .find import Competition, load_competition
+from .freshness import changed_since_scan
 from .ood import ood_flags
 from .scan import run_scan
+from .shift_stage import fold_groups, run_shift_check, write_similarity
 
 FOLD_COLUMNS = ["image", "label", "group", "fold"]
 HOLDOUT = -1          # the fold value of held-out test rows
@@ -38,7 +42,7 @@ MAX_HOLDOUT_PARTS = 20  # a holdout fraction is made of p of q grouped parts, q 
 FIX = "run `foldblend folds`"
 
 
-class FoldsError(ValueError):
+class FoldsError(FoldblendError):
     """folds.csv is missing or malformed, or the train set cannot be split; the message says what to do."""
 
 
@@ -121,6 +125,13 @@ def _kfold(labels: np.ndarray, group: np.ndarray, n_splits: int, seed: int) -> n
         for k, (_, valid) in enumerate(splits):
             fold[valid] = k
     return fold
+
+
+def assign_folds(labels, groups, n_splits: int, seed: int) -> np.ndarray:
+    """The fold of each row as `make_folds` assigns it (stratified, grouped), for a split not written to disk:
+    the shift check tries many groupings before the folds stage makes one."""
+    labels = np.asarray(labels).astype(str)
+    return _kfold(labels, _group_codes(groups, len(labels)), n_splits, seed)
 
 
 def _group_codes(groups, n: int) -> np.ndarray:
@@ -271,6 +282,7 @@ def holdout_setting(comp: Competition, folds_csv: Path, override: float | None =
 def run_folds(project: Project, comp: Competition | None = None, progress: bool = True,
               holdout: float | None = None) -> pd.DataFrame:
     comp = comp or load_competition(project.input)
+    say_swept(sweep_temporaries(project.folds_dir), project)
     table = scan_table(project, comp, progress)
     train = table[table["split"] == "train"].reset_index(drop=True)
     keep = train["ok"].to_numpy(bool).copy()  # pandas may hand out a read-only view
@@ -281,15 +293,16 @@ def run_folds(project: Project, comp: Competition | None = None, progress: bool 
     if comp.settings["ood"] == "drop":
         reasons[flagged & keep] = "out_of_domain"
         keep &= ~flagged
-    groups = None
     mode = comp.settings["dedup"]
     if mode == "keep_one":
         one = keep_one_per_group(train, duplicate_groups(train, comp.settings["dedup_distance"]))
         reasons[keep & ~one] = "duplicate"
         keep &= one
     kept = train[keep].reset_index(drop=True)
-    if mode == "group":  # regrouped here: scan.csv's groups may come from another dedup_distance
-        groups = duplicate_groups(kept, comp.settings["dedup_distance"])
+    # regrouped here: scan.csv's groups may come from another dedup_distance
+    groups = duplicate_groups(kept, comp.settings["dedup_distance"]) if mode in ("group", "auto", "semantic") else None
+    run_shift_check(project, comp, table, progress=progress, quiet_if_current=True)  # current: a no-op
+    groups, grouping = fold_groups(project, comp, kept, groups, progress=progress)
     counts = pd.Series(reasons[~keep]).value_counts()
     print("left out of training: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "none")
           + (f" (out-of-domain threshold {threshold:.3f}, {how})" if comp.settings["ood"] == "drop" else ""))
@@ -299,8 +312,9 @@ def run_folds(project: Project, comp: Competition | None = None, progress: bool 
     fraction = holdout_setting(comp, project.folds_csv, holdout)
     folds, _ = ensure_folds(kept[["image", "label"]], project.folds_csv, comp.settings["n_splits"],
                             comp.settings["fold_seed"], groups, holdout=fraction,
-                            record={"ood": ood, "left_out": left_out})
+                            record={"ood": ood, "grouping": grouping, "left_out": left_out})
     _write_holdout_list(project, comp, folds)
+    write_similarity(project, comp, folds, progress=progress)
     _warn_unseen_classes(folds)
     return folds
 
@@ -310,7 +324,7 @@ def _write_holdout_list(project: Project, comp: Competition, folds: pd.DataFrame
     path = project.folds_dir / "holdout.csv"
     held = folds[folds["fold"] == HOLDOUT]
     if held.empty:
-        path.unlink(missing_ok=True)
+        remove(path, inside=project.folds_dir)
         return
     base = Path(os.path.relpath(comp.root, project.folds_dir)).as_posix()
     new = pd.DataFrame({"path": [f"{base}/{p}" for p in held["image"]], "label": held["label"].to_numpy()})
@@ -337,11 +351,16 @@ def _warn_unseen_classes(folds: pd.DataFrame) -> None:
 
 
 def scan_table(project: Project, comp: Competition, progress: bool = True) -> pd.DataFrame:
-    """folds/scan.csv when it covers exactly this competition's files, else a fresh scan."""
+    """folds/scan.csv when it covers exactly this competition's files as they are now, else a fresh scan."""
+    expected = list(comp.train["image"]) + list(comp.test["image"])
     if project.scan_csv.exists():
-        table = pd.read_csv(project.scan_csv, keep_default_na=False, na_values={"ood": [""], "label": []})
-        expected = list(comp.train["image"]) + list(comp.test["image"])
-        if table["image"].tolist() == expected:
-            table["ok"] = table["ok"].astype(str).str.lower().isin(["true", "1"])
-            return table
+        changed = changed_since_scan(project.scan_csv, comp.root, expected)
+        if not changed:
+            table = pd.read_csv(project.scan_csv, keep_default_na=False, na_values={"ood": [""], "label": []},
+                                dtype={"image": str})
+            if table["image"].tolist() == expected:
+                table["ok"] = table["ok"].astype(str).str.lower().isin(["true", "1"])
+                return table
+        else:
+            print(f"{len(changed)} input file(s) changed since the scan (e.g. {changed[0]}): scanning again")
     return run_scan(project, comp, progress=progress)

@@ -10,11 +10,14 @@ The pixel-count guard runs on the header, before any pixel is decoded, so a 1 kB
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from ..errors import FoldblendError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, for every image alike
@@ -22,7 +25,7 @@ MAX_PIXELS = 50_000_000       # larger than any sane competition photo; guards R
 MIN_SIDE = 2                  # a 1-pixel-wide image carries no information and breaks resizers/hashes
 
 
-class ImageReadError(ValueError):
+class ImageReadError(FoldblendError):
     """An image file could not be decoded; the message names the file, says why and what to do."""
 
 
@@ -119,8 +122,17 @@ def _gray3(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(a[..., None], 3, axis=2))
 
 
-def read_bytes(path: str | Path) -> bytes:
+def resolves_inside(path: str | Path, root: str | Path) -> bool:
+    """Whether `path`, with every symbolic link followed, lies inside `root` (also resolved)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+
+
+def read_bytes(path: str | Path, root: str | Path | None = None) -> bytes:
+    """The file's bytes; with `root`, a file that resolves outside it (a symlink out) is refused."""
     path = Path(path)
+    if root is not None and not resolves_inside(path, root):
+        raise ImageReadError(f"{path}: a symbolic link to {os.path.realpath(path)}, outside {Path(root).name}/; "
+                             f"copy the file itself into {Path(root).name}/")
     try:
         return path.read_bytes()
     except OSError as e:
@@ -128,9 +140,10 @@ def read_bytes(path: str | Path) -> bytes:
 
 
 def load_rgb(path: str | Path, *, max_pixels: int | None = MAX_PIXELS,
-             draft_size: int | None = None) -> np.ndarray:
-    """Read one file as RGB uint8 (H, W, 3); raises ImageReadError naming the file and the reason."""
-    return decode_rgb(read_bytes(path), str(path), max_pixels=max_pixels, draft_size=draft_size)
+             draft_size: int | None = None, root: str | Path | None = None) -> np.ndarray:
+    """Read one file as RGB uint8 (H, W, 3); raises ImageReadError naming the file and the reason.
+    With `root` (the competition's input folder), a file linking out of it is refused."""
+    return decode_rgb(read_bytes(path, root), str(path), max_pixels=max_pixels, draft_size=draft_size)
 
 
 def inspect_bytes(data: bytes, name: str, *, min_side: int = MIN_SIDE, max_pixels: int | None = MAX_PIXELS,

@@ -1,5 +1,5 @@
 """The scan stage: every image read once before training (readable or not and why, size, mode, content and
-perceptual hash), then duplicate groups, out-of-domain scores and the EDA page.
+perceptual hash), then duplicate groups, out-of-domain scores, the train/test shift check and the EDA page.
 
 Finding a truncated JPEG at epoch 3 of fold 4 costs a run; finding it here costs a line in a table.
 The table is cached by (relative path, file size, mtime_ns), so rescanning a 25k-image folder after
@@ -21,15 +21,18 @@ from tqdm.auto import tqdm
 
 from ..artifacts import write_csv, write_json
 from ..paths import Project
+from ..safety import say_swept, sweep_temporaries
 from .classes import class_table
 from .dedup import duplicate_groups, duplicate_report
 from .eda import write_eda
 from .find import Competition, load_competition
 from .ood import STAT_COLUMNS, image_stats, ood_flags, ood_report, scores_from_stats
 from .read import ImageReadError, inspect_bytes, read_bytes
+from .shift_stage import run_shift_check
 
 # The out-of-domain statistics ride along: the file is decoded here anyway, so nothing decodes it again.
-COLUMNS = ["image", "ok", "why", "format", "mode", "width", "height", "bytes", "md5", "phash"] + STAT_COLUMNS
+# mtime_ns with bytes: later stages notice a file changed after the scan (data/freshness.py)
+COLUMNS = ["image", "ok", "why", "format", "mode", "width", "height", "bytes", "mtime_ns", "md5", "phash"] + STAT_COLUMNS
 _CACHE_KEY = ["image", "bytes", "mtime_ns"]
 # Perceptual hashes only look at a 32x32 thumbnail; decoding large JPEGs at reduced scale is ~4x faster.
 PHASH_DRAFT = 256
@@ -58,12 +61,12 @@ def _stat(path: Path) -> tuple[int, int]:
         return -1, -1
 
 
-def scan_one(path: Path, image: str) -> dict:
-    """One row of the scan table for one file; never raises."""
-    row = dict(image=image, ok=False, why="", format="", mode="", width=0, height=0, bytes=-1, md5="", phash="",
-               **{c: np.nan for c in STAT_COLUMNS})
+def scan_one(path: Path, image: str, root: Path | None = None) -> dict:
+    """One row of the scan table for one file; never raises. A file linking out of `root` is unreadable."""
+    row = dict(image=image, ok=False, why="", format="", mode="", width=0, height=0, bytes=-1, mtime_ns=-1, md5="",
+               phash="", **{c: np.nan for c in STAT_COLUMNS})
     try:
-        data = read_bytes(path)
+        data = read_bytes(path, root)
     except ImageReadError as e:
         row["why"] = str(e)
         return row
@@ -120,14 +123,14 @@ def scan_images(paths: list[Path], root: Path, cache_csv: Path | None = None, wo
             todo.append(i)
     if todo:
         with ThreadPoolExecutor(workers or default_workers()) as pool:
-            results = pool.map(lambda i: scan_one(paths[i], names[i]), todo)
+            results = pool.map(lambda i: scan_one(paths[i], names[i], root), todo)
             for i, row in tqdm(zip(todo, results), total=len(todo), desc="scan images", unit="img",
                                disable=not progress):
                 row["mtime_ns"] = stats[i][1]
                 if row["bytes"] >= 0 and row["bytes"] != stats[i][0]:
                     row["mtime_ns"] = -1  # the file changed while we read it: never trust this row later
                 rows[i] = row
-    table = pd.DataFrame(rows, columns=COLUMNS + ["mtime_ns"])
+    table = pd.DataFrame(rows, columns=COLUMNS)
     table = table.astype({"ok": bool, "width": np.int64, "height": np.int64, "bytes": np.int64,
                           "mtime_ns": np.int64})
     if cache_csv is not None and (todo or len(cache) != len(table) or not Path(cache_csv).exists()):
@@ -164,6 +167,7 @@ def scan_summary(df: pd.DataFrame, max_listed: int = 50) -> str:
 def run_scan(project: Project, comp: Competition | None = None, workers: int | None = None,
              progress: bool = True) -> pd.DataFrame:
     comp = comp or load_competition(project.input)
+    say_swept(sweep_temporaries(project.folds_dir), project)
     print(comp.describe())
     print(f"class index (class_order: {comp.class_order}):\n{class_table(comp.classes)}")
     paths = [comp.root / p for p in comp.train["image"]] + [comp.root / p for p in comp.test["image"]]
@@ -197,9 +201,12 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
         print(f"out-of-domain threshold {threshold:.3f} ({how}): {int(flagged.sum())} train image(s) above it, "
               + ("left out by `foldblend folds` (ood: drop)" if drop else
                  f"kept (ood: report; set ood: drop in {comp.root.name}/competition.yaml to leave them out)"))
+    shift, shift_arrays = run_shift_check(project, comp, table, progress=progress)
     eda = write_eda(table, table["group"].to_numpy(), scores, table["label"], project.folds_dir / "eda.html",
                     comp.root, ood_flagged={"mask": flagged, "threshold": threshold, "how": how,
-                                            "mode": comp.settings["ood"]})
+                                            "mode": comp.settings["ood"]},
+                    shift={"result": shift, "arrays": shift_arrays, "mode": comp.settings["dedup"],
+                           "train_images": table.loc[is_train, "image"].tolist()} if shift else None)
     print(f"data report: {eda.relative_to(project.root)}")
     return table
 
@@ -217,7 +224,7 @@ def _print_duplicates(report: dict, mode: str) -> None:
         print("duplicates: none found")
         return
     print(f"duplicates: {report['n_groups']} groups covering {report['n_images_in_groups']} images "
-          f"(mode '{mode}': {'kept together in one fold' if mode == 'group' else mode}); "
+          f"(mode '{mode}': {'kept together in one fold' if mode in ('group', 'auto', 'semantic') else mode}); "
           f"details in folds/duplicates.json")
     largest = max(len(g) for g in report["groups"])
     if largest > 20:  # near-duplicate links chain: a huge group means the distance joins distinct images

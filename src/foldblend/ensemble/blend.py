@@ -19,6 +19,8 @@ import numpy as np
 
 from ..artifacts import Member, load_member, member_digest, write_json, write_npz
 from ..metrics import HIGHER_IS_BETTER, METRICS, classification_scores, softmax
+from ..safety import check_plain_name, remove, say_swept, sweep_temporaries
+from . import matched as M
 from . import methods as E
 
 OVERFIT_WARNING_GAP = 0.01
@@ -86,6 +88,7 @@ class BlendResult:
     holdout_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     holdout_probs: np.ndarray | None = None     # (H, C): the pipeline fitted on all OOF rows
     holdout_scores: dict = field(default_factory=dict)  # {"members": {name: scores}, "blend": scores}
+    test_matched: dict | None = None            # CV reweighted to the test's neighbour similarity (`matched`)
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -289,7 +292,7 @@ def format_table(result: BlendResult, metric: str = "macro_f1") -> str:
 def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str] | None = None) -> None:
     """blend.npz (arrays with their ids) and blend.json (what was done, and how well), both atomic."""
     out_dir = Path(out_dir)
-    (out_dir / "blend.json").unlink(missing_ok=True)  # written last: a kill between the two leaves no blend
+    remove(out_dir / "blend.json", inside=out_dir)  # written last: a kill between the two leaves no blend
     holdout_probs = result.holdout_probs if result.holdout_probs is not None else np.zeros((0, len(result.classes)))
     write_npz(out_dir / "blend.npz", ids=np.asarray(result.ids).astype(str), labels=result.labels,
               test_ids=np.asarray(result.test_ids).astype(str), oof_probs=result.oof_probs,
@@ -301,12 +304,16 @@ def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str
         "weights": result.weights, "biases": None if result.biases is None else result.biases.tolist(),
         "fitted": result.fitted, "cv_in_sample": result.cv_in_sample, "cv_nested": result.cv_nested,
         "member_scores": result.member_scores, "holdout": result.holdout_scores, "warnings": result.warnings,
+        "test_matched": result.test_matched,
         "classes": result.classes,
         "member_digests": member_digests or {}})
 
 
-def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, **kwargs) -> BlendResult:
-    """Load the named members (default: every finished one under oof_root), blend, print, save."""
+def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir: Path | None = None,
+              **kwargs) -> BlendResult:
+    """Load the named members (default: every finished one under oof_root), blend, print, save.
+
+    With `folds_dir` (folds.csv, similarity.npz), the nested CV is also given test-matched (`matched`)."""
     oof_root = Path(oof_root)
     names = list(names) if names else discover_members(oof_root)
     if not names:
@@ -314,6 +321,14 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, **kwargs) 
     members = [load_member(oof_root / name) for name in names]
     result = blend_arrays(members, **kwargs)
     print(format_table(result, result.options["metric"] if result.options["metric"] in METRICS else "macro_f1"))
+    if folds_dir is not None:
+        inputs, why = M.load_similarity(Path(folds_dir) / "similarity.npz", Path(folds_dir) / "folds.csv", result.ids)
+        if inputs is None:
+            print(f"test-matched CV: not computed ({why})")
+        else:
+            result.test_matched = M.matched_score(result.labels, result.oof_probs, n_classes=len(result.classes),
+                                                       **inputs)
+            print(f"nested CV {result.cv_nested['macro_f1']:.4f} · {M.describe(result.test_matched)}")
     save_blend(result, out_dir, {name: member_digest(oof_root / name) for name in names})
     return result
 
@@ -365,7 +380,10 @@ def split_members(oof_root: Path, folds_csv: Path) -> tuple[list[str], list[str]
 
 def blend_from_args(args: argparse.Namespace, project) -> BlendResult:
     out_dir = project.oof / "_blend"
+    say_swept(sweep_temporaries(out_dir), project)
     members = args.members
+    for name in members or []:
+        check_plain_name(name, "--members name")
     if not members:
         members, stale = split_members(project.oof, project.folds_csv)
         for name in stale:
@@ -373,8 +391,8 @@ def blend_from_args(args: argparse.Namespace, project) -> BlendResult:
                   f"(retrain it with `foldblend train`, or delete oof/{name}/)")
         if not members:
             raise ValueError(f"no ensemble member matches {project.rel(project.folds_csv)}: run `foldblend train`")
-    result = run_blend(project.oof, members, out_dir, method=args.method, metric=args.metric,
-                       tta=args.tta, fold_combine=args.fold_combine, temperature=args.temperature,
+    result = run_blend(project.oof, members, out_dir, folds_dir=project.folds_dir, method=args.method,
+                       metric=args.metric, tta=args.tta, fold_combine=args.fold_combine, temperature=args.temperature,
                        calibrate=args.calibrate, bias=args.bias, rounds=args.rounds, power=args.power)
     print(f"wrote {project.rel(out_dir / 'blend.json')} and blend.npz")
     return result

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..errors import FoldblendError
+
 PACKAGE_PREFIX = "package:"
 
 
@@ -109,6 +111,26 @@ def weights_identity(pretrained: bool | str) -> str:
 
 # ----------------------------------------------------------------------------- reading and mapping files
 
+class CheckpointError(FoldblendError):
+    """A file is not a weights file or checkpoint we can load; the message names it and the fix."""
+
+
+def load_tensors(path: str | Path, what: str, fix: str):
+    """torch.load with weights_only (never unpickling objects); any file that is not one is a one-line error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):  # torch's weights-only unpickler met a Python object
+            raise CheckpointError(f"{path}: refused: not a {what}, it holds pickled Python objects beyond "
+                                  f"tensors; {fix}") from None
+        raise CheckpointError(f"{path}: not a {what} ({str(e).splitlines()[0][:120]}); {fix}") from None
+    except OSError:
+        raise
+    except Exception as e:  # torch raises RuntimeError, IndexError, EOFError, ... for files of another kind
+        raise CheckpointError(f"{path}: not a {what} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                              f"{fix}") from None
+
+
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors or a torch file loaded with weights_only (never arbitrary pickles)."""
@@ -119,17 +141,19 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: refused: the file holds pickled Python objects, not only tensors "
-                         f"(save a state_dict or a .safetensors file instead)") from e
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError for a truncated or foreign file
+            raise CheckpointError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0][:120]}); "
+                                  f"download it again") from None
+    state = load_tensors(path, "weights file", "save a state_dict (torch.save(model.state_dict())) or a "
+                                                "model.safetensors file and set pretrained: to it")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
+        raise CheckpointError(f"{path}: not a state dict (a mapping of names to tensors); set pretrained: to a "
+                              f"weights file")
     return state
 
 

@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
-from ..artifacts import write_csv, write_text
+from ..artifacts import write_bytes, write_csv, write_text
 from ..data.read import is_image_name
+from ..data.tables import read_table
+from ..safety import is_inside, say_swept, sweep_temporaries
 from .plots import confusion_png
 from .predict import Predictor, add_model_arguments, output_name, predict_images, predictor_from_args
 
@@ -72,7 +74,7 @@ def labelled_images(folder: str | Path) -> tuple[list[Path], list[str]]:
 def labelled_csv(csv: Path) -> tuple[list[Path], list[str]]:
     """(paths, labels) of a CSV with a header: a path column (path, image, file, ...; else the first) and a
     label column (label, class, ...; else the second). Relative paths are relative to the CSV's folder."""
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    df = read_table(csv, "labelled CSV", "give a CSV of path,label (a header line, then one image per line)")
     lower = {c.lower(): c for c in df.columns}
     path_col = next((lower[n] for n in PATH_COLUMNS if n in lower), df.columns[0])
     label_col = next((lower[n] for n in LABEL_COLUMNS if n in lower and lower[n] != path_col), None)
@@ -177,7 +179,7 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     write_csv(files["predictions"], predictions_table(ev))
     png = confusion_png(ev.y_true, ev.y_pred, ev.classes,
                         title=f"{ev.name}: macro-F1 {ev.macro_f1:.4f}, accuracy {ev.accuracy:.4f}")
-    files["confusion"].write_bytes(png)
+    write_bytes(files["confusion"], png)
     write_text(files["report"], format_evaluation(ev) + "\n")
     if ev.failures:
         files["unreadable"] = out_dir / "unreadable.csv"
@@ -198,6 +200,9 @@ def evaluate_from_args(args: argparse.Namespace, project) -> Evaluation:
     predictor, device = predictor_from_args(args, project)
     ev = evaluate_folder(predictor, args.data, args.batch_size, device)
     print(format_evaluation(ev))
-    files = write_evaluation(ev, args.out or project.oof / f"eval_{output_name(args.exp)}")
+    out_dir = args.out or project.oof / f"eval_{output_name(args.exp)}"
+    if is_inside(out_dir, project.root):  # a folder of the user's own (--out elsewhere) is left alone
+        say_swept(sweep_temporaries(out_dir), project)
+    files = write_evaluation(ev, out_dir)
     print("wrote " + ", ".join(project.rel(p) for p in files.values()))
     return ev

@@ -8,15 +8,16 @@ its weight, fold combination, identity-view weight and temperature; the blend's 
 and class biases. `load_predictor(project, "path/to/bundle")` reads it into the same `Predictor` that
 `evaluate`, `predict` (and a web app) use for the project's own models, so the predictions are the same.
 
-Members carry a `kind`; only `cnn` (a network rebuilt from `members.cnn.models.Arch`) is written and
-read today, and a bundle naming another kind is refused with the reason instead of half-loaded.
+Members carry a `kind`: `cnn` (a network rebuilt from `members.cnn.models.Arch`, one safetensors file per
+fold) or `embedding` (the frozen backbone's weights once per member, `backbone.safetensors`, and each
+fold's head arrays; no package of pretrained weights is needed to load it). A bundle naming another
+kind is refused with the reason instead of half-loaded.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,14 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import changed_members, write_json
+from ..errors import FoldblendError
+from ..safety import remove
 from .predict import BLEND, FoldModel, Predictor, load_predictor, read_blend
 
 BUNDLE_FILE = "bundle.json"
 FORMAT = "foldblend-bundle/1"
-KINDS = ("cnn",)
+KINDS = ("cnn", "embedding")
 
 
-class BundleError(ValueError):
+class BundleError(FoldblendError):
     """A bundle cannot be written there, or read back; the message names the file and the fix."""
 
 
@@ -54,7 +57,8 @@ def bundle_metadata(predictor: Predictor, weight_files: dict[str, str], provenan
             "identity_weight": predictor.identity_weights.get(name),
             "temperature": float(predictor.temperatures.get(name, 1.0) or 1.0),
             "folds": [{"name": fm.name, "weights": weight_files[fm.name], "arch": fm.arch, "img_size": fm.img_size,
-                       "mean": list(fm.mean), "std": list(fm.std), "tta": list(fm.views), "amp": fm.amp}
+                       "mean": list(fm.mean), "std": list(fm.std), "tta": list(fm.views), "amp": fm.amp,
+                       **(_head_settings(fm.model.head) if fm.kind == "embedding" else {})}
                       for fm in models]})
     return {"format": FORMAT, "name": predictor.name, "classes": list(predictor.classes),
             "combine": {"method": predictor.method, "fold_combine": predictor.fold_combine,
@@ -63,13 +67,20 @@ def bundle_metadata(predictor: Predictor, weight_files: dict[str, str], provenan
             "members": members, "notes": list(predictor.notes), "provenance": provenance}
 
 
+def _head_settings(head) -> dict:
+    """An embedding head's type and scalars (its tensors go to the fold's safetensors file)."""
+    from ..members.embedding.heads import head_arrays
+
+    arrays = head_arrays(head)
+    return {"head": {key: np.asarray(v).item() for key, v in arrays.items() if np.asarray(v).ndim == 0}}
+
+
 def export_bundle(project, name: str, out: str | Path) -> Path:
     """Write `name` (an experiment or `blend`) as a bundle folder `out` inside the project; returns it.
 
     Built under a temporary name beside `out` and renamed into place, so a kill leaves the old bundle
     or the new one; an existing `out` is replaced only when it is a bundle.
     """
-    from safetensors.torch import save_file
 
     out = _inside_project(project, out)
     if out.exists() and find_bundle(out) is None and any(out.iterdir()):
@@ -87,17 +98,30 @@ def export_bundle(project, name: str, out: str | Path) -> Path:
     try:
         files = {}
         for member, models in predictor.members.items():
+            if models[0].kind == "embedding":  # the frozen backbone once; the folds differ only in their heads
+                _save_tensors(tmp, f"weights/{member}/backbone.safetensors", models[0].model.backbone.state_dict())
             for k, fm in enumerate(models):
                 rel = f"weights/{member}/{Path(fm.name).name or f'fold_{k}'}.safetensors"
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                save_file({key: v.detach().cpu().contiguous() for key, v in fm.model.state_dict().items()},
-                          str(tmp / rel))
+                state = fm.model.head.state_dict() if fm.kind == "embedding" else fm.model.state_dict()
+                _save_tensors(tmp, rel, state)
                 files[fm.name] = rel
         write_json(tmp / BUNDLE_FILE, bundle_metadata(predictor, files, _provenance(project, name)))
+        umask = os.umask(0)
+        os.umask(umask)
+        for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:  # mkdtemp made tmp 0700
+            folder.chmod(0o777 & ~umask)
         _replace_dir(tmp, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            remove(tmp, inside=out.parent)
     return out
+
+
+def _save_tensors(folder: Path, rel: str, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: v.detach().cpu().contiguous() for key, v in state.items()}, str(folder / rel))
 
 
 def _provenance(project, name: str) -> dict:
@@ -131,7 +155,7 @@ def _replace_dir(new: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(new, target)
     if old is not None:
-        shutil.rmtree(old)
+        remove(old, inside=target.parent)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -157,13 +181,17 @@ def load_bundle(folder: str | Path, device="cpu") -> Predictor:
         if m["kind"] not in KINDS:
             raise BundleError(f"{path}: member {m['name']!r} is of kind {m['kind']!r}, which this foldblend cannot "
                               f"load (kinds: {', '.join(KINDS)})")
-        models = []
+        models, backbone = [], None
         for f in m["folds"]:
-            file = (folder / f["weights"]).resolve()
-            if not file.is_relative_to(folder.resolve()) or not file.is_file():
-                raise BundleError(f"{path}: weights {f['weights']!r} of {m['name']} are missing from the bundle")
-            model = create_model(Arch(**f["arch"]))
-            model.load_state_dict(load_file(str(file)))
+            file = _bundled(folder, f["weights"], path, m["name"])
+            if m["kind"] == "embedding":
+                if backbone is None:  # one frozen backbone object shared by the folds, as in the project
+                    backbone = _embedding_backbone(f, _bundled(folder, str(Path(f["weights"]).parent / "backbone."
+                                                                          "safetensors"), path, m["name"]))
+                model = _embedding_fold(backbone, f, load_file(str(file)))
+            else:
+                model = create_model(Arch(**f["arch"]))
+                model.load_state_dict(load_file(str(file)))
             models.append(FoldModel(f"{m['name']}/{Path(f['weights']).stem}", model.to(torch.device(device)).eval(),
                                     classes, int(f["img_size"]), list(f["tta"]), list(f["mean"]), list(f["std"]),
                                     str(f["amp"]), arch=dict(f["arch"]), kind=m["kind"]))
@@ -176,6 +204,32 @@ def load_bundle(folder: str | Path, device="cpu") -> Predictor:
         fold_combine=combine["fold_combine"], calibration=float(combine["calibration"]),
         biases=None if combine["biases"] is None else np.asarray(combine["biases"], dtype=np.float64),
         power=float(combine["power"]), notes=list(meta.get("notes") or []))
+
+
+def _bundled(folder: Path, rel: str, path: Path, member: str) -> Path:
+    file = (folder / rel).resolve()
+    if not file.is_relative_to(folder.resolve()) or not file.is_file():
+        raise BundleError(f"{path}: weights {rel!r} of {member} are missing from the bundle")
+    return file
+
+
+def _embedding_backbone(fold: dict, file: Path):
+    """The frozen backbone of an embedding member, rebuilt from the bundle's own weights (no package needed)."""
+    from safetensors.torch import load_file
+
+    from ..members.features import FeatureSpec, load_backbone
+
+    backbone = load_backbone(FeatureSpec(fold["arch"]["model"], False, int(fold["img_size"])))[0]
+    backbone.load_state_dict(load_file(str(file)))
+    return backbone.eval().requires_grad_(False)
+
+
+def _embedding_fold(backbone, fold: dict, tensors: dict):
+    from ..members.embedding.checkpoint import EmbeddingClassifier
+    from ..members.embedding.heads import head_from_arrays
+
+    arrays = {key: v.numpy() for key, v in tensors.items()} | {key: np.asarray(v) for key, v in fold["head"].items()}
+    return EmbeddingClassifier(backbone, head_from_arrays(arrays))
 
 
 # ----------------------------------------------------------------------------- CLI hooks

@@ -2,11 +2,13 @@
 
 Every figure is sized from its content (classes, folds), so a 42-class confusion matrix stays legible:
 the cells grow with the class count, long names are shortened on the axes, and cell values are only
-printed where they fit.
+printed where they fit. Every label is plain text: class and member names are data, never
+matplotlib markup (a class folder called `$\\foo$` would otherwise be parsed as mathtext and crash).
 """
 from __future__ import annotations
 
 import base64
+import functools
 import io
 
 import matplotlib
@@ -19,6 +21,16 @@ from sklearn.metrics import confusion_matrix  # noqa: E402
 DPI = 100    # layout: one figure inch is shown as 100 CSS pixels
 SCALE = 2    # PNGs hold SCALE x the pixels they are shown at, so zooming into 42 classes stays sharp
 MAX_LABEL = 22  # characters of a class name on an axis
+PLAIN_TEXT = {"text.parse_math": False}  # no mathtext: `$` in a name is a dollar sign
+
+
+def plain_text(draw):
+    """Build and render the figure with every label taken literally."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(PLAIN_TEXT):
+            return draw(*args, **kwargs)
+    return wrapper
 
 
 def png_bytes(fig) -> bytes:
@@ -49,6 +61,7 @@ def normalised_confusion(y_true, y_pred, n_classes: int) -> tuple[np.ndarray, np
     return counts, np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
 
 
+@plain_text
 def confusion_png(y_true, y_pred, classes: list[str], title: str = "") -> bytes:
     """Row-normalised confusion matrix (recall on the diagonal), class names on both axes."""
     n = len(classes)
@@ -81,6 +94,7 @@ def confusion_png(y_true, y_pred, classes: list[str], title: str = "") -> bytes:
 CURVES = (("train_loss", "train loss"), ("val_loss", "val loss"), ("val_macro_f1", "val macro-F1"))
 
 
+@plain_text
 def learning_curves_png(logs: dict) -> bytes:
     """Train loss, val loss and val macro-F1 per epoch, one line per fold ({fold: epoch-log DataFrame})."""
     fig, axes = plt.subplots(1, len(CURVES), figsize=(12, 3.0))
@@ -99,6 +113,7 @@ def learning_curves_png(logs: dict) -> bytes:
     return png_bytes(fig)
 
 
+@plain_text
 def per_class_f1_png(f1_by_source: dict[str, np.ndarray], classes: list[str]) -> bytes:
     """Grouped vertical bars, one group per class and one colour per source; class names read upwards."""
     n, k = len(classes), max(len(f1_by_source), 1)

@@ -28,6 +28,7 @@ from ..ensemble import methods as E
 from ..members.cnn.models import load_checkpoint
 from ..members.infer import infer, resolve_device
 from ..members.loaders import eval_loader
+from ..safety import is_inside, say_swept, sweep_temporaries
 
 BLEND = "blend"
 
@@ -152,7 +153,8 @@ def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
         views, amp = _prediction_settings(path, ckpt)
         out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]),
                              int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp,
-                             arch=dict(ckpt.get("arch") or {}), kind=str(ckpt.get("kind", "cnn"))))
+                             arch=dict(ckpt.get("arch") or {"model": ckpt.get("model")}),
+                             kind=str(ckpt.get("kind", "cnn"))))
     _check_same_classes({m.name: m.classes for m in out})
     if len({tuple(m.views) for m in out}) > 1:
         raise ValueError(f"{exp}: its folds were last predicted with different TTA views "
@@ -400,6 +402,8 @@ def predict_from_args(args: argparse.Namespace, project) -> Path:
     pred = predict_images(predictor, paths, args.batch_size, device)
     table = top_k_table(pred, relative_ids(paths, args.images), args.top_k)
     out = Path(args.out) if args.out else project.oof / f"predict_{output_name(args.exp)}.csv"
+    if is_inside(out.parent, project.root):  # a folder of the user's own (--out elsewhere) is left alone
+        say_swept(sweep_temporaries(out.parent), project)
     write_csv(out, table)
     for path, why in pred.failures.items():
         print(f"skipped unreadable image: {why if path in why else f'{path}: {why}'}")

@@ -17,11 +17,13 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from ..artifacts import load_member, write_text
+from ..ensemble.matched import describe as describe_matched
 from ..data.read import ImageReadError, load_rgb
 from ..metrics import softmax
 from ..paths import Project
-from .report_neighbours import neighbours_section
+from ..safety import say_swept, sweep_temporaries
 from .plots import SCALE, confusion_png, data_uri, learning_curves_png, per_class_f1_png, png_size, thumbnail_png
+from .report_neighbours import neighbours_section
 
 TOP_LOSSES = 24
 SCORE_COLUMNS = ("macro_f1", "accuracy", "log_loss", "micro_f1", "weighted_f1")
@@ -146,12 +148,41 @@ def blend_section(blend: dict | None) -> str:
         cv[f"holdout ({held['n_images']} images, never fitted on)"] = held["blend"]
     headline = (f"CV {blend['cv_nested']['macro_f1']:.4f}, holdout {held['blend']['macro_f1']:.4f} (macro-F1)"
                 if held and blend.get("cv_nested") else "")
+    if blend.get("test_matched") and blend.get("cv_nested"):
+        headline = (f"nested CV {blend['cv_nested']['macro_f1']:.4f} · {describe_matched(blend['test_matched'])}"
+                    + (f"; {headline}" if headline else ""))
     parts = [f'<p class="meta">method <b>{esc(blend.get("method", "?"))}</b>'
              + ("; per-class decision biases applied" if blend.get("biases") is not None else "")
              + (f"; <b>{esc(headline)}</b>" if headline else "") + "</p>",
              "<div style='display:flex;gap:28px;flex-wrap:wrap'><div><b>members</b>" + table(pd.DataFrame(rows))
              + "</div><div><b>blend CV</b>" + table(score_table(cv, "CV")) + "</div></div>"]
     parts += [f'<p class="warn">warning: {esc(w)}</p>' for w in blend.get("warnings") or []]
+    return "\n".join(parts)
+
+
+def trust_section(project: Project, blend: dict | None) -> str:
+    """The scan's shift verdict, the similarity distributions of the split in use, the test-matched CV."""
+    from ..data.eda import similarity_png
+    from ..data.shift_stage import describe_shift, read_shift, similarity_npz
+
+    shift = read_shift(project)
+    if shift is None:
+        return missing("no shift check (folds/shift.json): `embeddings: false`, too few images, or no scan yet")
+    parts = [f'<p class="{"warn" if line.startswith("WARNING") else "meta"}">{esc(line)}</p>'
+             for line in describe_shift(shift, shift.get("dedup", "auto"))]
+    path = similarity_npz(project)
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            oof, test = z["oof_similarity"], z["test_similarity"]
+        if len(test):
+            parts.append(image(similarity_png({"OOF image -> nearest in other folds (the folds in use)": oof,
+                                               "test image -> nearest train image": test}, dpi=100 * SCALE),
+                               "similarity distributions"))
+    matched = (blend or {}).get("test_matched")
+    if matched and blend.get("cv_nested"):
+        parts.append(f"<p><b>nested CV {blend['cv_nested']['macro_f1']:.4f} · {esc(describe_matched(matched))}</b> "
+                     f"(OOF rows weighted by similarity bin to the test's distribution; ± is a bootstrap over groups; "
+                     f"effective sample {matched['ess']:.0f} of {matched['n_rows']} rows)</p>")
     return "\n".join(parts)
 
 
@@ -186,9 +217,10 @@ def confusion_section(name: str, source: dict) -> str:
             + image(confusion_png(source["labels"], pred, source["classes"], title=f"{name} (OOF)"), "confusion matrix"))
 
 
-def thumbnail(path: Path) -> str:
+def thumbnail(path: Path, root: Path | None = None) -> str:
     try:
-        return f'<img alt="{esc(path.name)}" src="{data_uri(thumbnail_png(load_rgb(path, draft_size=160)))}">'
+        png = thumbnail_png(load_rgb(path, draft_size=160, root=root))
+        return f'<img alt="{esc(path.name)}" src="{data_uri(png)}">'
     except (ImageReadError, ValueError) as e:
         return f'<div class="missing">unreadable: {esc(e)}</div>'
 
@@ -204,7 +236,7 @@ def top_losses_section(project: Project, name: str, source: dict, k: int = TOP_L
     order = wrong[np.argsort(-conf, kind="stable")][:k]
     cards = []
     for i in order:
-        cards.append(f"<figure>{thumbnail(project.input / source['ids'][i])}<figcaption>"
+        cards.append(f"<figure>{thumbnail(project.input / source['ids'][i], project.input)}<figcaption>"
                      f'<div>true <span class="good">{esc(classes[labels[i]])}</span></div>'
                      f'<div>pred <span class="bad">{esc(classes[pred[i]])}</span></div>'
                      f"<div>p = {probs[i, pred[i]]:.3f}</div>"
@@ -239,7 +271,15 @@ def submissions_section(project: Project) -> str:
     log = project.submissions / "log.csv"
     if not log.exists():
         return missing("no submissions yet (submissions/log.csv): run `foldblend submit`")
-    raw = pd.read_csv(log, dtype={"file": str})
+    from .submission_log import SubmissionError, read_log
+
+    try:
+        raw = read_log(project.submissions).replace("", np.nan)
+    except SubmissionError as e:
+        return missing(str(e))
+    for column in ("cv", "lb"):
+        if column in raw:
+            raw[column] = pd.to_numeric(raw[column], errors="coerce")
     if raw.empty:
         return missing("submissions/log.csv has no rows yet")
     df, left_out = submissions_table(raw)
@@ -263,6 +303,7 @@ def build_report(project: Project) -> str:
         ("experiments", "Experiments: CV and learning curves",
          "\n".join(experiment_section(project, e) for e in exps) or missing("no experiments trained yet")),
         ("blend", "Blend", blend_section(blend)),
+        ("trust", "Can I trust the CV?", trust_section(project, blend)),
         ("per-class", "Per-class F1", per_class_section(sources)),
         ("confusion", "Confusion matrix",
          confusion_section(shown, sources[shown]) if shown else missing("no OOF predictions yet")),
@@ -284,6 +325,7 @@ def build_report(project: Project) -> str:
 def write_report(project: Project) -> Path:
     """Write oof/report.html (atomically) and return its path."""
     path = project.oof / "report.html"
+    say_swept(sweep_temporaries(project.oof), project)
     write_text(path, build_report(project))
     return path
 

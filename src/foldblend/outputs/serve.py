@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
+from ..safety import remove
 from .uploads import UploadLimits, gather_uploads
 
 API_HELP = """\
@@ -93,8 +93,8 @@ def import_gradio(upload_folder: Path):
 def classify_uploads(served, files, pasted, top_k, upload_folder: Path, limits: UploadLimits,
                      html: bool = True) -> tuple[dict, str]:
     """(the API's JSON, the page's HTML or "") for one request. Never raises: a failure is a line in the page."""
-    from .served import classify
     from .serve_page import results_html
+    from .served import classify
 
     sources = [*(files or []), *([pasted] if pasted else [])]
     empty = {"model": served.exp, "classes": served.predictor.classes, "images": [], "errors": []}
@@ -167,8 +167,8 @@ def serve(project, exp: str = "blend", host: str = "127.0.0.1", port: int = 7860
     try:
         import_gradio(upload_folder)  # before torch, so a missing extra is said before seconds of loading
         from ..members.infer import resolve_device
-        from .served import load_served
         from .serve_page import CSS
+        from .served import load_served
 
         served = load_served(project, exp, resolve_device(device), batch_size)
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
@@ -186,7 +186,7 @@ def serve(project, exp: str = "blend", host: str = "127.0.0.1", port: int = 7860
               f"it); uploads stay outside the project and are deleted when it stops", flush=True)
         if not block:  # the caller closes the app; our upload folder goes when the process ends
             if ours:
-                atexit.register(shutil.rmtree, upload_folder, True)
+                atexit.register(remove, upload_folder, upload_folder.parent)
             return app
         try:
             app.block_thread()  # until Ctrl+C (or SIGTERM, above)
@@ -194,7 +194,7 @@ def serve(project, exp: str = "blend", host: str = "127.0.0.1", port: int = 7860
             app.close(verbose=False)
     finally:
         if ours and block:
-            shutil.rmtree(upload_folder, ignore_errors=True)
+            remove(upload_folder, inside=upload_folder.parent)
     return None
 
 

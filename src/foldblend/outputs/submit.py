@@ -2,7 +2,8 @@
 
 The sample submission is the specification: its header, row order and id spelling are reproduced
 exactly, and a file is validated before it is written and again after, because a malformed CSV costs a
-daily submission. Files are never overwritten, so `submissions/log.csv` always describes what is on disk.
+daily submission. Files are never overwritten, and `submissions/log.csv` describes every file on disk,
+even after a kill (`submission_log`).
 """
 from __future__ import annotations
 
@@ -12,29 +13,26 @@ import os
 import shlex
 import shutil
 import subprocess
-import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..artifacts import changed_members, load_member, write_csv
+from ..artifacts import changed_members, load_member
+from ..data.freshness import digest_of_test_files
+from ..data.tables import read_table
 from ..metrics import classification_scores, softmax
+from ..safety import check_plain_name, create_temporary, remove, say_swept, sweep_temporaries
+from . import submission_log as sublog
+from .submission_log import LOG_NAME, SubmissionError, record_lb  # noqa: F401  (record_lb: part of this API)
 
 FORMATS = ("label", "probs", "class_id", "positive_prob")
 ROW_SUM_TOLERANCE = 1e-6
-LOG_NAME = "log.csv"
-LOG_COLUMNS = ["file", "time", "cv", "lb", "format"]
-
-
-class SubmissionError(ValueError):
-    """A submission would not be accepted (or would be scored against the wrong rows)."""
 
 
 def read_sample(path: str | Path) -> pd.DataFrame:
-    """Read a CSV exactly as written: every cell a string, nothing turned into NaN."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    """Read a CSV exactly as written: every cell a string, nothing turned into NaN (strict: data.tables)."""
+    return read_table(path, "CSV file")
 
 
 def _is_int_text(values) -> bool:
@@ -182,23 +180,26 @@ def _free_name(out_dir: Path, stem: str) -> Path:
     return candidate
 
 
-def _write_new(frame: pd.DataFrame, out_dir: Path, stem: str) -> Path:
-    """Write to a temporary file, then hard-link it under the first free name: the link fails rather
-    than replace a file that appeared meanwhile, so an earlier submission is never overwritten, and
-    the name only ever points at a complete file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp.csv", dir=out_dir)
-    os.close(fd)
+def _write_new(frame: pd.DataFrame, out_dir: Path, stem: str, row: dict, check) -> Path:
+    """Write and validate a temporary file, log it as pending, hard-link it under the first free name,
+    log it as written. The link fails rather than replace a file that appeared meanwhile, so an earlier
+    submission is never overwritten, and the name only ever points at a complete, valid file."""
+    tmp = create_temporary(out_dir / f"{stem}.csv")
     try:
         frame.to_csv(tmp, index=False, lineterminator="\n")
+        check(tmp)  # the same inode the name will point at: validated before it has a name
         while True:
             target = _free_name(out_dir, stem)
+            sublog.append(out_dir, {**row, "file": target.name, "status": sublog.PENDING})
             try:
                 os.link(tmp, target)
-                return target
             except FileExistsError:
+                sublog.drop(out_dir, target.name)
                 continue
+            sublog.set_status(out_dir, target.name, sublog.WRITTEN)
+            return target
     finally:
-        os.unlink(tmp)
+        remove(tmp, inside=out_dir)
 
 
 def _identical_earlier(frame: pd.DataFrame, out_dir: Path, stem: str) -> Path | None:
@@ -211,51 +212,27 @@ def _identical_earlier(frame: pd.DataFrame, out_dir: Path, stem: str) -> Path | 
     return None
 
 
-def _json_cell(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
-
-
-def append_log(out_dir: Path, row: dict) -> None:
-    """Add one row to out_dir/log.csv (columns are the union of old and new; written atomically)."""
-    log_path = Path(out_dir) / LOG_NAME
-    log = read_sample(log_path) if log_path.exists() else pd.DataFrame(columns=LOG_COLUMNS)
-    new = pd.DataFrame([{k: _json_cell(v) for k, v in row.items()}])
-    write_csv(log_path, pd.concat([log, new], ignore_index=True).fillna(""), lineterminator="\n")
-
-
 def write_submission(sample: pd.DataFrame, test_ids: np.ndarray, probs: np.ndarray, classes: list[str],
                      out_dir: Path, name: str, cv: float | None, info: dict, fmt: str | None = None) -> Path:
     """Validate, write `<name>_cv<cv>.csv` (never overwriting), re-validate, log. Returns the path."""
     classes = [str(c) for c in classes]
+    check_plain_name(name, "submission name (--name)")
     fmt = fmt or detect_format(sample, classes)
     frame = build_frame(sample, test_ids, probs, classes, fmt)
     check_frame(frame, sample, classes, fmt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{name}_cv{cv:.4f}" if cv is not None else name
-    same = _identical_earlier(frame, out_dir, stem)
-    if same is not None:  # rerunning an unchanged pipeline is a no-op, not a new file
-        print(f"unchanged: {same.name} already holds exactly these predictions")
-        return same
-    path = _write_new(frame, out_dir, stem)
-    validate_submission(path, sample, classes, fmt)
-    append_log(out_dir, {"file": path.name, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                         "cv": "" if cv is None else f"{cv:.6f}", "lb": "", "format": fmt, **info})
-    return path
-
-
-def record_lb(out_dir: Path, file: str | Path, lb: float) -> dict:
-    """Write a public-leaderboard score into the log row of `file` (matched by file name)."""
-    log_path = Path(out_dir) / LOG_NAME
-    if not log_path.exists():
-        raise SubmissionError(f"{log_path} does not exist: no submission was written there")
-    log = read_sample(log_path)
-    match = log["file"] == Path(file).name
-    if not match.any():
-        raise SubmissionError(f"{Path(file).name} is not in {log_path} (known: {log['file'].tolist()[-5:]})")
-    log.loc[match, "lb"] = f"{lb:g}"
-    write_csv(log_path, log, lineterminator="\n")
-    return log[match].iloc[-1].to_dict()
+    with sublog.locked(out_dir):
+        say_swept(sweep_temporaries(out_dir))
+        for note in sublog.reconcile(out_dir):
+            print(f"note: {note}")
+        same = _identical_earlier(frame, out_dir, stem)
+        if same is not None:  # rerunning an unchanged pipeline is a no-op, not a new file
+            print(f"unchanged: {same.name} already holds exactly these predictions")
+            return same
+        row = {"time": sublog.now(), "cv": "" if cv is None else f"{cv:.6f}", "lb": "", "format": fmt, **info}
+        return _write_new(frame, out_dir, stem, row, lambda tmp: validate_submission(tmp, sample, classes, fmt))
 
 
 # ----------------------------------------------------------------------------- upload
@@ -321,10 +298,28 @@ def member_prediction(oof_root: Path, exp: str):
     return member.test_ids, probs, member.classes, cv, info, exp
 
 
+def check_test_files(oof_root: Path, members: list[str], competition) -> None:
+    """Refuse predictions made from other test files than input/ holds now (replaced after training)."""
+    for name in members:
+        scores_path = Path(oof_root) / name / "scores.json"
+        recorded = (json.loads(scores_path.read_text(encoding="utf-8")).get("inputs") or {}).get("test_files") \
+            if scores_path.exists() else None
+        if recorded is None:
+            print(f"note: oof/{name}/ does not record which test files it predicted (made by an older foldblend); "
+                  f"it is not checked against input/")
+        elif recorded != digest_of_test_files(competition):
+            raise SubmissionError(f"test images in {competition.root.name}/ changed after oof/{name}/ predicted them: "
+                                  f"run `foldblend train` (it predicts again, without retraining) and "
+                                  f"`foldblend blend`, then submit")
+
+
 def submit_from_args(args: argparse.Namespace, project, competition) -> Path | None:
     """`foldblend submit`: write the blend's (or --exp's) test predictions in the sample's format.
 
     A train-only competition has no sample, so nothing to write: that is said, not an error (run.sh goes on)."""
+    for value, what in ((args.name, "--name"), (args.exp, "--exp")):
+        if value is not None:
+            check_plain_name(value, what)
     if args.lb is not None:
         if not args.file:
             raise SubmissionError("--lb needs the submission FILE it belongs to")
@@ -343,6 +338,7 @@ def submit_from_args(args: argparse.Namespace, project, competition) -> Path | N
                               f"{competition.id_column!r}")
     source = member_prediction(project.oof, args.exp) if args.exp else blend_prediction(project.oof)
     test_ids, probs, classes, cv, info, default_name = source
+    check_test_files(project.oof, list(info.get("members") or []), competition)
     if list(classes) != list(competition.classes):
         # same set in another order: class indices (and class_id submissions) would silently be wrong
         raise SubmissionError(f"the predictions' classes {classes} are not the competition's "

@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 
+from ..ensemble.matched import describe as describe_matched
 from ..paths import Project
 
 
@@ -39,7 +40,34 @@ def blend_row(project: Project) -> dict | None:
             "nested CV": b.get("cv_nested", {}).get("macro_f1"),
             "weights": ", ".join(f"{k} {v:.2f}" for k, v in b.get("weights", {}).items()),
             "holdout": (held.get("blend") or {}).get("macro_f1"), "holdout_n": held.get("n_images"),
+            "test_matched": b.get("test_matched"),
             "member_holdout": {k: v["macro_f1"] for k, v in (held.get("members") or {}).items()}}
+
+
+def shift_lines(project: Project) -> list[str]:
+    """The scan's verdict on CV when it found CV optimistic, and which folds were used (else nothing)."""
+    from ..data.shift_stage import read_shift
+
+    shift = read_shift(project)
+    if not shift or not shift.get("optimistic"):
+        return []
+    folds = {}
+    try:
+        folds = json.loads((project.folds_dir / "folds.json").read_text()).get("grouping") or {}
+    except (OSError, ValueError):
+        pass
+    lines = [f"WARNING: CV is optimistic (scan): OOF images have closer relatives in training than test images in "
+             f"{shift['closer_share']:.0%} of pairs (nearest-image similarity: OOF median "
+             f"{shift['oof_similarity']['median']:.3f}, test median {shift['test_similarity']['median']:.3f})"]
+    if folds.get("semantic_threshold") is not None:
+        lines.append(f"  the folds group images by appearance at similarity {folds['semantic_threshold']:.4f} "
+                     f"(dedup: {folds.get('dedup')}) so OOF images are as far from training as test images")
+    elif folds.get("user_groups"):
+        lines.append("  the folds use your groups (groups.csv / group column)")
+    else:
+        lines.append("  the folds do not correct for it: trust the test-matched CV, or set dedup: auto in "
+                     "input/competition.yaml and rerun folds, train, blend")
+    return lines
 
 
 def competition_line(project: Project) -> str | None:
@@ -61,7 +89,9 @@ def latest_submission(project: Project) -> pd.Series | None:
     log = project.submissions / "log.csv"
     if not log.exists():
         return None
-    df = pd.read_csv(log)
+    from .submission_log import read_log
+
+    df = read_log(project.submissions)
     return df.iloc[-1] if len(df) else None
 
 
@@ -99,14 +129,15 @@ def print_summary(project: Project) -> None:
     if blend:
         held = (f", holdout {blend['holdout']:.4f} ({blend['holdout_n']} held-out images, never trained or fitted on)"
                 if blend["holdout"] is not None else "")
-        print(f"blend ({blend['method']}): nested CV macro-F1 {blend['nested CV']:.4f}{held} "
+        matched = f" · {describe_matched(blend['test_matched'])}" if blend["test_matched"] else ""
+        print(f"blend ({blend['method']}): nested CV macro-F1 {blend['nested CV']:.4f}{matched}{held} "
               f"(in-sample {blend['in-sample']:.4f}); weights: {blend['weights']}")
         if len(exps):
             best = exps.loc[exps["CV macro-F1"].idxmax()]
             if best["CV macro-F1"] > blend["nested CV"]:
                 print(f"note: {best['experiment']} alone (CV {best['CV macro-F1']:.4f}) beats the blend's nested CV; "
                       f"try another `foldblend blend --method`, or `foldblend submit --exp {best['experiment']}`")
-    for line in tta_lines(project) + budget_lines(project):
+    for line in shift_lines(project) + tta_lines(project) + budget_lines(project):
         print(line)
     sub = latest_submission(project)
     if sub is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..data.read import IMAGE_EXTENSIONS, is_image_name
+from ..safety import remove
 
 ACCEPTED = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
 
@@ -93,7 +94,7 @@ def _add_zip(path: Path, name: str, workdir: Path, limits: UploadLimits, found: 
                 found.problems.append(f"{shown}: cannot be unpacked ({e}); zip the folder again without a password")
                 continue
             if copied < 0:
-                dst.unlink(missing_ok=True)
+                remove(dst, inside=folder)
                 found.problems.append(f"{name}: its images unpack to more than {limits.max_mb}; upload a smaller "
                                       f"archive (or raise --max-upload-mb)")
                 return

@@ -18,6 +18,7 @@ import yaml
 from ..artifacts import write_json, write_text
 from ..config import config_from_dict, load_config
 from ..paths import Project
+from ..safety import remove
 from .budget import Plan, format_duration, parse_duration, plan_members
 from .presets import DEFAULT_PRESET, Candidate, candidates
 from .probe import probe
@@ -119,7 +120,7 @@ def _write(project: Project, plan: Plan, command: str, profile: DataProfile, hw:
         for name in earlier:
             path = project.folds_dir / name
             if name not in texts and path.is_file():
-                path.unlink()
+                remove(path, project.folds_dir)  # init.json is a file on disk: never follow it outside folds/
                 print(f"removed {project.rel(path)} (written by an earlier init; not in this plan)")
     for name, text in texts.items():
         path = project.folds_dir / name

@@ -4,12 +4,18 @@
 pending, by `signatures`), hands all their fold jobs to one executor (`local`: in sequence here or one
 process per device; `ray_executor`: Ray tasks on a cluster), then assembles `oof/<exp>/` for each
 experiment whose folds are all done.
+
+It holds each experiment's lock (models/<exp>/.lock) from planning to assembly: two runs of one
+experiment would delete and write each other's fold folders, while different experiments write
+disjoint folders and share only the decode cache, whose files are content-addressed and written
+atomically (so two experiments can train at once, e.g. from two shells on two GPUs). Fold jobs an
+executor starts elsewhere (child processes, Ray tasks) are guests of the driver's lock.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +27,12 @@ from ..config import ExperimentConfig, load_config
 from ..data.cache import cache_key, cached_images
 from ..data.find import Competition, load_competition
 from ..data.folds import HOLDOUT, folds_fingerprint, read_folds
+from ..data.freshness import digest_of_test_files, require_current_scan
+from ..locks import hold, live_holders
 from ..members.assemble import assemble_member, load_fold_predictions
 from ..members.base import TrainData, member_kind
 from ..paths import Project
+from ..safety import remove, say_swept, sweep_temporaries
 from .jobs import Executor, FoldJob
 from .local import LocalExecutor
 from .signatures import fold_signature, is_fold_done, is_trained, predict_signature
@@ -33,6 +42,9 @@ def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition |
                     progress: bool = True) -> TrainData:
     comp = comp or load_competition(project.input)
     folds = read_folds(project.folds_csv)
+    # the training signature holds the scan's content hashes: a file replaced since the scan would
+    # otherwise leave its fold "finished earlier" with the old pixels
+    require_current_scan(project.scan_csv, comp.root, list(folds["image"]), then="`foldblend train`")
     unknown = sorted(set(folds["label"]) - set(comp.classes))
     if unknown:
         raise ValueError(f"{project.folds_csv}: labels {unknown[:5]} are not classes of {project.input}; "
@@ -88,13 +100,25 @@ class Plan:
     data: TrainData
     n_folds: int
     jobs: list[FoldJob]
+    inputs: dict             # digests of the files its predictions are made from (recorded in scores.json)
 
 
 def plan_experiment(config_path: str | Path, project: Project, folds: list[int] | None = None,
-                    overrides: list[str] | None = None, progress: bool = True) -> Plan:
-    """Load a config and its data, and find its pending folds (finished ones are skipped, whoever ran them)."""
+                    overrides: list[str] | None = None, progress: bool = True,
+                    locks: contextlib.ExitStack | None = None) -> Plan:
+    """Load a config and its data, and find its pending folds (finished ones are skipped, whoever ran them).
+
+    With `locks`, the experiment's lock is taken into that stack (held until the caller closes it)."""
     cfg = load_config(config_path, overrides)
-    data = load_train_data(cfg, project, progress=progress)
+    if locks is not None:
+        locks.enter_context(hold(lock_path(project, cfg.name), f"experiment {cfg.name!r} (models/{cfg.name}/)",
+                                 fix="wait for it to finish, or train another fold config meanwhile"))
+        for folder, recursive in ((project.models / cfg.name, True), (project.oof_dir(cfg.name), False),
+                                  (project.cache_dir, False), (project.feature_cache_dir, False)):
+            say_swept(sweep_temporaries(folder, recursive), project)
+    comp = load_competition(project.input)
+    inputs = {"test_files": digest_of_test_files(comp)}  # before decoding: a file replaced meanwhile shows
+    data = load_train_data(cfg, project, comp, progress=progress)
     n_folds = int(data.fold.max()) + 1
     todo = folds if folds is not None else (cfg.folds if cfg.folds is not None else list(range(n_folds)))
     bad = [k for k in todo if not 0 <= k < n_folds]
@@ -110,7 +134,19 @@ def plan_experiment(config_path: str | Path, project: Project, folds: list[int] 
             print(f"[{cfg.name} fold {k}] weights are current; predicting again (TTA views or test images changed)")
     jobs = [FoldJob(cfg.name, k, cfg, Path(config_path).resolve(), list(overrides or []),
                     project.model_dir(cfg.name, k), signature, predictions) for k in pending]
-    return Plan(Path(config_path), cfg, data, n_folds, jobs)
+    return Plan(Path(config_path), cfg, data, n_folds, jobs, inputs)
+
+
+LOCK_NAME = ".lock"
+
+
+def lock_path(project: Project, exp: str) -> Path:
+    return project.models / exp / LOCK_NAME
+
+
+def other_trainings(project: Project) -> list[dict]:
+    """Live `train` runs of any experiment, other than this process."""
+    return live_holders(project.models.glob(f"*/{LOCK_NAME}"))
 
 
 def train_experiments(config_paths: list[str | Path], project: Project, executor: Executor | None = None,
@@ -118,36 +154,39 @@ def train_experiments(config_paths: list[str | Path], project: Project, executor
                       devices: list[str] | None = None, assemble: bool = True,
                       progress: bool = True) -> dict[str, dict | None]:
     """Train the requested folds of every config (skipping finished ones) with one executor, then write
-    oof/<exp>/ for each experiment whose folds are all done. Returns {experiment: scores or None}."""
-    plans: list[Plan] = []
-    for path in config_paths:
-        plan = plan_experiment(path, project, folds, overrides, progress)
-        clash = next((p for p in plans if p.cfg.name == plan.cfg.name), None)
-        if clash is not None:
-            raise ValueError(f"{path} and {clash.config_path} both name experiment {plan.cfg.name!r} "
-                             f"(models/{plan.cfg.name}/): rename one, or set `name:` in it")
-        if devices:
-            plan.cfg.device = devices[0]  # one device: every fold in this process runs on it
-        plans.append(plan)
-    by_name = {p.cfg.name: p for p in plans}
+    oof/<exp>/ for each experiment whose folds are all done. Returns {experiment: scores or None}.
 
-    def train_here(job: FoldJob):
-        plan = by_name[job.name]
-        return member_kind(plan.cfg).train_fold(plan.cfg, job.fold, plan.data, job.out_dir, progress=progress)
+    Every experiment's lock is held from its planning to its assembly."""
+    with contextlib.ExitStack() as locks:
+        plans: list[Plan] = []
+        for path in config_paths:
+            plan = plan_experiment(path, project, folds, overrides, progress, locks)
+            clash = next((p for p in plans if p.cfg.name == plan.cfg.name), None)
+            if clash is not None:
+                raise ValueError(f"{path} and {clash.config_path} both name experiment {plan.cfg.name!r} "
+                                 f"(models/{plan.cfg.name}/): rename one, or set `name:` in it")
+            if devices:
+                plan.cfg.device = devices[0]  # one device: every fold in this process runs on it
+            plans.append(plan)
+        by_name = {p.cfg.name: p for p in plans}
 
-    jobs = [job for plan in plans for job in plan.jobs]
-    executor = executor or LocalExecutor(devices)
-    try:
-        executor.run(project, jobs, train_here)
-    except Exception:
-        if assemble:  # experiments whose folds all finished still get their oof/<exp>/
-            for plan in plans:
-                if _all_folds_done(plan, project):
-                    assemble_experiment(plan.cfg, plan.data, project, plan.n_folds)
-        raise
-    if not assemble:
-        return {p.cfg.name: None for p in plans}
-    return {p.cfg.name: assemble_experiment(p.cfg, p.data, project, p.n_folds) for p in plans}
+        def train_here(job: FoldJob):
+            plan = by_name[job.name]
+            return member_kind(plan.cfg).train_fold(plan.cfg, job.fold, plan.data, job.out_dir, progress=progress)
+
+        jobs = [job for plan in plans for job in plan.jobs]
+        executor = executor or LocalExecutor(devices)
+        try:
+            executor.run(project, jobs, train_here)
+        except Exception:
+            if assemble:  # experiments whose folds all finished still get their oof/<exp>/
+                for plan in plans:
+                    if _all_folds_done(plan, project):
+                        assemble_experiment(plan.cfg, plan.data, project, plan.n_folds, plan.inputs)
+            raise
+        if not assemble:
+            return {p.cfg.name: None for p in plans}
+        return {p.cfg.name: assemble_experiment(p.cfg, p.data, project, p.n_folds, p.inputs) for p in plans}
 
 
 def run_experiment(config_path: str | Path, project: Project, folds: list[int] | None = None,
@@ -171,14 +210,16 @@ def _remove_folds_of_an_older_split(project: Project, exp: str, n_folds: int) ->
         suffix = d.name.split("_", 1)[1]
         if suffix.isdigit() and int(suffix) >= n_folds:
             print(f"[{exp}] removing {project.rel(d)}: folds.csv now has {n_folds} folds")
-            shutil.rmtree(d)
+            remove(d, inside=project.models)
 
 
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project, n_folds: int) -> dict | None:
+def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project, n_folds: int,
+                        inputs: dict | None = None) -> dict | None:
+    """oof/<exp>/ from every fold's predictions; `inputs` (digests of the files predicted) go to scores.json."""
     signature, predictions = fold_signature(cfg, data), predict_signature(cfg, data)
     dirs = [project.model_dir(cfg.name, k) for k in range(n_folds)]
     missing = [k for k, d in enumerate(dirs) if not is_fold_done(d, signature, predictions)]
@@ -201,9 +242,24 @@ def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project
                              labels=data.labels, fold=data.fold, classes=data.classes, test_ids=data.test_ids,
                              test_ok=data.test_ok, holdout_ids=data.holdout_ids, holdout_labels=data.holdout_labels,
                              extra_scores={
-                                 "stamp": stamp, "model": cfg.model, "config": cfg.to_dict(),
+                                 "stamp": stamp, "inputs": inputs or {}, "model": cfg.model, "config": cfg.to_dict(),
                                  "best_epochs": [d["best_epoch"] for d in done]})
     if (~data.test_ok).any():
         print(f"WARNING [{cfg.name}] {int((~data.test_ok).sum())} test image(s) unreadable: "
               f"they are predicted as the training prior's most likely class")
     return scores
+
+
+def remove_unused_caches(project: Project, since: float) -> None:
+    """After a `train` of every fold config: delete the decode caches none of them used since `since`,
+    unless another `train` runs (it may be about to open one of them)."""
+    from ..data import cache
+
+    others = other_trainings(project)
+    if others:
+        print(f"unused decoded-image caches are kept: another train runs (pid {others[0].get('pid')} on "
+              f"{others[0].get('host')})")
+        return
+    gone = cache.remove_unused_caches(project.cache_dir, since=since)
+    if gone:
+        print(f"removed {len(gone)} decoded-image cache(s) that no fold config uses any more")

@@ -8,10 +8,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
-from ..pretrained import check_packaged_model, load_pretrained, load_weights_file, read_weights_file  # noqa: F401
+from ..pretrained import (  # noqa: F401
+    CheckpointError,
+    check_packaged_model,
+    load_pretrained,
+    load_tensors,
+    load_weights_file,
+    read_weights_file,
+)
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD
 
 BUILTIN = {
@@ -192,7 +198,16 @@ def checkpoint_payload(model: nn.Module, arch: Arch, classes: list[str], img_siz
 
 def load_checkpoint(path: str | Path, device="cpu") -> tuple[Classifier, dict]:
     """Rebuild the model from a checkpoint alone (no config needed)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = create_model(Arch(**ckpt["arch"]), pretrained=False)
-    model.load_state_dict(ckpt["state_dict"])
+    fix = "name a best.pt written by `foldblend train` (or a folder of them)"
+    ckpt = load_tensors(path, "foldblend checkpoint", fix)
+    needed = ("arch", "state_dict", "classes", "img_size", "mean", "std")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
+        raise CheckpointError(f"{path}: not a foldblend checkpoint (it lacks "
+                              f"{', '.join(k for k in needed if not isinstance(ckpt, dict) or k not in ckpt)}); {fix}")
+    try:
+        model = create_model(Arch(**ckpt["arch"]), pretrained=False)
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path}: its weights do not fit its architecture ({str(e).splitlines()[0][:120]}); "
+                              f"{fix}") from None
     return model.to(device).eval(), ckpt

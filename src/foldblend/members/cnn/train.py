@@ -9,7 +9,6 @@ uninterrupted one: every random draw of an epoch is a function of (seed, fold, e
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -19,16 +18,32 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ...artifacts import atomic_path, write_csv, write_json, write_npz, write_text
+from ...artifacts import write_csv, write_json, write_npz, write_text, write_torch
 from ...config import ExperimentConfig, dump_config
 from ...metrics import classification_scores, softmax
-from ...running.signatures import (fold_seconds, fold_signature, is_fold_done, is_trained, predict_signature,
-                                   read_done, record_seconds)
+from ...running.signatures import (
+    fold_seconds,
+    fold_signature,
+    is_fold_done,
+    is_trained,
+    predict_signature,
+    read_done,
+    record_seconds,
+)
+from ...safety import remove
 from ..base import TrainData
 from ..infer import autocast, infer, resolve_device
 from ..loaders import eval_loader, train_loader, train_steps
 from ..transforms import to_input
-from .models import Arch, check_parts, checkpoint_payload, create_model, load_checkpoint, normalisation, set_trainable
+from .models import (
+    Arch,
+    check_parts,
+    checkpoint_payload,
+    create_model,
+    load_checkpoint,
+    normalisation,
+    set_trainable,
+)
 from .recipe import Fit, build_fit, epoch_seed, seed_everything, step_scheduler
 
 
@@ -52,7 +67,9 @@ def _mix(fit: Fit, x: torch.Tensor, target: torch.Tensor):
         return x, target
     if len(x) % 2 == 0:
         return fit.mixup(x, target)
-    from timm.data.mixup import mixup_target  # timm's Mixup needs an even batch: this one is left unmixed
+    from timm.data.mixup import (
+        mixup_target,  # timm's Mixup needs an even batch: this one is left unmixed
+    )
 
     return x, mixup_target(target, fit.n_classes, smoothing=fit.label_smoothing)
 
@@ -134,7 +151,7 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
     last_path = out_dir / "last.pt"
     resume = _load_resume(last_path, signature)
     if resume is None and out_dir.exists():
-        shutil.rmtree(out_dir)  # a changed config or folds, or killed before one epoch: start afresh
+        remove(out_dir, inside=out_dir.parent)  # a changed config or folds, or killed before one epoch: start afresh
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "config.yaml", dump_config(cfg))
 
@@ -189,9 +206,9 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
         write_csv(out_dir / "log.csv", pd.DataFrame(run["rows"]))
         if cfg.select == "last" or score["macro_f1"] > run["best"]["score"]:
             run["best"], run["stale"] = {"score": score["macro_f1"], "epoch": epoch + 1, "weights": tag}, 0
-            with atomic_path(out_dir / "best.pt") as tmp:
-                torch.save(checkpoint_payload(candidates[tag], arch, data.classes, cfg.img_size, cfg.tta,
-                                              mean, std, config=cfg.to_dict(), fold=k, epoch=epoch + 1), tmp)
+            write_torch(out_dir / "best.pt", checkpoint_payload(candidates[tag], arch, data.classes, cfg.img_size,
+                                                                cfg.tta, mean, std, config=cfg.to_dict(), fold=k,
+                                                                epoch=epoch + 1))
         else:
             run["stale"] += 1
         run["epoch"] = epoch
@@ -204,8 +221,7 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
             if run["stopped_early"]:
                 print(f"[{cfg.name} fold {k}] early stop: no gain in {cfg.patience} epochs")
         # last: written after best.pt and log.csv, so a kill between them only repeats this epoch
-        with atomic_path(last_path) as tmp:
-            torch.save({"signature": signature, "run": run, "fit": fit.state_dict()}, tmp)
+        write_torch(last_path, {"signature": signature, "run": run, "fit": fit.state_dict()})
 
     return predict_fold(cfg, k, data, out_dir, signature, run["best"], device, val_idx, progress,
                         time.perf_counter() - started)
@@ -219,8 +235,7 @@ def _record_prediction_settings(path: Path, cfg: ExperimentConfig) -> None:
     if ckpt.get("tta") == list(cfg.tta) and config.get("amp") == cfg.amp:
         return
     ckpt["tta"], ckpt["config"] = list(cfg.tta), {**config, "tta": list(cfg.tta), "amp": cfg.amp}
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    write_torch(path, ckpt)
 
 
 def predict_fold(cfg, k, data: TrainData, out_dir: Path, signature, best, device, val_idx, progress,

@@ -17,7 +17,14 @@ import numpy as np
 from ...artifacts import write_json, write_npz, write_text
 from ...config import ExperimentConfig, dump_config
 from ...metrics import classification_scores, softmax
-from ...running.signatures import fold_signature, is_fold_done, predict_signature, read_done, record_seconds
+from ...running.signatures import (
+    fold_signature,
+    is_fold_done,
+    predict_signature,
+    read_done,
+    record_seconds,
+)
+from ...safety import remove
 from ..base import TrainData
 from ..features import FeatureSpec, features_of, normalisation_of
 from ..infer import resolve_device
@@ -49,7 +56,7 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
         return read_done(out_dir)
     started = time.perf_counter()  # features included: the fold that extracts them pays for them
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "done.json").unlink(missing_ok=True)  # the fold is not done until it is written again
+    remove(out_dir / "done.json", inside=out_dir)  # the fold is not done until it is written again
     write_text(out_dir / "config.yaml", dump_config(cfg))
     train_feats, test_feats, holdout_feats = member_features(cfg, data, progress)
 
