@@ -14,10 +14,10 @@ import yaml
 from foldblend.cli import main
 from foldblend.config import config_from_dict, load_config
 from foldblend.paths import Project
-from foldblend.recipes.budget import RESERVE_MIN_S, format_duration, parse_duration, plan_members
+from foldblend.recipes.budget import ESTIMATE_MARGIN, RESERVE_MIN_S, format_duration, parse_duration, plan_members
 from foldblend.recipes.init import run_init
 from foldblend.recipes.presets import candidates
-from foldblend.recipes.probe import Timing
+from foldblend.recipes.probe import PROBE_ROUNDS, Timing, _median_of_rounds
 from foldblend.recipes.profile import DataProfile, Hardware
 
 CPU = Hardware("cpu", "2 CPU cores, no GPU", 2)
@@ -144,6 +144,7 @@ def test_a_time_limit_scales_epochs_then_drops_members_from_the_end():
     budget = 0.6 * free.seconds
     tight = plan_members(cands, p, CPU, timings, budget=budget, probe_seconds=5)
     assert tight.seconds <= tight.usable == pytest.approx(budget - 5 - max(RESERVE_MIN_S, 0.1 * budget))
+    assert tight.seconds * (1 + ESTIMATE_MARGIN) <= tight.usable  # room for the probe's error
     kept = [m.cand.name for m in tight.members]
     assert kept == [c.name for c in cands if c.name in kept]   # the preset's order
     nominal = {c.name: c for c in cands}
@@ -254,6 +255,21 @@ def test_probe_and_time_limit_on_real_images(tiny_project):
         ["lite0_logreg", "scratch_cnn_small", "lite0_knn"]
     text = (project.folds_dir / "lite0_logreg.yaml").read_text()
     assert "estimate:" in text and "timed on this machine" in text
+
+
+def test_probe_rounds_outvote_one_slow_round():
+    """A probe round that something else on the machine slowed down does not set the estimate."""
+    calls = []
+
+    def timed(i):
+        calls.append(i)
+        return 5.0 if i == 1 else 1.0  # the first round ran while another job took the CPU
+
+    assert _median_of_rounds(timed, seconds=0.0) == 1.0
+    assert len(calls) == PROBE_ROUNDS[0]  # the minimum when the time is already spent
+    calls.clear()
+    assert _median_of_rounds(timed, seconds=3600.0) == 1.0
+    assert len(calls) == PROBE_ROUNDS[1]  # never more than the maximum, however little was timed
 
 
 # ----------------------------------------------------------------------------- run.sh and the demo
