@@ -19,6 +19,7 @@ input/train_truth.csv, which foldblend never reads.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,48 +28,17 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).parent))
+from styles import outline  # noqa: E402
+
 SHAPES = ["disc", "square", "triangle", "star", "cross", "ring", "arrow", "heart", "hexagon", "crescent"]
 STYLES = ["flat", "outline", "textured", "photo", "sketch"]
 SPLITS = ("unseen_concepts", "unseen_styles", "random")
 
 
 def _outline(name: str) -> list[np.ndarray]:
-    """Closed polygons of a shape in a unit box centred at 0."""
-    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-    circle = np.stack([np.cos(t), np.sin(t)], 1)
-    if name == "disc":
-        return [circle]
-    if name == "ring":
-        return [circle, circle * 0.55]
-    if name == "square":
-        return [np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float) * 0.8]
-    if name == "triangle":
-        return [np.array([[0, -1], [0.95, 0.7], [-0.95, 0.7]], float)]
-    if name == "hexagon":
-        a = np.arange(6) * np.pi / 3
-        return [np.stack([np.cos(a), np.sin(a)], 1)]
-    if name == "star":
-        a = np.arange(10) * np.pi / 5 - np.pi / 2
-        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
-        return [np.stack([r * np.cos(a), r * np.sin(a)], 1)]
-    if name == "cross":
-        w = 0.3
-        return [np.array([[-w, -1], [w, -1], [w, -w], [1, -w], [1, w], [w, w], [w, 1], [-w, 1], [-w, w], [-1, w],
-                          [-1, -w], [-w, -w]], float)]
-    if name == "arrow":
-        return [np.array([[-1, -0.25], [0.2, -0.25], [0.2, -0.65], [1, 0], [0.2, 0.65], [0.2, 0.25], [-1, 0.25]],
-                         float)]
-    if name == "crescent":
-        inner = circle * 0.85 + np.array([0.45, -0.1])
-        arc = circle[np.linalg.norm(circle - np.array([0.45, -0.1]), axis=1) > 0.85]
-        back = inner[np.linalg.norm(inner, axis=1) < 1][::-1]
-        return [np.concatenate([arc, back])]
-    if name == "heart":
-        s = np.linspace(0, 2 * np.pi, 60, endpoint=False)
-        x = 16 * np.sin(s) ** 3
-        y = -(13 * np.cos(s) - 5 * np.cos(2 * s) - 2 * np.cos(3 * s) - np.cos(4 * s))
-        return [np.stack([x, y], 1) / 17.0]
-    raise ValueError(name)
+    """Closed polygons of a shape in a unit box centred at 0 (`styles.py`'s shapes, fewer points)."""
+    return outline(name, circle_points=48, heart_points=60)
 
 
 @dataclass(frozen=True)

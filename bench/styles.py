@@ -25,9 +25,10 @@ FONTS = [cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COM
 STYLES = ["flat", "outline", "textured", "photo", "sketch"]
 
 
-def _polygon(name: str, rng: np.random.Generator) -> list[np.ndarray]:
-    """The shape as closed polygons in a unit box centred at 0 (before rotation and scaling)."""
-    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+def outline(name: str, circle_points: int = 64, heart_points: int = 80) -> list[np.ndarray]:
+    """The shape as closed polygons in a unit box centred at 0 (before rotation and scaling); the round
+    shapes with as many points as given (`concepts.py` draws with 48 and 60)."""
+    t = np.linspace(0, 2 * np.pi, circle_points, endpoint=False)
     circle = np.stack([np.cos(t), np.sin(t)], 1)
     if name == "disc":
         return [circle]
@@ -58,7 +59,7 @@ def _polygon(name: str, rng: np.random.Generator) -> list[np.ndarray]:
         back = inner[np.linalg.norm(inner, axis=1) < 1][::-1]
         return [np.concatenate([arc, back])]
     if name == "heart":
-        s = np.linspace(0, 2 * np.pi, 80, endpoint=False)
+        s = np.linspace(0, 2 * np.pi, heart_points, endpoint=False)
         x = 16 * np.sin(s) ** 3
         y = -(13 * np.cos(s) - 5 * np.cos(2 * s) - 2 * np.cos(3 * s) - np.cos(4 * s))
         return [np.stack([x, y], 1) / 17.0]
@@ -96,7 +97,7 @@ def _glyph(text: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
 def _mask(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
     if name in GLYPH_CLASSES:
         return _glyph(name.split("_", 1)[1], size, rng)
-    polys = _place(_polygon(name, rng), size, rng)
+    polys = _place(outline(name), size, rng)
     mask = np.zeros((size, size), np.uint8)
     cv2.fillPoly(mask, polys[:1], 255)
     for h in polys[1:]:  # a ring's inner circle
