@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from ..artifacts import load_member, write_text
-from ..ensemble.matched import describe as describe_matched
+from ..artifacts import load_member, read_json, write_text
 from ..data.read import ImageReadError, load_rgb
+from ..ensemble.matched import describe as describe_matched
 from ..metrics import softmax
 from ..paths import Project
 from ..safety import say_swept, sweep_temporaries
@@ -69,13 +69,6 @@ def image(png: bytes, alt: str) -> str:
 
 def missing(text: str) -> str:
     return f'<p class="missing">{esc(text)}</p>'
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 # ----------------------------------------------------------------------------- what the run produced

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..artifacts import read_json
 from .export import BUNDLE_FILE, find_bundle
 from .neighbours import FeatureIndex, find_feature_index
 from .predict import BLEND, Predictor, load_predictor, predict_images, top_k_table
@@ -43,15 +44,6 @@ class ModelCard:
         return f"{kind}: no CV (trained weights outside this project's oof/)"
 
 
-def _read_json(path: Path) -> dict | None:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _train_counts(project, classes: list[str]) -> pd.Series:
     try:
         labels = pd.read_csv(project.folds_csv, usecols=["label"], dtype=str)["label"]
@@ -70,7 +62,7 @@ def _per_class(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.
 
 def _bundle_card(folder: Path, predictor: Predictor) -> ModelCard:
     """A bundle's card: the scores it recorded when exported (no OOF travels with it)."""
-    meta = _read_json(folder / BUNDLE_FILE) or {}
+    meta = read_json(folder / BUNDLE_FILE) or {}
     provenance = meta.get("provenance") or {}
     scores = {}
     for key, label in (("cv_nested", "nested CV"), ("cv", "OOF CV")):
@@ -92,7 +84,7 @@ def model_card(project, exp: str, predictor: Predictor) -> ModelCard:
     classes = predictor.classes
     notes = list(predictor.notes)
     if exp == BLEND:
-        blend = _read_json(project.oof / "_blend" / "blend.json") or {}
+        blend = read_json(project.oof / "_blend" / "blend.json") or {}
         weights, scores = blend.get("weights") or {}, blend.get("member_scores") or {}
         members = [{"member": m, "weight": weights.get(m), "macro_f1": (scores.get(m) or {}).get("macro_f1")}
                    for m in blend.get("members") or weights]
@@ -106,7 +98,7 @@ def model_card(project, exp: str, predictor: Predictor) -> ModelCard:
                          blend.get("biases") is not None, notes=notes)
         sources = oof_sources(project, None, project.oof / "_blend" / "blend.npz")
     elif (project.oof_dir(exp) / "scores.json").exists():
-        overall = (_read_json(project.oof_dir(exp) / "scores.json") or {}).get("overall") or {}
+        overall = (read_json(project.oof_dir(exp) / "scores.json") or {}).get("overall") or {}
         card = ModelCard(exp, {"OOF CV": overall}, f"oof/{exp}/ (views averaged)",
                          [{"member": exp, "weight": 1.0, "macro_f1": overall.get("macro_f1")}], notes=notes)
         try:

@@ -8,14 +8,13 @@ what was spent. It never writes over a fold config without `--force`.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 
 import yaml
 
-from ..artifacts import write_json, write_text
+from ..artifacts import read_json, write_json, write_text
 from ..config import config_from_dict, load_config
 from ..paths import Project
 from ..safety import remove
@@ -63,11 +62,7 @@ def existing_configs(project: Project) -> list[str]:
 
 
 def read_init_record(project: Project) -> dict | None:
-    path = project.init_record
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
+    return read_json(project.init_record)
 
 
 def run_init(project: Project, preset: str = DEFAULT_PRESET, time_limit: str | None = None, device: str = "auto",
