@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from styles import outline  # noqa: E402
+from styles import outline, photo_background  # noqa: E402
 
 SHAPES = ["disc", "square", "triangle", "star", "cross", "ring", "arrow", "heart", "hexagon", "crescent"]
 STYLES = ["flat", "outline", "textured", "photo", "sketch"]
@@ -94,12 +94,7 @@ def render(concept: Concept, style: str, size: int, rng: np.random.Generator) ->
     shift, zoom = rng.uniform(-0.05, 0.05, 2), rng.uniform(0.9, 1.1)
     bg = np.array(_jitter(concept.background, rng, 25), np.float32)
     if style == "photo":
-        small = rng.integers(0, 256, (3, 3, 3)).astype(np.float32)
-        img = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
-        for _ in range(int(rng.integers(2, 6))):  # clutter
-            c = rng.integers(0, size, 2)
-            cv2.circle(img, (int(c[0]), int(c[1])), int(rng.integers(2, max(3, size // 8))),
-                       [float(v) for v in rng.integers(0, 256, 3)], -1)
+        img = photo_background(size, rng, clutter_fraction=8)
     elif style == "textured":
         img = np.clip(bg + rng.normal(0, 18, (size, size, 3)), 0, 255).astype(np.float32)
     else:

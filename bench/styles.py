@@ -66,6 +66,18 @@ def outline(name: str, circle_points: int = 64, heart_points: int = 80) -> list[
     raise ValueError(name)
 
 
+def photo_background(size: int, rng: np.random.Generator, clutter_fraction: int = 6) -> np.ndarray:
+    """A smooth random-gradient "photograph" (float32, size x size x 3) with 2-5 discs of clutter, each up
+    to size / clutter_fraction in radius."""
+    small = rng.integers(0, 256, (3, 3, 3)).astype(np.float32)
+    img = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+    for _ in range(int(rng.integers(2, 6))):
+        c = rng.integers(0, size, 2)
+        cv2.circle(img, (int(c[0]), int(c[1])), int(rng.integers(2, max(3, size // clutter_fraction))),
+                   [float(v) for v in rng.integers(0, 256, 3)], -1)
+    return img
+
+
 def _place(polys: list[np.ndarray], size: int, rng: np.random.Generator) -> list[np.ndarray]:
     angle = rng.uniform(-0.5, 0.5)  # a tilt, not a full turn: classes such as arrow keep their meaning
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -125,12 +137,7 @@ def draw(name: str, style: str, size: int, rng: np.random.Generator) -> np.ndarr
         fill = np.where(pattern[..., None], np.array(_colour(rng), np.uint8), np.array(_colour(rng), np.uint8))
         img[mask > 0] = fill[mask > 0]
     elif style == "photo":
-        small = rng.integers(0, 256, (3, 3, 3)).astype(np.float32)
-        img = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
-        for _ in range(int(rng.integers(2, 6))):  # clutter
-            c = rng.integers(0, size, 2)
-            cv2.circle(img, (int(c[0]), int(c[1])), int(rng.integers(2, max(3, size // 6))),
-                       [float(v) for v in rng.integers(0, 256, 3)], -1)
+        img = photo_background(size, rng)
         shade = np.linspace(0.6, 1.2, size)[None, :, None] * np.array(_colour(rng), np.float32)
         img = np.where(mask[..., None] > 0, shade, img)
         img = np.clip(cv2.GaussianBlur(img, (0, 0), 0.8) + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
