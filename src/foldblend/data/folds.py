@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from ..artifacts import write_csv, write_json
+from ..artifacts import read_json, write_csv, write_json
 from ..errors import FoldblendError
 from ..paths import Project
 from ..safety import remove, say_swept, sweep_temporaries
@@ -225,7 +225,7 @@ def ensure_folds(table: pd.DataFrame, path: str | Path, n_splits: int = 5, seed:
         write_folds(df, path)
     content = {**wanted, "folds_fingerprint": folds_fingerprint(df), "n_images": len(df),
                "n_holdout": int((df["fold"] == HOLDOUT).sum()), **(record or {})}
-    if changed or _read_json(sidecar) != json.loads(json.dumps(content, default=str)):
+    if changed or read_json(sidecar) != json.loads(json.dumps(content, default=str)):
         write_json(sidecar, content)
     if verbose:
         n_groups = df["group"].nunique()
@@ -237,16 +237,9 @@ def ensure_folds(table: pd.DataFrame, path: str | Path, n_splits: int = 5, seed:
     return df, changed
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def recorded_holdout(folds_path: str | Path) -> float:
     """The holdout fraction the current split was made with (0 when none or no split yet)."""
-    return float((_read_json(settings_path(folds_path)) or {}).get("holdout", 0.0))
+    return float((read_json(settings_path(folds_path)) or {}).get("holdout", 0.0))
 
 
 def _reusable(path: Path, sidecar: Path, wanted: dict) -> pd.DataFrame | None:

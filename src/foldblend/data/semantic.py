@@ -54,8 +54,6 @@ class GroupTree:
     def cut(self, threshold: float) -> np.ndarray:
         """Group ids (0..G-1, in order of first appearance) joining every subtree whose merges, its own
         and all below it, happened at similarity >= threshold."""
-        from scipy.sparse.csgraph import connected_components
-
         joined = self.leaders[self.levels >= threshold]
         graph = coo_matrix((np.ones(len(joined), np.int8), (joined[:, 0], joined[:, 1])), shape=(self.n, self.n))
         return first_seen_codes(connected_components(graph, directed=False)[1])

@@ -15,12 +15,11 @@ semantic groups at the threshold matched to the test. An i.i.d. competition is n
 from __future__ import annotations
 
 import hashlib
-import json
 
 import numpy as np
 import pandas as pd
 
-from ..artifacts import write_json, write_npz
+from ..artifacts import read_json, write_json, write_npz
 from ..paths import Project
 from ..safety import remove
 from .dedup import duplicate_groups
@@ -46,10 +45,7 @@ def similarity_npz(project: Project):
 
 
 def read_shift(project: Project) -> dict | None:
-    try:
-        return json.loads(shift_json(project).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return read_json(shift_json(project))
 
 
 def _digest(*parts) -> str:

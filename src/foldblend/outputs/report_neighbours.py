@@ -11,10 +11,10 @@ registered as a source in `neighbours.FEATURE_SOURCES`.
 from __future__ import annotations
 
 import html
-import json
 
 import numpy as np
 
+from ..artifacts import read_json
 from ..paths import Project
 
 N_RANDOM, N_NOVEL, N_NEIGHBOURS = 8, 4, 4
@@ -26,9 +26,8 @@ def embedding_member(project: Project) -> tuple[str, dict] | None:
     for path in sorted(project.oof.glob("*/scores.json")):
         if path.parent.name.startswith("_"):
             continue
-        try:
-            scores = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        scores = read_json(path)
+        if scores is None:
             continue
         config = scores.get("config") or {}
         score = (scores.get("overall") or {}).get("macro_f1", -1.0)

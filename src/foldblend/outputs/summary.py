@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 
+from ..artifacts import read_json
 from ..ensemble.matched import describe as describe_matched
 from ..paths import Project
 
@@ -46,16 +47,13 @@ def blend_row(project: Project) -> dict | None:
 
 def shift_lines(project: Project) -> list[str]:
     """The scan's verdict on CV when it found CV optimistic, and which folds were used (else nothing)."""
+    from ..data.folds import settings_path
     from ..data.shift_stage import read_shift
 
     shift = read_shift(project)
     if not shift or not shift.get("optimistic"):
         return []
-    folds = {}
-    try:
-        folds = json.loads((project.folds_dir / "folds.json").read_text()).get("grouping") or {}
-    except (OSError, ValueError):
-        pass
+    folds = (read_json(settings_path(project.folds_csv)) or {}).get("grouping") or {}
     lines = [f"WARNING: CV is optimistic (scan): OOF images have closer relatives in training than test images in "
              f"{shift['closer_share']:.0%} of pairs (nearest-image similarity: OOF median "
              f"{shift['oof_similarity']['median']:.3f}, test median {shift['test_similarity']['median']:.3f})"]
@@ -182,11 +180,7 @@ def budget_lines(project: Project) -> list[str]:
     from ..recipes.budget import format_duration
     from ..running.signatures import fold_seconds
 
-    path = project.init_record
-    try:
-        record = json.loads(path.read_text()) if path.exists() else None
-    except (OSError, ValueError):
-        record = None
+    record = read_json(project.init_record)
     if not record:
         return []
     n_folds = record.get("data", {}).get("n_folds", 0)

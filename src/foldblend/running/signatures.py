@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import write_json
+from ..artifacts import read_json, write_json
 from ..config import ExperimentConfig
 
 SECONDS_FILE = "time.json"
@@ -52,8 +52,4 @@ def record_seconds(out_dir: Path, train: float, predict: float = 0.0) -> None:
 
 def fold_seconds(out_dir: Path) -> dict:
     """{train, predict, seconds} of a finished fold; {} when it has no record (trained before they existed)."""
-    path = Path(out_dir) / SECONDS_FILE
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        return {}
+    return read_json(Path(out_dir) / SECONDS_FILE) or {}
