@@ -134,11 +134,12 @@ def plan_members(cands: list[Candidate], profile: DataProfile, hw: Hardware, tim
         usable = budget - probe_seconds - max(RESERVE_MIN_S, RESERVE_FRACTION * budget)
         chosen, dropped, warning = [], [], ""
         for c in cands:
-            if total(chosen + [c], 0.5) * (1 + ESTIMATE_MARGIN) <= usable:
+            need = total(chosen + [c], 0.5)
+            if need * (1 + ESTIMATE_MARGIN) <= usable:
                 chosen.append(c)
             else:
                 dropped.append((c.name, f"does not fit: the members before it and this one need "
-                                        f"{format_duration(total(chosen + [c], 0.5))} at half their epochs "
+                                        f"{format_duration(need)} at half their epochs "
                                         f"(+{ESTIMATE_MARGIN:.0%} for the probe's error), "
                                         f"the budget leaves {format_duration(max(usable, 0))} for training"))
         if not chosen:  # the budget is below the cheapest plan: write the first member anyway, and say so

@@ -10,14 +10,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..pretrained import (  # noqa: F401
-    CheckpointError,
-    check_packaged_model,
-    load_pretrained,
-    load_tensors,
-    load_weights_file,
-    read_weights_file,
-)
+from ..pretrained import CheckpointError, check_packaged_model, load_pretrained, load_tensors
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD
 
 BUILTIN = {

@@ -37,11 +37,6 @@ def save_head_checkpoint(path: Path, head: nn.Module, meta: dict) -> None:
     write_npz(path, meta=np.asarray(json.dumps(meta)), **head_arrays(head))
 
 
-def read_meta(path: Path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return json.loads(str(z["meta"]))
-
-
 def load_head_checkpoint(path: str | Path, device="cpu", backbones: dict | None = None) -> tuple[nn.Module, dict]:
     """(EmbeddingClassifier in eval mode, meta). `backbones` shares one loaded backbone between folds."""
     with np.load(path, allow_pickle=False) as z:
