@@ -216,13 +216,14 @@ def _check_kind(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()
                           f"remove it or set kind: embedding")
 
 
-def validate(cfg: ExperimentConfig, where: str) -> ExperimentConfig:
+def validate(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()) -> ExperimentConfig:
+    """`cfg` back, or a ConfigError naming `where`; `given`: the keys written in the file (see `_check_kind`)."""
     if cfg.name:
         _check_name(cfg.name, where)
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{where}: key '{key}' must be one of {sorted(allowed)}, got {_get(cfg, key)!r}")
-    _check_kind(cfg, where)
+    _check_kind(cfg, where, given)
     if cfg.select == "last" and cfg.patience > 0:
         raise ConfigError(f"{where}: key 'patience' stops on the held-out fold's score, which `select: last` "
                           f"avoids looking at; use one or the other")
@@ -295,8 +296,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if not cfg.name:
         cfg.name = path.stem
         _check_name(cfg.name, str(path), "the experiment name (the file's name without .yaml)", "rename the file")
-    _check_kind(cfg, str(path), set(data))
-    return validate(cfg, str(path))
+    return validate(cfg, str(path), set(data))
 
 
 def _check_name(name: str, where: str, what: str = "key 'name'", fix: str = "") -> None:
