@@ -66,13 +66,21 @@ def duplicate_groups(df: pd.DataFrame, max_distance: int = 4) -> np.ndarray:
         a, b = _near_pairs(uniq, max_distance)
         src.append(idx[first[a]])
         dst.append(idx[first[b]])
-    src, dst = np.concatenate(src).astype(np.int64), np.concatenate(dst).astype(np.int64)
+    return linked_groups(n, np.concatenate(src), np.concatenate(dst))
+
+
+def linked_groups(n: int, src, dst) -> np.ndarray:
+    """Group ids of n items joined by the links src[i] -- dst[i] (connected components), numbered in
+    order of first appearance so ids are stable and readable (0, 1, 2, ... down the table)."""
+    src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
     graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    # Renumber in order of first appearance so ids are stable and readable (0, 1, 2, ... down the table).
-    _, first_seen, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(first_seen))
-    return order[inverse].astype(np.int64)
+    return first_seen_codes(connected_components(graph, directed=False)[1])
+
+
+def first_seen_codes(values) -> np.ndarray:
+    """Integer codes 0..G-1 numbered in order of first appearance (stable, readable group ids)."""
+    _, first, inverse = np.unique(np.asarray(values), return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse].astype(np.int64)
 
 
 def keep_one_per_group(df: pd.DataFrame, groups: np.ndarray) -> np.ndarray:

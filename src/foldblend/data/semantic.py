@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+
+from .dedup import first_seen_codes, linked_groups
 
 # Above this many dimensions and images, the tree is built on a truncated SVD of the features: a chain
 # step is a product of every group mean with one, so its cost is images x dimensions.
@@ -55,14 +55,7 @@ class GroupTree:
         """Group ids (0..G-1, in order of first appearance) joining every subtree whose merges, its own
         and all below it, happened at similarity >= threshold."""
         joined = self.leaders[self.levels >= threshold]
-        graph = coo_matrix((np.ones(len(joined), np.int8), (joined[:, 0], joined[:, 1])), shape=(self.n, self.n))
-        return first_seen_codes(connected_components(graph, directed=False)[1])
-
-
-def first_seen_codes(values) -> np.ndarray:
-    """Integer codes 0..G-1 numbered in order of first appearance (stable, readable group ids)."""
-    _, first, inverse = np.unique(np.asarray(values), return_index=True, return_inverse=True)
-    return np.argsort(np.argsort(first))[inverse].astype(np.int64)
+        return linked_groups(self.n, joined[:, 0], joined[:, 1])
 
 
 def average_linkage(feats: np.ndarray, floor: float = 0.0) -> GroupTree:
@@ -135,10 +128,7 @@ def union_groups(*partitions) -> np.ndarray:
         _, first = np.unique(codes, return_index=True)
         src.append(np.arange(n))
         dst.append(first[codes])  # link every member to its group's first member
-    src, dst = np.concatenate(src), np.concatenate(dst)
-    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    return first_seen_codes(labels)
+    return linked_groups(n, np.concatenate(src), np.concatenate(dst))
 
 
 def groups_added(base: np.ndarray, combined: np.ndarray) -> dict:
