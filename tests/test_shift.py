@@ -109,10 +109,8 @@ def test_closer_share_is_the_probability_of_superiority():
 def _check(x, labels, test, **kw):
     train = ~test
 
-    def assign(groups):
-        return assign_folds(labels[train], groups, 5, 42)
-
-    return check_shift(x[train], x[test], np.arange(train.sum()), assign, 5, **kw)
+    base = np.arange(train.sum())
+    return check_shift(x[train], x[test], base, assign_folds(labels[train], base, 5, 42), 5, **kw)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

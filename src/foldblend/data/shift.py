@@ -17,8 +17,6 @@ bring the OOF similarities closest to the test's (Wasserstein distance), which `
 from __future__ import annotations
 
 import warnings
-from typing import Callable
-
 import numpy as np
 from scipy.stats import mannwhitneyu, wasserstein_distance
 
@@ -174,17 +172,16 @@ def match_threshold(feats: np.ndarray, base_groups: np.ndarray, test_sim: np.nda
             "groups": groups, "oof_similarity": oof_sim}
 
 
-def check_shift(train_feats: np.ndarray, test_feats: np.ndarray, base_groups: np.ndarray,
-                assign_folds: Callable[[np.ndarray], np.ndarray], n_splits: int, *, search: str = "if_optimistic",
-                train_stats: np.ndarray | None = None, test_stats: np.ndarray | None = None,
-                seed: int = 0) -> tuple[dict, dict]:
+def check_shift(train_feats: np.ndarray, test_feats: np.ndarray, base_groups: np.ndarray, fold: np.ndarray,
+                n_splits: int, *, search: str = "if_optimistic", train_stats: np.ndarray | None = None,
+                test_stats: np.ndarray | None = None, seed: int = 0) -> tuple[dict, dict]:
     """(result for shift.json, arrays for plots and groups) of train rows against test rows.
 
-    `base_groups` are the groups the folds would use without semantic ones (pHash, or the user's);
-    `search` ("never", "if_optimistic", "always") says when the matching semantic threshold is searched.
+    `base_groups` are the groups the folds would use without semantic ones (pHash, or the user's), and
+    `fold` the folds made of them; `search` ("never", "if_optimistic", "always") says when the matching
+    semantic threshold is searched.
     """
     top = top_neighbours(train_feats, LOOKUP_NEIGHBOURS)
-    fold = assign_folds(base_groups)
     oof_sim = other_fold_similarity(train_feats, fold, top)
     test_sim = nearest_similarity(test_feats, train_feats)
     share, p = closer_share(oof_sim, test_sim)

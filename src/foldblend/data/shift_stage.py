@@ -115,16 +115,13 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
     base = with_user_groups(phash, None if user is None else user[rows])
     labels = kept["label"].astype(str).to_numpy()
 
-    def assign(groups):
-        return assign_folds(labels, groups, settings["n_splits"], settings["fold_seed"])
-
     feats = train_feats[rows]
     try:
-        assign(base)
+        fold = assign_folds(labels, base, settings["n_splits"], settings["fold_seed"])
     except ValueError as e:  # the folds stage will say the same, with its fix
         return _not_checked(project, f"train/test shift: not checked ({e})", quiet_if_current)
     result, arrays = check_shift(feats, test_feats[test_rows] if len(test_rows) else np.zeros((0, feats.shape[1])),
-                                 base, assign, settings["n_splits"], search=_search_mode(settings, user is not None),
+                                 base, fold, settings["n_splits"], search=_search_mode(settings, user is not None),
                                  train_stats=_stats(kept), test_stats=_stats(test.iloc[test_rows]),
                                  seed=settings["fold_seed"])
     result["user_groups"] = user is not None
