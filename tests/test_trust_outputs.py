@@ -15,6 +15,7 @@ from foldblend.data.eda import write_eda
 from foldblend.data.folds import assign_folds
 from foldblend.data.scan import scan_images
 from foldblend.data.shift import check_shift
+from foldblend.ensemble.confidence import confidence_score
 from foldblend.ensemble.matched import matched_score
 from foldblend.outputs.report import write_report
 from foldblend.outputs.summary import print_summary
@@ -26,7 +27,7 @@ def _concept_check(tmp_path):
     test = concept >= 36
     train = ~test
     result, arrays = check_shift(x[train], x[test], np.arange(train.sum()),
-                                 lambda g: assign_folds(labels[train], g, 5, 42), 5)
+                                 assign_folds(labels[train], np.arange(train.sum()), 5, 42), 5)
     images = [f"train/{labels[i]}/c{concept[i]:02d}_{i}.png" for i in np.flatnonzero(train)]
     for i, name in enumerate(images):
         gen.save(tmp_path / name, gen.shapes(int(concept[train][i]), 24))
@@ -55,7 +56,7 @@ def test_eda_is_quiet_on_no_shift(tmp_path):
     x, _, labels = concept_embeddings(seed=5)
     test = np.random.default_rng(5).random(len(x)) < 0.25
     result, arrays = check_shift(x[~test], x[test], np.arange((~test).sum()),
-                                 lambda g: assign_folds(labels[~test], g, 5, 42), 5)
+                                 assign_folds(labels[~test], np.arange((~test).sum()), 5, 42), 5)
     result.update(semantic=None, dedup="auto")
     images = ["a.png"]
     gen.save(tmp_path / "a.png", gen.shapes(0, 24))
@@ -85,21 +86,25 @@ def _add_check_to_run(project, optimistic: bool):
     matched = matched_score(labels, probs, oof_sim, test_sim, np.arange(len(ids)), probs.shape[1], n_boot=20)
     blend_json = project.oof / "_blend" / "blend.json"
     blend = json.loads(blend_json.read_text())
-    blend_json.write_text(json.dumps({**blend, "test_matched": matched}))
-    return matched
+    fold_test = np.stack([np.roll(probs[:60], k, axis=0) for k in range(3)])  # 3 fold pipelines on 60 test images
+    confidence = confidence_score(labels, probs, np.arange(len(ids)) % 3, fold_test, n_boot=20)
+    blend_json.write_text(json.dumps({**blend, "test_matched": matched, "confidence": confidence}))
+    return matched, confidence
 
 
 def test_summary_and_report_put_the_test_matched_cv_beside_the_nested_one(tmp_path, capsys):
     project = make_run(tmp_path)
-    matched = _add_check_to_run(project, optimistic=True)
+    matched, confidence = _add_check_to_run(project, optimistic=True)
     print_summary(project)
     out = capsys.readouterr().out
-    assert re.search(rf"nested CV macro-F1 0\.7800 · test-matched {matched['macro_f1']:.4f} ± \d\.\d{{4}}", out)
+    assert re.search(rf"nested CV macro-F1 0\.7800 · test-matched {matched['macro_f1']:.4f} ± \d\.\d{{4}}"
+                     rf"( \(fragile[^)]*\))? · confidence estimate {confidence['macro_f1']:.4f} ± \d\.\d{{4}}", out)
     assert "WARNING: CV is optimistic (scan)" in out and "set dedup: auto" in out
     page = write_report(project).read_text(encoding="utf-8")
     assert ">Can I trust the CV?</h2>" in page
     assert "WARNING: CV is optimistic" in page and 'alt="similarity distributions"' in page
-    assert f"test-matched {matched['macro_f1']:.4f}" in page
+    assert f"test-matched {matched['macro_f1']:.4f}" in page and f"confidence estimate {confidence['macro_f1']:.4f}" in page
+    assert "ATC" in page  # the report says what the confidence estimate is
 
 
 def test_no_warning_without_a_shift(tmp_path, capsys):

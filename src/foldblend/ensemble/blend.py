@@ -20,6 +20,7 @@ import numpy as np
 from ..artifacts import Member, load_member, member_digest, write_json, write_npz
 from ..metrics import HIGHER_IS_BETTER, METRICS, classification_scores, softmax
 from ..safety import check_plain_name, remove, say_swept, sweep_temporaries
+from . import confidence as C
 from . import matched as M
 from . import methods as E
 
@@ -89,6 +90,8 @@ class BlendResult:
     holdout_probs: np.ndarray | None = None     # (H, C): the pipeline fitted on all OOF rows
     holdout_scores: dict = field(default_factory=dict)  # {"members": {name: scores}, "blend": scores}
     test_matched: dict | None = None            # CV reweighted to the test's neighbour similarity (`matched`)
+    fold_test_probs: np.ndarray | None = None   # (F, M, C): the test by the pipeline that predicted each fold
+    confidence: dict | None = None              # the test score predicted from confidences (`confidence`)
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -181,14 +184,36 @@ def apply_blend(model: FittedBlend, views: list[np.ndarray], opts: BlendOptions)
     return combined
 
 
-def nested_predictions(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray, opts: BlendOptions) -> np.ndarray:
-    """For each fold k: fit on the other folds' OOF rows, predict fold k's rows; return them collected."""
+def nested_predictions(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray, opts: BlendOptions,
+                       fold_test_views=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """For each fold k: fit on the other folds' OOF rows, predict fold k's rows; return them collected.
+
+    With `fold_test_views(i)` (the members' test views from their i-th fold models), each fold's fitted
+    pipeline also predicts the test: (F, M, C) as the second value (None without)."""
     out = np.zeros((len(y), views[0].shape[2]))
-    for k in np.unique(fold):
+    tests = []
+    for i, k in enumerate(np.unique(fold)):
         held_out = fold == k
         model = fit_blend(_rows(views, ~held_out), y[~held_out], fold[~held_out], opts)
         out[held_out] = apply_blend(model, _rows(views, held_out), opts)
-    return out
+        if fold_test_views is not None:
+            tests.append(apply_blend(model, fold_test_views(i), opts))
+    return out, (np.stack(tests) if fold_test_views is not None else None)
+
+
+def fold_test_views(members: list[Member], fold: np.ndarray, tta: str):
+    """A function i -> the members' test views predicted by their i-th fold models, as the blend reads
+    them (identity first; collapsed when `tta` is "mean"); None when there is no test set or a member's
+    fold models do not match the folds one to one."""
+    n_folds = len(np.unique(fold))
+    if not len(members[0].test_ids) or any(m.test_logits.shape[0] != n_folds for m in members):
+        return None
+
+    def views(i: int) -> list[np.ndarray]:
+        out = [softmax(m.test_logits[i][E.identity_first(m.views)]) for m in members]
+        return [v.mean(axis=0, keepdims=True) for v in out] if tta == "mean" else out
+
+    return views
 
 
 # ----------------------------------------------------------------------------- entry point on arrays
@@ -226,8 +251,13 @@ def blend_arrays(members: list[Member], method: str = "mean", metric: str = "mac
     warnings: list[str] = []
     if opts.is_fitted and len(np.unique(fold)) < 2:
         warnings.append("only one fold: no nested CV possible, the reported CV is in-sample")
-    nested_probs = (nested_predictions(oof_views, y, fold, opts)
-                    if opts.is_fitted and len(np.unique(fold)) >= 2 else in_sample_probs)
+    per_fold_test = fold_test_views(members, fold, tta)
+    if opts.is_fitted and len(np.unique(fold)) >= 2:
+        nested_probs, fold_test_probs = nested_predictions(oof_views, y, fold, opts, per_fold_test)
+    else:  # nothing fitted: one pipeline predicted every fold
+        nested_probs = in_sample_probs
+        fold_test_probs = (None if per_fold_test is None else
+                           np.stack([apply_blend(model, per_fold_test(i), opts) for i in range(len(np.unique(fold)))]))
     cv_in_sample = classification_scores(y, in_sample_probs, c)
     cv_nested = classification_scores(y, nested_probs, c)
     warnings += _overfit_warnings(cv_in_sample, cv_nested, metric)
@@ -236,7 +266,7 @@ def blend_arrays(members: list[Member], method: str = "mean", metric: str = "mac
     return BlendResult(
         holdout_ids=ref.holdout_ids, holdout_labels=np.asarray(ref.holdout_labels), holdout_probs=holdout_probs,
         holdout_scores=holdout_scores(members, holdout_probs),
-        oof_probs=nested_probs, test_probs=apply_blend(model, test_views, opts),
+        oof_probs=nested_probs, test_probs=apply_blend(model, test_views, opts), fold_test_probs=fold_test_probs,
         weights={n: float(w) for n, w in zip(names, model.weights)}, member_scores=member_scores,
         cv_in_sample=cv_in_sample, cv_nested=cv_nested, warnings=warnings, biases=model.biases,
         classes=list(ref.classes), ids=ref.ids, labels=y, test_ids=ref.test_ids, method=method,
@@ -304,7 +334,7 @@ def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str
         "weights": result.weights, "biases": None if result.biases is None else result.biases.tolist(),
         "fitted": result.fitted, "cv_in_sample": result.cv_in_sample, "cv_nested": result.cv_nested,
         "member_scores": result.member_scores, "holdout": result.holdout_scores, "warnings": result.warnings,
-        "test_matched": result.test_matched,
+        "test_matched": result.test_matched, "confidence": result.confidence,
         "classes": result.classes,
         "member_digests": member_digests or {}})
 
@@ -328,7 +358,13 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
         else:
             result.test_matched = M.matched_score(result.labels, result.oof_probs, n_classes=len(result.classes),
                                                        **inputs)
-            print(f"nested CV {result.cv_nested['macro_f1']:.4f} · {M.describe(result.test_matched)}")
+    if result.fold_test_probs is not None:
+        groups = M.read_groups(Path(folds_dir) / "folds.csv", result.ids) if folds_dir is not None else None
+        result.confidence = C.confidence_score(result.labels, result.oof_probs, np.asarray(members[0].fold),
+                                               result.fold_test_probs, groups, len(result.classes))
+    estimates = C.describe_estimates(result.test_matched, result.confidence)
+    if estimates:
+        print(f"nested CV {result.cv_nested['macro_f1']:.4f} · {estimates}")
     save_blend(result, out_dir, {name: member_digest(oof_root / name) for name in names})
     return result
 

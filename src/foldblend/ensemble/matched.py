@@ -15,7 +15,8 @@ lifting; then folds that already look like the test (`dedup: auto`) are the bett
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score
+
+from ..metrics import metric_from_counts
 
 MAX_BINS = 10
 MIN_PER_BIN = 30       # test images per bin, at least (fewer bins for small test sets)
@@ -56,8 +57,13 @@ def importance_weights(oof_sim: np.ndarray, test_sim: np.ndarray, edges: np.ndar
 
 
 def weighted_macro_f1(y: np.ndarray, pred: np.ndarray, weights: np.ndarray, n_classes: int) -> float:
-    return float(f1_score(y, pred, labels=list(range(n_classes)), average="macro", sample_weight=weights,
-                          zero_division=0))
+    """sklearn's `f1_score(average="macro", sample_weight=weights, labels=range(n_classes))`, by weighted
+    counts (the bootstrap calls it hundreds of times)."""
+    y, pred, weights = np.asarray(y), np.asarray(pred), np.asarray(weights, np.float64)
+    true_pos = np.bincount(pred[pred == y], weights=weights[pred == y], minlength=n_classes)
+    predicted = np.bincount(pred, weights=weights, minlength=n_classes)
+    support = np.bincount(y, weights=weights, minlength=n_classes)
+    return float(metric_from_counts("macro_f1", true_pos[None], predicted[None], support)[0])
 
 
 def matched_score(y: np.ndarray, probs: np.ndarray, oof_sim: np.ndarray, test_sim: np.ndarray,
@@ -104,8 +110,6 @@ def describe(matched: dict) -> str:
 
 def load_similarity(similarity_npz, folds_csv, ids: np.ndarray) -> tuple[dict | None, str]:
     """({oof_sim, test_sim, groups} aligned with the blend's OOF `ids`, "") or (None, why not)."""
-    import pandas as pd
-
     if not similarity_npz.exists():
         return None, "no folds/similarity.npz (embeddings: false, or folds made before it existed: rerun `foldblend folds`)"
     with np.load(similarity_npz, allow_pickle=False) as z:
@@ -115,7 +119,20 @@ def load_similarity(similarity_npz, folds_csv, ids: np.ndarray) -> tuple[dict | 
     test_sim = test_sim[np.isfinite(test_sim)]  # unreadable test images have no neighbour
     if not len(test_sim):
         return None, "no test set to match"
+    return {"oof_sim": oof_sim, "test_sim": test_sim, "groups": read_groups(folds_csv, sim_ids)}, ""
+
+
+def read_groups(folds_csv, ids) -> np.ndarray | None:
+    """folds.csv's group of each of `ids` (what a bootstrap resamples whole); None when it has no such
+    column or misses an id."""
+    import pandas as pd
+
+    if not folds_csv.exists():
+        return None
     folds = pd.read_csv(folds_csv, dtype={"image": str}, keep_default_na=False)
+    if "group" not in folds:
+        return None
     group = dict(zip(folds["image"], folds["group"]))
-    return {"oof_sim": oof_sim, "test_sim": test_sim,
-            "groups": np.array([group[i] for i in sim_ids], np.int64)}, ""
+    if any(str(i) not in group for i in ids):
+        return None
+    return np.array([group[str(i)] for i in ids], np.int64)

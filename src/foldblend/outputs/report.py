@@ -18,7 +18,7 @@ from sklearn.metrics import f1_score
 
 from ..artifacts import load_member, read_json, write_text
 from ..data.read import ImageReadError, load_rgb
-from ..ensemble.matched import describe as describe_matched
+from ..ensemble.confidence import describe_estimates
 from ..metrics import softmax
 from ..paths import Project
 from ..safety import say_swept, sweep_temporaries
@@ -141,9 +141,9 @@ def blend_section(blend: dict | None) -> str:
         cv[f"holdout ({held['n_images']} images, never fitted on)"] = held["blend"]
     headline = (f"CV {blend['cv_nested']['macro_f1']:.4f}, holdout {held['blend']['macro_f1']:.4f} (macro-F1)"
                 if held and blend.get("cv_nested") else "")
-    if blend.get("test_matched") and blend.get("cv_nested"):
-        headline = (f"nested CV {blend['cv_nested']['macro_f1']:.4f} · {describe_matched(blend['test_matched'])}"
-                    + (f"; {headline}" if headline else ""))
+    estimates = describe_estimates(blend.get("test_matched"), blend.get("confidence"))
+    if estimates and blend.get("cv_nested"):
+        headline = f"nested CV {blend['cv_nested']['macro_f1']:.4f} · {estimates}" + (f"; {headline}" if headline else "")
     parts = [f'<p class="meta">method <b>{esc(blend.get("method", "?"))}</b>'
              + ("; per-class decision biases applied" if blend.get("biases") is not None else "")
              + (f"; <b>{esc(headline)}</b>" if headline else "") + "</p>",
@@ -171,11 +171,16 @@ def trust_section(project: Project, blend: dict | None) -> str:
             parts.append(image(similarity_png({"OOF image -> nearest in other folds (the folds in use)": oof,
                                                "test image -> nearest train image": test}, dpi=100 * SCALE),
                                "similarity distributions"))
-    matched = (blend or {}).get("test_matched")
-    if matched and blend.get("cv_nested"):
-        parts.append(f"<p><b>nested CV {blend['cv_nested']['macro_f1']:.4f} · {esc(describe_matched(matched))}</b> "
-                     f"(OOF rows weighted by similarity bin to the test's distribution; ± is a bootstrap over groups; "
-                     f"effective sample {matched['ess']:.0f} of {matched['n_rows']} rows)</p>")
+    matched, confidence = (blend or {}).get("test_matched"), (blend or {}).get("confidence")
+    if (matched or confidence) and blend.get("cv_nested"):
+        how = ([f"test-matched: OOF rows weighted by similarity bin to the test's distribution, effective sample "
+                f"{matched['ess']:.0f} of {matched['n_rows']} rows"] if matched else []) + (
+            ["confidence estimate: each fold's pipeline on the test, counted right above the confidence that splits "
+             "its OOF rows as they were right (ATC); it describes one fold model, and the submission averages them"]
+            if confidence else [])
+        parts.append(f"<p><b>nested CV {blend['cv_nested']['macro_f1']:.4f} · "
+                     f"{esc(describe_estimates(matched, confidence))}</b> ({esc('; '.join(how))}; ± is a bootstrap "
+                     f"over groups and test images)</p>")
     return "\n".join(parts)
 
 

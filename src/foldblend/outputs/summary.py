@@ -6,7 +6,7 @@ import json
 import pandas as pd
 
 from ..artifacts import read_json
-from ..ensemble.matched import describe as describe_matched
+from ..ensemble.confidence import describe_estimates
 from ..paths import Project
 
 
@@ -41,7 +41,7 @@ def blend_row(project: Project) -> dict | None:
             "nested CV": b.get("cv_nested", {}).get("macro_f1"),
             "weights": ", ".join(f"{k} {v:.2f}" for k, v in b.get("weights", {}).items()),
             "holdout": (held.get("blend") or {}).get("macro_f1"), "holdout_n": held.get("n_images"),
-            "test_matched": b.get("test_matched"),
+            "estimates": describe_estimates(b.get("test_matched"), b.get("confidence")),
             "member_holdout": {k: v["macro_f1"] for k, v in (held.get("members") or {}).items()}}
 
 
@@ -63,8 +63,10 @@ def shift_lines(project: Project) -> list[str]:
     elif folds.get("user_groups"):
         lines.append("  the folds use your groups (groups.csv / group column)")
     else:
-        lines.append("  the folds do not correct for it: trust the test-matched CV, or set dedup: auto in "
-                     "input/competition.yaml and rerun folds, train, blend")
+        lines.append("  the folds do not correct for it: trust the blend's test estimates over its CV, or set dedup: "
+                     "auto in input/competition.yaml and rerun folds, train, blend")
+    lines.append("  the confidence estimate reads the test off the fold models themselves, so it also sees what the "
+                 "embedding cannot (a concept new to the models in a familiar style)")
     return lines
 
 
@@ -127,7 +129,7 @@ def print_summary(project: Project) -> None:
     if blend:
         held = (f", holdout {blend['holdout']:.4f} ({blend['holdout_n']} held-out images, never trained or fitted on)"
                 if blend["holdout"] is not None else "")
-        matched = f" · {describe_matched(blend['test_matched'])}" if blend["test_matched"] else ""
+        matched = f" · {blend['estimates']}" if blend["estimates"] else ""
         print(f"blend ({blend['method']}): nested CV macro-F1 {blend['nested CV']:.4f}{matched}{held} "
               f"(in-sample {blend['in-sample']:.4f}); weights: {blend['weights']}")
         if len(exps):

@@ -1,0 +1,110 @@
+"""The confidence estimate: the test score predicted from how sure the fold models are on the test images.
+
+The test-matched CV (`matched`) re-weights OOF rows by how far each image is from its training data in
+a frozen backbone's embedding space. It cannot see a sibling the backbone does not rank as a neighbour
+(the same concept in another style), though the trained model still uses what siblings share. The
+model's own confidence can: on images unlike anything it learnt from, it is less sure.
+
+Average thresholded confidence (ATC; Garg et al., "Leveraging Unlabeled Data to Predict
+Out-of-Distribution Performance", ICLR 2022), per fold k:
+
+- the blend's OOF predictions of fold k come from one pipeline: each member's fold-k model (which never
+  saw fold k) combined by the blend fitted without fold k. The same pipeline predicts every test image;
+- on fold k's OOF rows, the threshold t_k is the top-probability quantile that leaves exactly as many
+  rows above it as were predicted correctly;
+- a test image predicted above t_k counts as correct. Per predicted class, those are the true positives
+  and the rest the false positives; the misses (false negatives) are spread over the classes as fold
+  k's OOF errors are. That gives a macro-F1 (and an accuracy) per fold; the estimate is their mean.
+
+A bootstrap over OOF groups and test images gives its spread. What it cannot see: a model wrong with
+the confidence it has when right (a label shift it was never shown). One fold model is what it
+describes; the submission averages the fold models, which usually scores a little higher (0.01-0.03
+macro-F1 on `bench/cv_honesty.py`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..metrics import metric_from_counts
+
+N_BOOTSTRAP = 200
+
+
+def counted_correct(oof_conf: np.ndarray, accuracy: float, test_conf: np.ndarray) -> np.ndarray:
+    """Per test image, 1 where its confidence lies above the OOF quantile that leaves `accuracy` of the
+    OOF rows above it, else 0; a test confidence equal to a block of tied OOF ones gets the share of
+    that block above the cut, so the OOF rows themselves always count `accuracy` of them right."""
+    ordered = np.sort(np.asarray(oof_conf, np.float64))
+    cut = 1.0 - accuracy                       # the OOF share below the threshold
+    lo = np.searchsorted(ordered, test_conf, side="left") / len(ordered)
+    hi = np.searchsorted(ordered, test_conf, side="right") / len(ordered)
+    span = hi - lo
+    tied = np.clip((hi - cut) / np.where(span > 0, span, 1.0), 0.0, 1.0)
+    return np.where(span > 0, tied, (lo > cut).astype(np.float64))
+
+
+def fold_estimate(y: np.ndarray, oof_probs: np.ndarray, test_probs: np.ndarray, n_classes: int) -> tuple[float, float]:
+    """(macro-F1, accuracy) predicted for one fold's pipeline on the test, from its OOF rows (ATC)."""
+    right = oof_probs.argmax(axis=1) == y
+    correct = counted_correct(oof_probs.max(axis=1), right.mean(), test_probs.max(axis=1))
+    pred = test_probs.argmax(axis=1)
+    true_pos = np.bincount(pred, weights=correct, minlength=n_classes)
+    predicted = np.bincount(pred, minlength=n_classes).astype(np.float64)
+    errors = np.bincount(y[~right], minlength=n_classes).astype(np.float64)
+    missed = (1.0 - correct).sum() * (errors / errors.sum() if errors.sum() else np.full(n_classes, 1.0 / n_classes))
+    f1 = metric_from_counts("macro_f1", true_pos[None], predicted[None], true_pos + missed)[0]
+    return float(f1), float(correct.mean())
+
+
+def _estimate(y, oof_probs, fold, fold_test_probs, folds, n_classes) -> tuple[float, float]:
+    parts = [fold_estimate(y[fold == k], oof_probs[fold == k], fold_test_probs[i], n_classes)
+             for i, k in enumerate(folds)]
+    return float(np.mean([p[0] for p in parts])), float(np.mean([p[1] for p in parts]))
+
+
+def confidence_score(y: np.ndarray, oof_probs: np.ndarray, fold: np.ndarray, fold_test_probs: np.ndarray,
+                     groups: np.ndarray | None = None, n_classes: int | None = None, n_boot: int = N_BOOTSTRAP,
+                     seed: int = 0) -> dict:
+    """The confidence estimate of macro-F1 and accuracy, with bootstrap standard deviations.
+
+    `fold_test_probs[i]` (F, M, C) is the test prediction of the pipeline that predicted the OOF rows of
+    the i-th fold in sorted order. Each bootstrap draw resamples whole groups of OOF rows (`groups`;
+    default: every row its own) and the test images.
+    """
+    y, oof_probs, fold = np.asarray(y), np.asarray(oof_probs, np.float64), np.asarray(fold)
+    fold_test_probs = np.asarray(fold_test_probs, np.float64)
+    n_classes = n_classes or oof_probs.shape[1]
+    folds = np.unique(fold)
+    if len(folds) != len(fold_test_probs):
+        raise ValueError(f"{len(folds)} folds but test predictions from {len(fold_test_probs)} fold pipelines")
+    f1, acc = _estimate(y, oof_probs, fold, fold_test_probs, folds, n_classes)
+    rng = np.random.default_rng(seed)
+    codes, members = np.unique(np.arange(len(y)) if groups is None else np.asarray(groups), return_inverse=True)
+    order = np.argsort(members, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(members, minlength=len(codes)))]
+    m = fold_test_probs.shape[1]
+    draws = []
+    for _ in range(n_boot):
+        rows = np.concatenate([order[starts[g]:starts[g + 1]] for g in rng.integers(0, len(codes), len(codes))])
+        test_rows = rng.integers(0, m, m)
+        if len(np.unique(fold[rows])) == len(folds):  # a draw that lost a whole fold says nothing about it
+            draws.append(_estimate(y[rows], oof_probs[rows], fold[rows], fold_test_probs[:, test_rows], folds,
+                                   n_classes))
+    spread = np.std(draws, axis=0) if draws else (None, None)
+    return {"macro_f1": f1, "std": None if spread[0] is None else float(spread[0]), "accuracy": acc,
+            "accuracy_std": None if spread[1] is None else float(spread[1]), "n_folds": int(len(folds)),
+            "n_test": int(m), "n_bootstrap": len(draws)}
+
+
+def describe(estimate: dict) -> str:
+    """'confidence estimate 0.71 ± 0.02'."""
+    text = f"confidence estimate {estimate['macro_f1']:.4f}"
+    return text + (f" ± {estimate['std']:.4f}" if estimate.get("std") is not None else "")
+
+
+def describe_estimates(test_matched: dict | None, confidence: dict | None) -> str:
+    """'test-matched 0.67 ± 0.02 · confidence estimate 0.66 ± 0.02', of the estimates there are ('' if none)."""
+    from .matched import describe as describe_matched
+
+    parts = ([describe_matched(test_matched)] if test_matched else []) + ([describe(confidence)] if confidence else [])
+    return " · ".join(parts)
