@@ -119,9 +119,13 @@ def images_key(images: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def feature_file(spec: FeatureSpec, view: str, images: np.ndarray, cache_dir: Path) -> Path:
-    digest = hashlib.sha256(f"{spec.key()}\0{view}\0{images_key(images)}".encode()).hexdigest()[:20]
-    return Path(cache_dir) / f"features_{spec.model}_{spec.img_size}px_{view}_n{len(images)}_{digest}.npy"
+def feature_files(spec: FeatureSpec, views: list[str], images: np.ndarray, cache_dir: Path) -> dict[str, Path]:
+    """{view: the cache file of its features}: named by the spec, the view and the images' content (hashed
+    once for every view)."""
+    spec_key, key = spec.key(), images_key(images)
+    return {view: Path(cache_dir) / (f"features_{spec.model}_{spec.img_size}px_{view}_n{len(images)}_"
+                                     + hashlib.sha256(f"{spec_key}\0{view}\0{key}".encode()).hexdigest()[:20] + ".npy")
+            for view in views}
 
 
 def features_of(images: np.ndarray, spec: FeatureSpec, views: list[str], cache_dir: Path | None,
@@ -131,7 +135,7 @@ def features_of(images: np.ndarray, spec: FeatureSpec, views: list[str], cache_d
     cache in `cache_dir` when there (None: no cache), else extracted once and cached. The backbone loads
     only when some view is missing."""
     device = resolve_device(device) if isinstance(device, str) else device
-    files = {v: feature_file(spec, v, images, cache_dir) for v in views} if cache_dir is not None else {}
+    files = feature_files(spec, views, images, cache_dir) if cache_dir is not None else {}
     out = {v: np.load(files[v], mmap_mode="r") for v in views if v in files and files[v].exists()}
     todo = [v for v in views if v not in out]
     if todo:
