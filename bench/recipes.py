@@ -8,6 +8,9 @@
 - `init --preset medium --time-limit` set to 5x the plain network's wall time (the issue's compute target);
 - each member of the medium run alone: the embedding heads, the pretrained fine-tune, the networks from scratch.
 
+Each blend's row shows its nested CV and its confidence estimate (README, "Can I trust the CV?") beside
+its test score.
+
 The data is `styles.py`'s: 10 shape and 6 glyph classes at 28-120 px, imbalanced (--imbalance), train
 drawn in flat/textured/photo styles and test in unseen outline/sketch styles, so the test score is
 macro-F1 on a held-out style (the test labels are known here). Times are wall-clock seconds on this
@@ -87,6 +90,7 @@ def blend_row(root: Path, truth: pd.DataFrame, tag: str, seconds: dict) -> dict:
         f1 = test_f1(z["test_probs"], z["test_ids"], blend["classes"], truth)
     init = json.loads((root / "folds" / "init.json").read_text())
     return {"run": f"{tag} blend ({len(blend['members'])} members)", "cv": blend["cv_nested"]["macro_f1"],
+            "confidence estimate": (blend.get("confidence") or {}).get("macro_f1", np.nan),
             "test (unseen styles)": f1, "seconds": sum(seconds.values()),
             "train seconds": seconds["train"], "planned": init.get("planned_s")}
 
