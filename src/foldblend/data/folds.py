@@ -82,17 +82,10 @@ def holdout_rows(labels: np.ndarray, group: np.ndarray, fraction: float, seed: i
     if n_groups < q:
         raise FoldsError(f"holdout {fraction} needs at least {q} distinct image groups, found {n_groups}; add "
                          f"images or lower holdout in input/competition.yaml")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*least populated class.*")
-        if n_groups == len(labels):
-            splits = StratifiedKFold(q, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
-        else:
-            splits = StratifiedGroupKFold(q, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels,
-                                                                                     group)
-        held = np.zeros(len(labels), bool)
-        for j, (_, rows) in enumerate(splits):
-            if j < p:
-                held[rows] = True
+    held = np.zeros(len(labels), bool)
+    for j, (_, rows) in enumerate(_splits(labels, group, q, seed)):
+        if j < p:
+            held[rows] = True
     for c in np.unique(labels):
         if not (labels[~held] == c).any():  # held out entirely: no model could learn it
             held[np.isin(group, group[labels == c])] = False
@@ -109,22 +102,26 @@ def _kfold(labels: np.ndarray, group: np.ndarray, n_splits: int, seed: int) -> n
     if len(small):
         warnings.warn(f"{len(small)} class(es) have fewer images than n_splits={n_splits}, so some folds "
                       f"validate none of them: {', '.join(f'{c} ({k})' for c, k in small.items())}", stacklevel=2)
+    n_groups = len(np.unique(group))
+    if n_groups < n_splits:
+        raise FoldsError(f"only {n_groups} distinct image group(s) for {n_splits} folds; lower n_splits "
+                         "or set dedup: off in input/competition.yaml")
     fold = np.full(n, -1, dtype=np.int64)
-    with warnings.catch_warnings():  # we warned above, by class name; sklearn's warning says less
-        warnings.filterwarnings("ignore", message=".*least populated class.*")
-        if len(np.unique(group)) == n:
-            splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-            splits = splitter.split(np.zeros(n), labels)
-        else:
-            n_groups = len(np.unique(group))
-            if n_groups < n_splits:
-                raise FoldsError(f"only {n_groups} distinct image group(s) for {n_splits} folds; lower n_splits "
-                                 "or set dedup: off in input/competition.yaml")
-            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-            splits = splitter.split(np.zeros(n), labels, group)
-        for k, (_, valid) in enumerate(splits):
-            fold[valid] = k
+    for k, (_, valid) in enumerate(_splits(labels, group, n_splits, seed)):
+        fold[valid] = k
     return fold
+
+
+def _splits(labels: np.ndarray, group: np.ndarray, n_splits: int, seed: int) -> list:
+    """scikit-learn's stratified split into n_splits parts, grouped (StratifiedGroupKFold) unless every
+    row is its own group (StratifiedKFold: the same kind of split, and fast)."""
+    with warnings.catch_warnings():  # callers warn about small classes by name; sklearn's warning says less
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        if len(np.unique(group)) == len(labels):
+            return list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(labels)),
+                                                                                          labels))
+        return list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(labels)),
+                                                                                           labels, group))
 
 
 def assign_folds(labels, groups, n_splits: int, seed: int) -> np.ndarray:
