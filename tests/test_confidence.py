@@ -9,7 +9,7 @@ import pytest
 from test_blend import CLASSES, member
 
 from foldblend.artifacts import save_member
-from foldblend.ensemble.blend import blend_arrays, run_blend
+from foldblend.ensemble.blend import BlendOptions, apply_blend, blend_arrays, fit_blend, run_blend
 from foldblend.ensemble.confidence import (confidence_score, counted_correct, describe, describe_estimates,
                                            fold_estimate)
 from foldblend.metrics import macro_f1, softmax
@@ -61,20 +61,30 @@ def test_no_shift_leaves_cv_alone():
 def test_a_perfect_model_on_a_test_it_is_sure_of_scores_one():
     y = np.arange(30) % N_CLASSES
     probs = np.eye(N_CLASSES)[y] * 0.9 + 0.1 / N_CLASSES
-    f1, acc = fold_estimate(y, probs, probs[:12], N_CLASSES)
+    f1, acc = fold_estimate(y, probs, probs[:12].max(1), probs[:12].argmax(1), N_CLASSES)
     assert (f1, acc) == (1.0, 1.0)
-    f1, acc = fold_estimate(y, probs, np.full((12, N_CLASSES), 1 / N_CLASSES), N_CLASSES)  # sure of nothing
+    unsure = np.full(12, 1 / N_CLASSES)  # sure of nothing
+    f1, acc = fold_estimate(y, probs, unsure, np.zeros(12, np.int64), N_CLASSES)
     assert (f1, acc) == (0.0, 0.0)
 
 
-@pytest.mark.parametrize("accuracy", [0.0, 0.3, 0.55, 1.0])
-def test_tied_confidences_count_the_oof_rows_exactly_right(accuracy):
+@pytest.mark.parametrize("n_right", [0, 3, 5, 10])
+def test_tied_confidences_count_the_oof_rows_exactly_right(n_right):
     oof = np.repeat([0.5, 0.7, 0.9], [4, 3, 3])      # ties, as a model with few distinct outputs gives
-    counted = counted_correct(oof, accuracy, oof)
-    assert counted.sum() == pytest.approx(accuracy * len(oof)) and counted.min() >= 0 and counted.max() <= 1
+    counted = counted_correct(oof, n_right, oof)
+    assert counted.sum() == pytest.approx(n_right) and counted.min() >= 0 and counted.max() <= 1
     assert np.all(np.diff(counted) >= 0)            # more confident never counts less
-    below, above = counted_correct(oof, accuracy, np.array([0.1, 0.99]))
-    assert below == 0.0 and above == (1.0 if accuracy > 0 else 0.0)
+    below, above = counted_correct(oof, n_right, np.array([0.1, 0.99]))
+    assert below == 0.0 and above == (1.0 if n_right > 0 else 0.0)
+
+
+@pytest.mark.parametrize("n", [5, 10, 49, 100, 199])
+def test_the_threshold_sits_between_the_last_wrong_and_the_first_right_row(n):
+    oof = np.arange(n, dtype=np.float64)  # distinct confidences; the lowest n_wrong rows are below the threshold
+    for n_wrong in range(n + 1):
+        between = np.arange(n + 1) - 0.5  # a test confidence in every gap, below the first and above the last
+        counted = counted_correct(oof, n - n_wrong, between)
+        np.testing.assert_array_equal(counted, (np.arange(n + 1) > n_wrong).astype(float))
 
 
 def test_fold_pipelines_must_match_the_folds():
@@ -105,10 +115,19 @@ def test_each_fold_pipeline_predicts_the_test_with_its_own_fold_models():
     np.testing.assert_allclose(plain.fold_test_probs.mean(0), plain.test_probs, atol=1e-5)
     # a fitted blend: fold k's test is predicted by the pipeline fitted without fold k, as its OOF rows were
     fitted = blend_arrays(members, method="greedy", rounds=5, temperature=True)
-    assert fitted.fold_test_probs.shape == (3, 20, len(CLASSES))
-    np.testing.assert_allclose(fitted.fold_test_probs.sum(-1), 1.0, atol=1e-6)
-    # no one-to-one fold models (the helper's members have 2 for 3 folds): no per-fold test
-    assert blend_arrays([member("c", oof[0], y, fold=fold)]).fold_test_probs is None
+    opts = BlendOptions(method="greedy", rounds=5, temperature=True)
+    views = [v[None] for v in oof]
+    for k in range(3):
+        model = fit_blend([v[:, fold != k] for v in views], y[fold != k], fold[fold != k], opts)
+        np.testing.assert_allclose(fitted.fold_test_probs[k], apply_blend(model, [t[k][None] for t in tests], opts),
+                                   atol=1e-5)
+        np.testing.assert_allclose(fitted.oof_probs[fold == k], apply_blend(model, [v[:, fold == k] for v in views],
+                                                                            opts), atol=1e-6)
+    # no one-to-one fold models (the helper's members have 2 for 3 folds), or ranks: no per-fold test, and why
+    odd = blend_arrays([member("c", oof[0], y, fold=fold)])
+    assert odd.fold_test_probs is None and "c: test predictions from 2 fold models for 3 folds" in odd.no_confidence
+    ranked = blend_arrays(members, method="rank")
+    assert ranked.fold_test_probs is None and "rank" in ranked.no_confidence
 
 
 def test_run_blend_saves_and_prints_the_estimate(tmp_path, capsys):

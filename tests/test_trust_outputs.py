@@ -100,6 +100,7 @@ def test_summary_and_report_put_the_test_matched_cv_beside_the_nested_one(tmp_pa
     assert re.search(rf"nested CV macro-F1 0\.7800 · test-matched {matched['macro_f1']:.4f} ± \d\.\d{{4}}"
                      rf"( \(fragile[^)]*\))? · confidence estimate {confidence['macro_f1']:.4f} ± \d\.\d{{4}}", out)
     assert "WARNING: CV is optimistic (scan)" in out and "set dedup: auto" in out
+    assert "confidence estimate reads the test off the fold models" in out
     page = write_report(project).read_text(encoding="utf-8")
     assert ">Can I trust the CV?</h2>" in page
     assert "WARNING: CV is optimistic" in page and 'alt="similarity distributions"' in page

@@ -92,6 +92,7 @@ class BlendResult:
     test_matched: dict | None = None            # CV reweighted to the test's neighbour similarity (`matched`)
     fold_test_probs: np.ndarray | None = None   # (F, M, C): the test by the pipeline that predicted each fold
     confidence: dict | None = None              # the test score predicted from confidences (`confidence`)
+    no_confidence: str = ""                     # why fold_test_probs (and so `confidence`) is missing
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -201,19 +202,26 @@ def nested_predictions(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray,
     return out, (np.stack(tests) if fold_test_views is not None else None)
 
 
-def fold_test_views(members: list[Member], fold: np.ndarray, tta: str):
-    """A function i -> the members' test views predicted by their i-th fold models, as the blend reads
-    them (identity first; collapsed when `tta` is "mean"); None when there is no test set or a member's
-    fold models do not match the folds one to one."""
+def fold_test_views(members: list[Member], fold: np.ndarray, opts: BlendOptions):
+    """(a function i -> the members' test views predicted by their i-th fold models, as the blend reads
+    them, "") or (None, why each fold's pipeline cannot predict the test as it predicted its OOF rows)."""
     n_folds = len(np.unique(fold))
-    if not len(members[0].test_ids) or any(m.test_logits.shape[0] != n_folds for m in members):
-        return None
+    if not len(members[0].test_ids):
+        return None, "no test set"
+    if opts.method == "rank":
+        return None, "--method rank turns probabilities into ranks within each set of images, not confidences"
+    if opts.is_fitted and n_folds < 2:
+        return None, "one fold: the fitted blend was never applied to rows it was not fitted on"
+    odd = [m.name for m in members if m.test_logits.shape[0] != n_folds]
+    if odd:
+        return None, (f"{', '.join(odd)}: test predictions from {members[0].test_logits.shape[0]} fold models for "
+                      f"{n_folds} folds (train it again on the current folds)")
 
     def views(i: int) -> list[np.ndarray]:
         out = [softmax(m.test_logits[i][E.identity_first(m.views)]) for m in members]
-        return [v.mean(axis=0, keepdims=True) for v in out] if tta == "mean" else out
+        return [v.mean(axis=0, keepdims=True) for v in out] if opts.tta == "mean" else out
 
-    return views
+    return views, ""
 
 
 # ----------------------------------------------------------------------------- entry point on arrays
@@ -251,13 +259,15 @@ def blend_arrays(members: list[Member], method: str = "mean", metric: str = "mac
     warnings: list[str] = []
     if opts.is_fitted and len(np.unique(fold)) < 2:
         warnings.append("only one fold: no nested CV possible, the reported CV is in-sample")
-    per_fold_test = fold_test_views(members, fold, tta)
+    per_fold_test, no_confidence = fold_test_views(members, fold, opts)
     if opts.is_fitted and len(np.unique(fold)) >= 2:
         nested_probs, fold_test_probs = nested_predictions(oof_views, y, fold, opts, per_fold_test)
     else:  # nothing fitted: one pipeline predicted every fold
         nested_probs = in_sample_probs
         fold_test_probs = (None if per_fold_test is None else
                            np.stack([apply_blend(model, per_fold_test(i), opts) for i in range(len(np.unique(fold)))]))
+    if fold_test_probs is not None:
+        fold_test_probs = fold_test_probs.astype(np.float32)
     cv_in_sample = classification_scores(y, in_sample_probs, c)
     cv_nested = classification_scores(y, nested_probs, c)
     warnings += _overfit_warnings(cv_in_sample, cv_nested, metric)
@@ -267,6 +277,7 @@ def blend_arrays(members: list[Member], method: str = "mean", metric: str = "mac
         holdout_ids=ref.holdout_ids, holdout_labels=np.asarray(ref.holdout_labels), holdout_probs=holdout_probs,
         holdout_scores=holdout_scores(members, holdout_probs),
         oof_probs=nested_probs, test_probs=apply_blend(model, test_views, opts), fold_test_probs=fold_test_probs,
+        no_confidence=no_confidence,
         weights={n: float(w) for n, w in zip(names, model.weights)}, member_scores=member_scores,
         cv_in_sample=cv_in_sample, cv_nested=cv_nested, warnings=warnings, biases=model.biases,
         classes=list(ref.classes), ids=ref.ids, labels=y, test_ids=ref.test_ids, method=method,
@@ -362,6 +373,8 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
         groups = M.read_groups(Path(folds_dir) / "folds.csv", result.ids) if folds_dir is not None else None
         result.confidence = C.confidence_score(result.labels, result.oof_probs, np.asarray(members[0].fold),
                                                result.fold_test_probs, groups, len(result.classes))
+    else:
+        print(f"confidence estimate: not computed ({result.no_confidence})")
     estimates = C.describe_estimates(result.test_matched, result.confidence)
     if estimates:
         print(f"nested CV {result.cv_nested['macro_f1']:.4f} · {estimates}")

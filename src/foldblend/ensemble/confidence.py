@@ -30,34 +30,36 @@ from ..metrics import metric_from_counts
 N_BOOTSTRAP = 200
 
 
-def counted_correct(oof_conf: np.ndarray, accuracy: float, test_conf: np.ndarray) -> np.ndarray:
-    """Per test image, 1 where its confidence lies above the OOF quantile that leaves `accuracy` of the
+def counted_correct(oof_conf: np.ndarray, n_right: int, test_conf: np.ndarray) -> np.ndarray:
+    """Per test image, 1 where its confidence lies above the OOF threshold that leaves `n_right` of the
     OOF rows above it, else 0; a test confidence equal to a block of tied OOF ones gets the share of
-    that block above the cut, so the OOF rows themselves always count `accuracy` of them right."""
+    that block above the threshold, so the OOF rows themselves always count `n_right` of them right.
+    (Counts, not fractions: a rounding error must not move an image across the threshold.)"""
     ordered = np.sort(np.asarray(oof_conf, np.float64))
-    cut = 1.0 - accuracy                       # the OOF share below the threshold
-    lo = np.searchsorted(ordered, test_conf, side="left") / len(ordered)
-    hi = np.searchsorted(ordered, test_conf, side="right") / len(ordered)
-    span = hi - lo
-    tied = np.clip((hi - cut) / np.where(span > 0, span, 1.0), 0.0, 1.0)
-    return np.where(span > 0, tied, (lo > cut).astype(np.float64))
+    n_wrong = len(ordered) - int(n_right)      # OOF rows below the threshold
+    below = np.searchsorted(ordered, test_conf, side="left")
+    up_to = np.searchsorted(ordered, test_conf, side="right")
+    tied = up_to - below
+    share = np.clip((up_to - n_wrong) / np.maximum(tied, 1), 0.0, 1.0)
+    return np.where(tied > 0, share, (below > n_wrong).astype(np.float64))
 
 
-def fold_estimate(y: np.ndarray, oof_probs: np.ndarray, test_probs: np.ndarray, n_classes: int) -> tuple[float, float]:
-    """(macro-F1, accuracy) predicted for one fold's pipeline on the test, from its OOF rows (ATC)."""
+def fold_estimate(y: np.ndarray, oof_probs: np.ndarray, test_conf: np.ndarray, test_pred: np.ndarray,
+                  n_classes: int) -> tuple[float, float]:
+    """(macro-F1, accuracy) predicted for one fold's pipeline on the test (its top probability and
+    predicted class per test image), from its OOF rows (ATC)."""
     right = oof_probs.argmax(axis=1) == y
-    correct = counted_correct(oof_probs.max(axis=1), right.mean(), test_probs.max(axis=1))
-    pred = test_probs.argmax(axis=1)
-    true_pos = np.bincount(pred, weights=correct, minlength=n_classes)
-    predicted = np.bincount(pred, minlength=n_classes).astype(np.float64)
+    correct = counted_correct(oof_probs.max(axis=1), int(right.sum()), test_conf)
+    true_pos = np.bincount(test_pred, weights=correct, minlength=n_classes)
+    predicted = np.bincount(test_pred, minlength=n_classes).astype(np.float64)
     errors = np.bincount(y[~right], minlength=n_classes).astype(np.float64)
     missed = (1.0 - correct).sum() * (errors / errors.sum() if errors.sum() else np.full(n_classes, 1.0 / n_classes))
     f1 = metric_from_counts("macro_f1", true_pos[None], predicted[None], true_pos + missed)[0]
     return float(f1), float(correct.mean())
 
 
-def _estimate(y, oof_probs, fold, fold_test_probs, folds, n_classes) -> tuple[float, float]:
-    parts = [fold_estimate(y[fold == k], oof_probs[fold == k], fold_test_probs[i], n_classes)
+def _estimate(y, oof_probs, fold, test_conf, test_pred, folds, n_classes) -> tuple[float, float]:
+    parts = [fold_estimate(y[fold == k], oof_probs[fold == k], test_conf[i], test_pred[i], n_classes)
              for i, k in enumerate(folds)]
     return float(np.mean([p[0] for p in parts])), float(np.mean([p[1] for p in parts]))
 
@@ -72,24 +74,25 @@ def confidence_score(y: np.ndarray, oof_probs: np.ndarray, fold: np.ndarray, fol
     default: every row its own) and the test images.
     """
     y, oof_probs, fold = np.asarray(y), np.asarray(oof_probs, np.float64), np.asarray(fold)
-    fold_test_probs = np.asarray(fold_test_probs, np.float64)
     n_classes = n_classes or oof_probs.shape[1]
     folds = np.unique(fold)
     if len(folds) != len(fold_test_probs):
         raise ValueError(f"{len(folds)} folds but test predictions from {len(fold_test_probs)} fold pipelines")
-    f1, acc = _estimate(y, oof_probs, fold, fold_test_probs, folds, n_classes)
+    # all the estimate reads of the test: each pipeline's top probability and class per image, (F, M) each
+    test_conf, test_pred = np.asarray(fold_test_probs).max(axis=2), np.asarray(fold_test_probs).argmax(axis=2)
+    f1, acc = _estimate(y, oof_probs, fold, test_conf, test_pred, folds, n_classes)
     rng = np.random.default_rng(seed)
     codes, members = np.unique(np.arange(len(y)) if groups is None else np.asarray(groups), return_inverse=True)
     order = np.argsort(members, kind="stable")
     starts = np.r_[0, np.cumsum(np.bincount(members, minlength=len(codes)))]
-    m = fold_test_probs.shape[1]
+    m = test_conf.shape[1]
     draws = []
     for _ in range(n_boot):
         rows = np.concatenate([order[starts[g]:starts[g + 1]] for g in rng.integers(0, len(codes), len(codes))])
         test_rows = rng.integers(0, m, m)
         if len(np.unique(fold[rows])) == len(folds):  # a draw that lost a whole fold says nothing about it
-            draws.append(_estimate(y[rows], oof_probs[rows], fold[rows], fold_test_probs[:, test_rows], folds,
-                                   n_classes))
+            draws.append(_estimate(y[rows], oof_probs[rows], fold[rows], test_conf[:, test_rows],
+                                   test_pred[:, test_rows], folds, n_classes))
     spread = np.std(draws, axis=0) if draws else (None, None)
     return {"macro_f1": f1, "std": None if spread[0] is None else float(spread[0]), "accuracy": acc,
             "accuracy_std": None if spread[1] is None else float(spread[1]), "n_folds": int(len(folds)),

@@ -65,8 +65,9 @@ def shift_lines(project: Project) -> list[str]:
     else:
         lines.append("  the folds do not correct for it: trust the blend's test estimates over its CV, or set dedup: "
                      "auto in input/competition.yaml and rerun folds, train, blend")
-    lines.append("  the confidence estimate reads the test off the fold models themselves, so it also sees what the "
-                 "embedding cannot (a concept new to the models in a familiar style)")
+    if (read_json(project.oof / "_blend" / "blend.json") or {}).get("confidence"):
+        lines.append("  the blend's confidence estimate reads the test off the fold models themselves, so it also sees "
+                     "what the embedding cannot (a concept new to the models in a familiar style)")
     return lines
 
 
