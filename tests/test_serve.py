@@ -12,6 +12,7 @@ from sklearn.metrics import f1_score
 import imagegen as gen
 from foldblend.ensemble import methods as E
 from foldblend.outputs import neighbours
+from foldblend.outputs import served as served_module
 from foldblend.outputs.predict import Predictor, load_predictor, predict_images, top_k_table
 from foldblend.outputs.serve import upload_folder_for
 from foldblend.outputs.serve_page import card_html, results_html
@@ -137,7 +138,7 @@ def _mean_colour(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1, 3).mean(1) + 1.0
 
 
-def test_similar_training_images_come_from_registered_features(project, monkeypatch, tmp_path):
+def test_similar_training_images_come_from_the_feature_index(project, monkeypatch, tmp_path):
     colours = {"circle": (220, 30, 30), "square": (30, 200, 40), "stripes": (40, 60, 220)}
     ids, labels = [], []
     for name, colour in colours.items():
@@ -148,7 +149,7 @@ def test_similar_training_images_come_from_registered_features(project, monkeypa
             labels.append(name)
     index = neighbours.FeatureIndex("mean colour", 8, _mean_colour, np.array(ids), np.array(labels),
                                     _mean_colour(np.stack([np.full((8, 8, 3), colours[n], np.uint8) for n in labels])))
-    monkeypatch.setattr(neighbours, "FEATURE_SOURCES", [lambda p: None, lambda p: index])
+    monkeypatch.setattr(served_module, "find_feature_index", lambda p: index)
     served = load_served(project, "blend")
     assert served.features is index
     upload = gen.save(tmp_path / "green.png", np.full((30, 30, 3), (35, 190, 45), np.uint8))

@@ -1,13 +1,13 @@
 """The training images most similar to an upload, found with frozen-backbone features when they exist.
 
-This module extracts no features itself. A source of features appends a function to `FEATURE_SOURCES`
-that returns a `FeatureIndex` for a project, or None when it has nothing for it; the built-in source is
-the best embedding member's cached frozen-backbone features (`report_neighbours.embedding_feature_index`).
-Without an embedding member the web app shows no similar-images panel rather than inventing features.
+This module extracts no features itself: `find_feature_index` returns the best embedding member's
+cached frozen-backbone features (`report_neighbours.embedding_feature_index`), L2-normalised, with the
+function that makes the same features of new images. Without an embedding member the web app shows no
+similar-images panel rather than inventing features.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,38 +32,32 @@ class FeatureIndex:
     embed: Callable[[np.ndarray], np.ndarray]  # uint8 (N, S, S, 3) -> (N, D)
     ids: np.ndarray                          # (M,) training images, relative to input/
     labels: np.ndarray                       # (M,) their class names
-    features: np.ndarray                     # (M, D)
-    _nn: object = field(default=None, repr=False)
+    features: np.ndarray                     # (M, D); similarity is their cosine
 
     def search(self, paths: list[Path], k: int = 5) -> list[list[Neighbour]]:
         """The k nearest training images (cosine) of each readable file, [] for an unreadable one."""
-        from sklearn.neighbors import NearestNeighbors
+        from .report_neighbours import nearest
 
-        if self._nn is None:
-            self._nn = NearestNeighbors(metric="cosine").fit(np.asarray(self.features, dtype=np.float32))
         images, ok, _ = decode_images(list(paths), [self.img_size], progress=False)
         out: list[list[Neighbour]] = [[] for _ in paths]
         if not ok.any():
             return out
-        query = np.asarray(self.embed(images[self.img_size][ok]), dtype=np.float32)
-        distance, index = self._nn.kneighbors(query, n_neighbors=min(k, len(self.ids)))
+        query = _unit(self.embed(images[self.img_size][ok]))
+        similarity, index = nearest(query, _unit(self.features), min(k, len(self.ids)))
         for row, i in enumerate(np.flatnonzero(ok)):
-            out[i] = [Neighbour(str(self.ids[j]), str(self.labels[j]), round(1.0 - float(d), 6))
-                      for d, j in zip(distance[row], index[row])]
+            out[i] = [Neighbour(str(self.ids[j]), str(self.labels[j]), round(float(s), 6))
+                      for s, j in zip(similarity[row], index[row])]
         return out
 
 
-FEATURE_SOURCES: list[Callable[[object], FeatureIndex | None]] = []
+def _unit(rows) -> np.ndarray:
+    """Rows scaled to length 1 (already so for backbone features), so a dot product is their cosine."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 def find_feature_index(project) -> FeatureIndex | None:
-    """The first registered source's features for `project`, or None when no source has any."""
-    from .report_neighbours import embedding_feature_index  # the embedding member kind's features
+    """The best embedding member's features for `project`, or None when it has none."""
+    from .report_neighbours import embedding_feature_index
 
-    if embedding_feature_index not in FEATURE_SOURCES:
-        FEATURE_SOURCES.append(embedding_feature_index)
-    for source in FEATURE_SOURCES:
-        index = source(project)
-        if index is not None:
-            return index
-    return None
+    return embedding_feature_index(project)

@@ -5,8 +5,8 @@ heads on (read from the feature cache, so the panel costs a matrix product, not 
 shows a few test images at random and the test images least like any training image, which is where a
 train/test shift or a class missing from training shows itself.
 
-The same features serve the web app's "most similar training images": `embedding_feature_index` is
-registered as a source in `neighbours.FEATURE_SOURCES`.
+The same features serve the web app's "most similar training images" (`neighbours.find_feature_index`
+returns `embedding_feature_index`).
 """
 from __future__ import annotations
 
