@@ -1,5 +1,5 @@
 """The web app's model: predictions identical to `foldblend predict`, member breakdown, model card,
-similar images from registered features, the page's HTML, and its HTTP API (Gradio, in-process)."""
+similar images from the feature index, the page's HTML, and its HTTP API (Gradio, in-process)."""
 import json
 import socket
 import urllib.request
