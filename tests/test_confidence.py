@@ -11,7 +11,7 @@ from test_blend import CLASSES, member
 from foldblend.artifacts import save_member
 from foldblend.ensemble.blend import BlendOptions, apply_blend, blend_arrays, fit_blend, run_blend
 from foldblend.ensemble.confidence import (confidence_score, counted_correct, describe, describe_estimates,
-                                           fold_estimate)
+                                           fold_estimate, member_note)
 from foldblend.metrics import macro_f1, softmax
 
 N_CLASSES = 3
@@ -142,3 +142,38 @@ def test_run_blend_saves_and_prints_the_estimate(tmp_path, capsys):
     assert saved == result.confidence and abs(saved["macro_f1"] - truth) < 0.05
     assert f"nested CV {result.cv_nested['macro_f1']:.4f} · confidence estimate {saved['macro_f1']:.4f} ± " in out
     assert describe_estimates(None, None) == ""
+
+
+def test_each_member_alone_gets_its_own_estimate(tmp_path, capsys):
+    """Two members: `steady` is as good on the test as on OOF, `fragile` better on OOF and far worse on
+    the test. Each one's estimate follows its own test score, and blend.json keeps them."""
+    rng = np.random.default_rng(5)
+    n, m, n_folds = 600, 400, 3
+    y = rng.integers(0, N_CLASSES, n)
+    fold = np.arange(n) % n_folds
+    test_y = rng.integers(0, N_CLASSES, m)
+    truth = {}
+    for name, oof_acc, test_acc in (("steady", 0.7, 0.7), ("fragile", 0.97, 0.3)):
+        _, probs = predictions(n, oof_acc, rng, y)
+        test = np.stack([predictions(m, test_acc, rng, test_y)[1] for _ in range(n_folds)])
+        truth[name] = np.mean([macro_f1(test_y, t.argmax(1), N_CLASSES) for t in test])
+        save_member(tmp_path / "oof" / name, classes=["a", "b", "c"], ids=[f"i{i}" for i in range(n)], labels=y,
+                    fold=fold, views=["identity"], oof_logits=np.log(probs)[None],
+                    test_ids=[f"t{i}" for i in range(m)], test_logits=np.log(test)[:, None], scores={})
+    result = run_blend(tmp_path / "oof", None, tmp_path / "oof" / "_blend")
+    out = capsys.readouterr().out
+    alone = result.member_confidence
+    for name in truth:
+        assert abs(alone[name]["macro_f1"] - truth[name]) < 0.04 and alone[name]["n_bootstrap"] == 50
+    assert f"confidence estimates of the members alone: fragile {alone['fragile']['macro_f1']:.4f}" in out
+    saved = json.loads((tmp_path / "oof" / "_blend" / "blend.json").read_text())
+    assert saved["member_confidence"] == alone
+
+
+def test_a_member_estimated_above_the_blend_beyond_its_noise_is_named():
+    blend = {"macro_f1": 0.80}
+    assert member_note(blend, {"x": {"macro_f1": 0.81, "std": 0.005}}) is None   # within the 0.02 margin
+    assert member_note(blend, {"x": {"macro_f1": 0.85, "std": 0.03}}) is None    # within two of its spreads
+    note = member_note(blend, {"x": {"macro_f1": 0.85, "std": 0.01}, "y": {"macro_f1": 0.9, "std": 0.01}})
+    assert note.startswith("note: y alone has a higher confidence estimate on the test than the blend (0.9000 vs 0.8000)")
+    assert "foldblend submit --exp y" in note and member_note(None, {"x": {"macro_f1": 1.0}}) is None

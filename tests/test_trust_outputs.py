@@ -88,7 +88,10 @@ def _add_check_to_run(project, optimistic: bool):
     blend = json.loads(blend_json.read_text())
     fold_test = np.stack([np.roll(probs[:60], k, axis=0) for k in range(3)])  # 3 fold pipelines on 60 test images
     confidence = confidence_score(labels, probs, np.arange(len(ids)) % 3, fold_test, n_boot=20)
-    blend_json.write_text(json.dumps({**blend, "test_matched": matched, "confidence": confidence}))
+    alone = {"cnn_small": {"macro_f1": confidence["macro_f1"] + 0.1, "std": 0.01},
+             "resnet10t": {"macro_f1": confidence["macro_f1"] - 0.1, "std": 0.01}}
+    blend_json.write_text(json.dumps({**blend, "test_matched": matched, "confidence": confidence,
+                                      "member_confidence": alone}))
     return matched, confidence
 
 
@@ -101,11 +104,13 @@ def test_summary_and_report_put_the_test_matched_cv_beside_the_nested_one(tmp_pa
                      rf"( \(fragile[^)]*\))? · confidence estimate {confidence['macro_f1']:.4f} ± \d\.\d{{4}}", out)
     assert "WARNING: CV is optimistic (scan)" in out and "set dedup: auto" in out
     assert "confidence estimate reads the test off the fold models" in out
+    assert "note: cnn_small alone has a higher confidence estimate on the test than the blend" in out
     page = write_report(project).read_text(encoding="utf-8")
     assert ">Can I trust the CV?</h2>" in page
     assert "WARNING: CV is optimistic" in page and 'alt="similarity distributions"' in page
     assert f"test-matched {matched['macro_f1']:.4f}" in page and f"confidence estimate {confidence['macro_f1']:.4f}" in page
     assert "ATC" in page  # the report says what the confidence estimate is
+    assert "note: cnn_small alone has a higher confidence estimate" in page and "<th>confidence estimate</th>" in page
 
 
 def test_no_warning_without_a_shift(tmp_path, capsys):

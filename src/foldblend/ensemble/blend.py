@@ -93,6 +93,7 @@ class BlendResult:
     fold_test_probs: np.ndarray | None = None   # (F, M, C): the test by the pipeline that predicted each fold
     confidence: dict | None = None              # the test score predicted from confidences (`confidence`)
     no_confidence: str = ""                     # why fold_test_probs (and so `confidence`) is missing
+    member_confidence: dict | None = None       # {member: its own confidence estimate} (several members)
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -346,6 +347,7 @@ def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str
         "fitted": result.fitted, "cv_in_sample": result.cv_in_sample, "cv_nested": result.cv_nested,
         "member_scores": result.member_scores, "holdout": result.holdout_scores, "warnings": result.warnings,
         "test_matched": result.test_matched, "confidence": result.confidence,
+        "member_confidence": result.member_confidence,
         "classes": result.classes,
         "member_digests": member_digests or {}})
 
@@ -371,13 +373,25 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
                                                        **inputs)
     if result.fold_test_probs is not None:
         groups = M.read_groups(Path(folds_dir) / "folds.csv", result.ids) if folds_dir is not None else None
-        result.confidence = C.confidence_score(result.labels, result.oof_probs, np.asarray(members[0].fold),
-                                               result.fold_test_probs, groups, len(result.classes))
+        fold = np.asarray(members[0].fold)
+        result.confidence = C.confidence_score(result.labels, result.oof_probs, fold, result.fold_test_probs, groups,
+                                               len(result.classes))
+        if len(members) > 1:  # each member alone, as `submit --exp NAME` would submit it (views averaged)
+            result.member_confidence = {
+                m.name: C.confidence_score(result.labels, softmax(m.oof_logits).mean(axis=0), fold,
+                                           softmax(m.test_logits).mean(axis=1), groups, len(result.classes),
+                                           n_boot=C.MEMBER_BOOTSTRAP) for m in members}
     else:
         print(f"confidence estimate: not computed ({result.no_confidence})")
     estimates = C.describe_estimates(result.test_matched, result.confidence)
     if estimates:
         print(f"nested CV {result.cv_nested['macro_f1']:.4f} · {estimates}")
+    if result.member_confidence:
+        print("confidence estimates of the members alone: " + ", ".join(
+            f"{name} {est['macro_f1']:.4f}" for name, est in result.member_confidence.items()))
+        note = C.member_note(result.confidence, result.member_confidence)
+        if note:
+            print(note)
     save_blend(result, out_dir, {name: member_digest(oof_root / name) for name in names})
     return result
 

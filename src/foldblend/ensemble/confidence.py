@@ -28,6 +28,8 @@ import numpy as np
 from ..metrics import metric_from_counts
 
 N_BOOTSTRAP = 200
+MEMBER_BOOTSTRAP = 50   # draws per member (their spread only decides whether one beats the blend)
+MEMBER_MARGIN = 0.02    # a member must beat the blend's estimate by this much, at least, to be named
 
 
 def counted_correct(oof_conf: np.ndarray, n_right: int, test_conf: np.ndarray) -> np.ndarray:
@@ -111,3 +113,22 @@ def describe_estimates(test_matched: dict | None, confidence: dict | None) -> st
 
     parts = ([describe_matched(test_matched)] if test_matched else []) + ([describe(confidence)] if confidence else [])
     return " · ".join(parts)
+
+
+def members_above(blend: dict, members: dict[str, dict], margin: float = MEMBER_MARGIN) -> list[tuple[str, dict]]:
+    """The members whose own confidence estimate is above the blend's by more than `margin` and by more
+    than twice their spread, best first: under a shift the OOF-fitted weights may not carry to the test."""
+    out = [(name, est) for name, est in members.items()
+           if est["macro_f1"] - blend["macro_f1"] > max(margin, 2 * (est.get("std") or 0.0))]
+    return sorted(out, key=lambda item: -item[1]["macro_f1"])
+
+
+def member_note(blend: dict | None, members: dict[str, dict] | None) -> str | None:
+    """'note: X alone is estimated above the blend on the test ...', or None."""
+    above = members_above(blend, members or {}) if blend else []
+    if not above:
+        return None
+    name, est = above[0]
+    return (f"note: {name} alone has a higher confidence estimate on the test than the blend ({est['macro_f1']:.4f} vs "
+            f"{blend['macro_f1']:.4f}): the weights were fitted on OOF rows the test may not resemble; "
+            f"`foldblend submit --exp {name}` submits it alone")

@@ -18,7 +18,7 @@ from sklearn.metrics import f1_score
 
 from ..artifacts import load_member, read_json, write_text
 from ..data.read import ImageReadError, load_rgb
-from ..ensemble.confidence import describe_estimates
+from ..ensemble.confidence import describe_estimates, member_note
 from ..metrics import softmax
 from ..paths import Project
 from ..safety import say_swept, sweep_temporaries
@@ -133,9 +133,12 @@ def blend_section(blend: dict | None) -> str:
                                                         if c in SCORE_COLUMNS[:3] and v is not None}}
             for m in members]
     held = blend.get("holdout") or {}
+    alone = blend.get("member_confidence") or {}
     for row in rows:
         if row["member"] in (held.get("members") or {}):
             row["holdout macro_f1"] = held["members"][row["member"]]["macro_f1"]
+        if row["member"] in alone:
+            row["confidence estimate"] = alone[row["member"]]["macro_f1"]
     cv = {"in-sample": blend.get("cv_in_sample") or {}, "nested (honest)": blend.get("cv_nested") or {}}
     if held:
         cv[f"holdout ({held['n_images']} images, never fitted on)"] = held["blend"]
@@ -150,6 +153,9 @@ def blend_section(blend: dict | None) -> str:
              "<div style='display:flex;gap:28px;flex-wrap:wrap'><div><b>members</b>" + table(pd.DataFrame(rows))
              + "</div><div><b>blend CV</b>" + table(score_table(cv, "CV")) + "</div></div>"]
     parts += [f'<p class="warn">warning: {esc(w)}</p>' for w in blend.get("warnings") or []]
+    note = member_note(blend.get("confidence"), alone)
+    if note:
+        parts.append(f'<p class="warn">{esc(note)}</p>')
     return "\n".join(parts)
 
 

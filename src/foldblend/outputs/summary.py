@@ -6,7 +6,7 @@ import json
 import pandas as pd
 
 from ..artifacts import read_json
-from ..ensemble.confidence import describe_estimates
+from ..ensemble.confidence import describe_estimates, member_note
 from ..paths import Project
 
 
@@ -42,6 +42,7 @@ def blend_row(project: Project) -> dict | None:
             "weights": ", ".join(f"{k} {v:.2f}" for k, v in b.get("weights", {}).items()),
             "holdout": (held.get("blend") or {}).get("macro_f1"), "holdout_n": held.get("n_images"),
             "estimates": describe_estimates(b.get("test_matched"), b.get("confidence")),
+            "member_note": member_note(b.get("confidence"), b.get("member_confidence")),
             "member_holdout": {k: v["macro_f1"] for k, v in (held.get("members") or {}).items()}}
 
 
@@ -133,6 +134,8 @@ def print_summary(project: Project) -> None:
         matched = f" · {blend['estimates']}" if blend["estimates"] else ""
         print(f"blend ({blend['method']}): nested CV macro-F1 {blend['nested CV']:.4f}{matched}{held} "
               f"(in-sample {blend['in-sample']:.4f}); weights: {blend['weights']}")
+        if blend["member_note"]:
+            print(blend["member_note"])
         if len(exps):
             best = exps.loc[exps["CV macro-F1"].idxmax()]
             if best["CV macro-F1"] > blend["nested CV"]:
