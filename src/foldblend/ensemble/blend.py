@@ -356,7 +356,9 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
               **kwargs) -> BlendResult:
     """Load the named members (default: every finished one under oof_root), blend, print, save.
 
-    With `folds_dir` (folds.csv, similarity.npz), the nested CV is also given test-matched (`matched`)."""
+    With a test set, the test score is also estimated from the fold pipelines' confidence (`confidence`),
+    the blend's and, with several members, each member's; with `folds_dir` (folds.csv, similarity.npz),
+    the nested CV is also given test-matched (`matched`), and the bootstraps resample folds.csv's groups."""
     oof_root = Path(oof_root)
     names = list(names) if names else discover_members(oof_root)
     if not names:
@@ -379,8 +381,8 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
         if len(members) > 1:  # each member alone, as `submit --exp NAME` would submit it (views averaged)
             result.member_confidence = {
                 m.name: C.confidence_score(result.labels, softmax(m.oof_logits).mean(axis=0), fold,
-                                           softmax(m.test_logits).mean(axis=1), groups, len(result.classes),
-                                           n_boot=C.MEMBER_BOOTSTRAP) for m in members}
+                                           np.stack([softmax(t).mean(axis=0).astype(np.float32) for t in m.test_logits]),
+                                           groups, len(result.classes), n_boot=C.MEMBER_BOOTSTRAP) for m in members}
     else:
         print(f"confidence estimate: not computed ({result.no_confidence})")
     estimates = C.describe_estimates(result.test_matched, result.confidence)
