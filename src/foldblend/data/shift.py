@@ -17,6 +17,7 @@ bring the OOF similarities closest to the test's (Wasserstein distance), which `
 from __future__ import annotations
 
 import warnings
+
 import numpy as np
 from scipy.stats import mannwhitneyu, wasserstein_distance
 
