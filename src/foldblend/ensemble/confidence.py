@@ -26,6 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..metrics import metric_from_counts
+from .matched import describe as describe_matched
+from .matched import group_draws
 
 N_BOOTSTRAP = 200
 MEMBER_BOOTSTRAP = 50   # draws per member (their spread only decides whether one beats the blend)
@@ -84,13 +86,9 @@ def confidence_score(y: np.ndarray, oof_probs: np.ndarray, fold: np.ndarray, fol
     test_conf, test_pred = np.asarray(fold_test_probs).max(axis=2), np.asarray(fold_test_probs).argmax(axis=2)
     f1, acc = _estimate(y, oof_probs, fold, test_conf, test_pred, folds, n_classes)
     rng = np.random.default_rng(seed)
-    codes, members = np.unique(np.arange(len(y)) if groups is None else np.asarray(groups), return_inverse=True)
-    order = np.argsort(members, kind="stable")
-    starts = np.r_[0, np.cumsum(np.bincount(members, minlength=len(codes)))]
     m = test_conf.shape[1]
     draws = []
-    for _ in range(n_boot):
-        rows = np.concatenate([order[starts[g]:starts[g + 1]] for g in rng.integers(0, len(codes), len(codes))])
+    for rows in group_draws(np.arange(len(y)) if groups is None else groups, n_boot, rng):
         test_rows = rng.integers(0, m, m)
         if len(np.unique(fold[rows])) == len(folds):  # a draw that lost a whole fold says nothing about it
             draws.append(_estimate(y[rows], oof_probs[rows], fold[rows], test_conf[:, test_rows],
@@ -109,8 +107,6 @@ def describe(estimate: dict) -> str:
 
 def describe_estimates(test_matched: dict | None, confidence: dict | None) -> str:
     """'test-matched 0.67 ± 0.02 · confidence estimate 0.66 ± 0.02', of the estimates there are ('' if none)."""
-    from .matched import describe as describe_matched
-
     parts = ([describe_matched(test_matched)] if test_matched else []) + ([describe(confidence)] if confidence else [])
     return " · ".join(parts)
 

@@ -66,6 +66,16 @@ def weighted_macro_f1(y: np.ndarray, pred: np.ndarray, weights: np.ndarray, n_cl
     return float(metric_from_counts("macro_f1", true_pos[None], predicted[None], support)[0])
 
 
+def group_draws(groups: np.ndarray, n_boot: int, rng: np.random.Generator):
+    """`n_boot` bootstrap samples of row indices, each drawing len(groups' distinct values) whole groups
+    with replacement (a group's rows are not independent, so they are resampled together)."""
+    codes, members = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.argsort(members, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(members, minlength=len(codes)))]
+    for _ in range(n_boot):
+        yield np.concatenate([order[starts[g]:starts[g + 1]] for g in rng.integers(0, len(codes), len(codes))])
+
+
 def matched_score(y: np.ndarray, probs: np.ndarray, oof_sim: np.ndarray, test_sim: np.ndarray,
                        groups: np.ndarray, n_classes: int, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
     """The test-matched macro-F1 of OOF probabilities, with a bootstrap standard deviation.
@@ -79,13 +89,8 @@ def matched_score(y: np.ndarray, probs: np.ndarray, oof_sim: np.ndarray, test_si
     weights, coverage = importance_weights(oof_sim, test_sim, edges)
     score = weighted_macro_f1(y, pred, weights, n_classes)
     rng = np.random.default_rng(seed)
-    codes, members = np.unique(groups, return_inverse=True)
-    order = np.argsort(members, kind="stable")
-    starts = np.r_[0, np.cumsum(np.bincount(members, minlength=len(codes)))]
     draws = []
-    for _ in range(n_boot):
-        picked = rng.integers(0, len(codes), len(codes))
-        rows = np.concatenate([order[starts[g]:starts[g + 1]] for g in picked])
+    for rows in group_draws(groups, n_boot, rng):
         t = test_sim[rng.integers(0, len(test_sim), len(test_sim))]
         e = bin_edges(t)
         w, _ = importance_weights(oof_sim[rows], t, e)
