@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from foldblend.ensemble.matched import bin_edges, describe, importance_weights, matched_score, weighted_macro_f1
+from foldblend.ensemble.matched import bin_edges, describe, importance_weights, matched_score
+from foldblend.metrics import macro_f1
 
 NEAR, FAR = (0.85, 0.95), (0.5, 0.7)      # similarity to the nearest training image
 ACCURACY = {"near": 0.95, "far": 0.6}     # a model is right more often on images with a close relative
@@ -73,10 +74,10 @@ def test_test_images_unlike_any_oof_image_make_it_fragile():
     assert "fragile" in describe(result)
 
 
-def test_weighted_macro_f1_is_sklearns():
+def test_sample_weighted_macro_f1_is_sklearns():
     rng = np.random.default_rng(4)
     y, pred, w = rng.integers(0, 5, 300), rng.integers(0, 5, 300), rng.uniform(0, 3, 300)
     w[:40] = 0
     for n_classes in (5, 7):  # 7: two classes nobody has, which count as 0 (zero_division=0)
         expected = f1_score(y, pred, labels=list(range(n_classes)), average="macro", sample_weight=w, zero_division=0)
-        assert weighted_macro_f1(y, pred, w, n_classes) == pytest.approx(expected, abs=1e-12)
+        assert macro_f1(y, pred, n_classes, sample_weight=w) == pytest.approx(expected, abs=1e-12)

@@ -62,10 +62,11 @@ def classification_scores(y_true: np.ndarray, probs: np.ndarray, n_classes: int,
 
 # ----------------------------------------------------------------------------- fast decision metrics
 
-def _class_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | None):
+def _class_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | None, sample_weight=None):
     """Per-candidate, per-class true positives, predicted counts and the true counts, via bincount.
 
-    y_pred is (N,) or (K, N); the counts come back as (K, C) (K = 1 for a single prediction).
+    y_pred is (N,) or (K, N); the counts come back as (K, C) (K = 1 for a single prediction). With
+    `sample_weight` (N,), each row counts its weight (sklearn's `sample_weight`).
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.atleast_2d(np.asarray(y_pred, dtype=np.int64))
@@ -74,9 +75,10 @@ def _class_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | None)
         n_classes = int(max(y_true.max(initial=-1), y_pred.max(initial=-1))) + 1
     flat = (np.arange(k, dtype=np.int64)[:, None] * n_classes + y_pred).ravel()
     hit = (y_pred == y_true[None, :]).ravel()
-    predicted = np.bincount(flat, minlength=k * n_classes).reshape(k, n_classes)
-    true_pos = np.bincount(flat[hit], minlength=k * n_classes).reshape(k, n_classes)
-    support = np.bincount(y_true, minlength=n_classes)
+    w = None if sample_weight is None else np.tile(np.asarray(sample_weight, np.float64), k)
+    predicted = np.bincount(flat, weights=w, minlength=k * n_classes).reshape(k, n_classes)
+    true_pos = np.bincount(flat[hit], weights=None if w is None else w[hit], minlength=k * n_classes).reshape(k, n_classes)
+    support = np.bincount(y_true, weights=sample_weight, minlength=n_classes)
     return true_pos, predicted, support
 
 
@@ -102,14 +104,15 @@ def metric_from_counts(metric: str, true_pos: np.ndarray, predicted: np.ndarray,
     raise ValueError(f"unknown decision metric {metric!r}")
 
 
-def _from_labels(metric: str, y_true, y_pred, n_classes):
-    values = metric_from_counts(metric, *_class_counts(y_true, y_pred, n_classes))
+def _from_labels(metric: str, y_true, y_pred, n_classes, sample_weight=None):
+    values = metric_from_counts(metric, *_class_counts(y_true, y_pred, n_classes, sample_weight))
     return float(values[0]) if np.ndim(y_pred) == 1 else values
 
 
-def macro_f1(y_true, y_pred, n_classes: int | None = None):
-    """Unweighted mean of per-class F1 over all `n_classes` (sklearn `average="macro"`)."""
-    return _from_labels("macro_f1", y_true, y_pred, n_classes)
+def macro_f1(y_true, y_pred, n_classes: int | None = None, sample_weight=None):
+    """Unweighted mean of per-class F1 over all `n_classes` (sklearn `average="macro"`), rows counted
+    by `sample_weight` when given."""
+    return _from_labels("macro_f1", y_true, y_pred, n_classes, sample_weight)
 
 
 def weighted_f1(y_true, y_pred, n_classes: int | None = None):

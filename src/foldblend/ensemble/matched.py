@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metrics import metric_from_counts
+from ..metrics import macro_f1
 
 MAX_BINS = 10
 MIN_PER_BIN = 30       # test images per bin, at least (fewer bins for small test sets)
@@ -56,16 +56,6 @@ def importance_weights(oof_sim: np.ndarray, test_sim: np.ndarray, edges: np.ndar
     return weights, coverage
 
 
-def weighted_macro_f1(y: np.ndarray, pred: np.ndarray, weights: np.ndarray, n_classes: int) -> float:
-    """sklearn's `f1_score(average="macro", sample_weight=weights, labels=range(n_classes))`, by weighted
-    counts (the bootstrap calls it hundreds of times)."""
-    y, pred, weights = np.asarray(y), np.asarray(pred), np.asarray(weights, np.float64)
-    true_pos = np.bincount(pred[pred == y], weights=weights[pred == y], minlength=n_classes)
-    predicted = np.bincount(pred, weights=weights, minlength=n_classes)
-    support = np.bincount(y, weights=weights, minlength=n_classes)
-    return float(metric_from_counts("macro_f1", true_pos[None], predicted[None], support)[0])
-
-
 def group_draws(groups: np.ndarray, n_boot: int, rng: np.random.Generator):
     """`n_boot` bootstrap samples of row indices, each drawing len(groups' distinct values) whole groups
     with replacement (a group's rows are not independent, so they are resampled together)."""
@@ -87,17 +77,17 @@ def matched_score(y: np.ndarray, probs: np.ndarray, oof_sim: np.ndarray, test_si
     oof_sim, test_sim, groups = (np.asarray(a) for a in (oof_sim, test_sim, groups))
     edges = bin_edges(test_sim)
     weights, coverage = importance_weights(oof_sim, test_sim, edges)
-    score = weighted_macro_f1(y, pred, weights, n_classes)
+    score = macro_f1(y, pred, n_classes, sample_weight=weights)
     rng = np.random.default_rng(seed)
     draws = []
     for rows in group_draws(groups, n_boot, rng):
         t = test_sim[rng.integers(0, len(test_sim), len(test_sim))]
         e = bin_edges(t)
         w, _ = importance_weights(oof_sim[rows], t, e)
-        draws.append(weighted_macro_f1(y[rows], pred[rows], w, n_classes))
+        draws.append(macro_f1(y[rows], pred[rows], n_classes, sample_weight=w))
     ess = float(weights.sum() ** 2 / max((weights ** 2).sum(), 1e-12))
     return {"macro_f1": score, "std": float(np.std(draws)) if draws else None,
-            "unweighted_macro_f1": weighted_macro_f1(y, pred, np.ones(len(y)), n_classes),
+            "unweighted_macro_f1": macro_f1(y, pred, n_classes),
             "n_bins": int(len(edges) - 1), "coverage": round(coverage, 4), "ess": round(ess, 1), "n_rows": int(len(y)),
             "fragile": bool(ess < LOW_ESS_SHARE * len(y) or coverage < 0.9), "n_bootstrap": int(n_boot)}
 
