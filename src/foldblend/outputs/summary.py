@@ -43,11 +43,13 @@ def blend_row(project: Project) -> dict | None:
             "holdout": (held.get("blend") or {}).get("macro_f1"), "holdout_n": held.get("n_images"),
             "estimates": describe_estimates(b.get("test_matched"), b.get("confidence")),
             "member_note": member_note(b.get("confidence"), b.get("member_confidence")),
+            "has_confidence": bool(b.get("confidence")),
             "member_holdout": {k: v["macro_f1"] for k, v in (held.get("members") or {}).items()}}
 
 
-def shift_lines(project: Project) -> list[str]:
-    """The scan's verdict on CV when it found CV optimistic, and which folds were used (else nothing)."""
+def shift_lines(project: Project, blend: dict | None = None) -> list[str]:
+    """The scan's verdict on CV when it found CV optimistic, and which folds were used (else nothing);
+    `blend`: the summary's `blend_row`, if there is a blend."""
     from ..data.folds import settings_path
     from ..data.shift_stage import read_shift
 
@@ -66,7 +68,7 @@ def shift_lines(project: Project) -> list[str]:
     else:
         lines.append("  the folds do not correct for it: trust the blend's test estimates over its CV, or set dedup: "
                      "auto in input/competition.yaml and rerun folds, train, blend")
-    if (read_json(project.oof / "_blend" / "blend.json") or {}).get("confidence"):
+    if (blend or {}).get("has_confidence"):
         lines.append("  the blend's confidence estimate reads the test off the fold models themselves, so it also sees "
                      "what the embedding cannot (a concept new to the models in a familiar style)")
     return lines
@@ -141,7 +143,7 @@ def print_summary(project: Project) -> None:
             if best["CV macro-F1"] > blend["nested CV"]:
                 print(f"note: {best['experiment']} alone (CV {best['CV macro-F1']:.4f}) beats the blend's nested CV; "
                       f"try another `foldblend blend --method`, or `foldblend submit --exp {best['experiment']}`")
-    for line in shift_lines(project) + tta_lines(project) + budget_lines(project):
+    for line in shift_lines(project, blend) + tta_lines(project) + budget_lines(project):
         print(line)
     sub = latest_submission(project)
     if sub is not None:
