@@ -46,12 +46,12 @@ from sklearn.metrics import f1_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import concepts  # noqa: E402
 
-from foldblend.data.folds import run_folds  # noqa: E402
-from foldblend.data.scan import run_scan  # noqa: E402
-from foldblend.data.shift_stage import read_shift  # noqa: E402
-from foldblend.ensemble.blend import run_blend  # noqa: E402
 from foldblend.paths import Project  # noqa: E402
 from foldblend.running.experiment import run_experiment  # noqa: E402
+from foldblend.scanning.run import run_scan
+from foldblend.scanning.shift_check import read_shift
+from foldblend.stages.blend import run_blend
+from foldblend.stages.folds import run_folds
 
 MEMBERS = {
     # logistic regression on the frozen EfficientNet-Lite0 features the scan has already extracted

@@ -34,12 +34,12 @@ import cv2
 import numpy as np
 import torch
 
-from foldblend.data.folds import run_folds
 from foldblend.members.base import member_kind
 from foldblend.paths import Project
 from foldblend.running.experiment import plan_experiment
 from foldblend.running.local import LocalExecutor
 from foldblend.running.ray_executor import RayExecutor, import_ray
+from foldblend.stages.folds import run_folds
 
 CLASSES = ["disc", "box", "glyph", "stripes"]
 

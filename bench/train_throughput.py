@@ -22,11 +22,11 @@ import torch
 import torch.nn as nn
 
 from foldblend.config import config_from_dict
-from foldblend.members.loaders import eval_loader, train_loader
 from foldblend.members.cnn.models import Arch, create_model, normalisation
-from foldblend.members.infer import autocast, infer
-from foldblend.members.cnn.recipe import build_fit, epoch_seed
+from foldblend.members.cnn.optim import build_fit, epoch_seed
 from foldblend.members.cnn.train import train_one_epoch
+from foldblend.members.infer import autocast, infer
+from foldblend.members.loaders import eval_loader, train_loader
 
 
 def sync(device: torch.device) -> None:

@@ -4,12 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from foldblend.paths import Project
-
-from foldblend.ensemble import methods as E
 from foldblend.artifacts import Member, save_member
-from foldblend.ensemble.blend import add_blend_arguments, blend_arrays, blend_from_args, check_alignment, run_blend
+from foldblend.ensemble import methods as E
+from foldblend.ensemble.pipeline import blend_arrays, check_alignment
 from foldblend.metrics import METRICS, macro_f1, softmax
+from foldblend.paths import Project
+from foldblend.stages.blend import add_arguments, run, run_blend
 
 CLASSES = ["a", "b", "c"]
 
@@ -255,9 +255,9 @@ def test_blend_from_args_passes_flags(tmp_path):
     project = Project.at(tmp_path)
     _save(project.oof, "good", member("good", probs[0], y))
     parser = argparse.ArgumentParser()
-    add_blend_arguments(parser)
+    add_arguments(parser)
     args = parser.parse_args(["--method", "power", "--fold-combine", "logit_mean", "--members", "good"])
-    result = blend_from_args(args, project)
+    result = run(args, project)
     assert result.method == "power" and result.options["fold_combine"] == "logit_mean"
     assert (project.oof / "_blend" / "blend.json").exists()
 
@@ -283,7 +283,7 @@ def test_blend_leaves_out_members_made_on_another_split(tmp_path, capsys):
     pd.DataFrame({"image": current.ids, "label": current.labels, "group": range(len(y)),
                   "fold": current.fold}).to_csv(project.folds_csv, index=False)
     parser = argparse.ArgumentParser()
-    add_blend_arguments(parser)
-    result = blend_from_args(parser.parse_args([]), project)
+    add_arguments(parser)
+    result = run(parser.parse_args([]), project)
     assert list(result.weights) == ["current"]
     assert "left out oof/old" in capsys.readouterr().out

@@ -3,10 +3,10 @@ from __future__ import annotations
 import os
 import time
 
+import imagegen as gen
 import numpy as np
 import pytest
 
-import imagegen as gen
 from foldblend.data import cache as cache_mod
 from foldblend.data.cache import GREY, cache_failures, cached_images, resize_square
 

@@ -9,10 +9,17 @@ import pytest
 from test_blend import CLASSES, member
 
 from foldblend.artifacts import save_member
-from foldblend.ensemble.blend import BlendOptions, apply_blend, blend_arrays, fit_blend, run_blend
-from foldblend.ensemble.confidence import (confidence_score, counted_correct, describe, describe_estimates,
-                                           fold_estimate, member_note)
+from foldblend.ensemble.confidence import (
+    confidence_score,
+    counted_correct,
+    describe,
+    describe_estimates,
+    fold_estimate,
+    member_note,
+)
+from foldblend.ensemble.pipeline import BlendOptions, apply_blend, blend_arrays, fit_blend
 from foldblend.metrics import macro_f1, softmax
+from foldblend.stages.blend import run_blend
 
 N_CLASSES = 3
 

@@ -3,16 +3,16 @@ from __future__ import annotations
 import json
 
 import cv2
+import imagegen as gen
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-import imagegen as gen
 from foldblend.data.dedup import duplicate_groups, duplicate_report, keep_one_per_group
 from foldblend.data.read import decode_rgb, load_rgb
-from foldblend.data.scan import scan_images
+from foldblend.scanning.inventory import scan_images
 
 
 def _jpeg(img, q):

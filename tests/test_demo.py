@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from foldblend.data.find import load_competition
 from foldblend.data.demo import BUILDING_MARKER, COMPLETE_MARKER, build_demo, is_empty_input
+from foldblend.data.find import load_competition
 
 
 def digest(folder):

@@ -179,7 +179,8 @@ def test_unseen_layouts_run_end_to_end(tmp_path, layout):
 
 
 def test_folds_name_classes_that_one_duplicate_group_swallows(capsys):
-    from foldblend.data.folds import _warn_unseen_classes, classes_unseen_in_training
+    from foldblend.data.split import classes_unseen_in_training
+    from foldblend.stages.folds import _warn_unseen_classes
 
     folds = pd.DataFrame({"image": list("abcdefgh"), "label": ["x"] * 4 + ["y"] * 4,
                           "group": [0, 0, 0, 0, 1, 2, 3, 4], "fold": [1, 1, 1, 1, 0, 1, 0, 1]})
@@ -222,7 +223,7 @@ def test_tta_or_test_image_changes_predict_again_without_retraining(tiny_project
     assert _mtimes(training) == trained and len(training) == 4
     with np.load(member / "oof.npz") as z:
         assert list(z["views"]) == ["identity", "vflip", "zoom"]
-    from foldblend.outputs.predict import load_predictor  # evaluate/predict follow the new views too
+    from foldblend.inference.load import load_predictor
 
     folds_models = load_predictor(Project.at(tiny_project), "tiny").members["tiny"]
     assert [fm.views for fm in folds_models] == [["identity", "vflip", "zoom"]] * 2
@@ -267,9 +268,8 @@ def test_a_train_image_replaced_under_its_name_retrains(tiny_project):
         run(tiny_project, *stage)
     assert _mtimes(logs) == trained
     folds_before = (tiny_project / "folds" / "folds.csv").read_text()
-    from PIL import Image
-
     from conftest import class_image
+    from PIL import Image
 
     Image.fromarray(class_image(0, np.random.default_rng(99), (30, 30))).save(img)  # new bytes, same name
     for stage in (["scan", "--quiet"], ["folds", "--quiet"], ["train", "--quiet"]):

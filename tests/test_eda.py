@@ -3,14 +3,14 @@ from __future__ import annotations
 import re
 
 import cv2
+import imagegen as gen
 import numpy as np
 import pandas as pd
 
-import imagegen as gen
 from foldblend.data.dedup import duplicate_groups
-from foldblend.data.eda import write_eda
 from foldblend.data.ood import ood_scores
-from foldblend.data.scan import scan_images
+from foldblend.scanning.eda import write_eda
+from foldblend.scanning.inventory import scan_images
 
 
 def _project(tmp_path):

@@ -132,8 +132,9 @@ def test_features_are_extracted_once_per_view_and_cached(tmp_path, monkeypatch):
 
 
 def test_cache_files_are_keyed_by_their_file_name_not_rehashed(tmp_path):
-    from foldblend.data.cache import cached_images
     from PIL import Image
+
+    from foldblend.data.cache import cached_images
 
     paths = []
     for i in range(3):
@@ -160,7 +161,8 @@ def test_default_features_fall_back_to_pixels_without_the_package(monkeypatch, c
 @pytest.mark.slow
 def test_embedding_member_end_to_end(tiny_project):
     from foldblend.cli import main
-    from foldblend.outputs.predict import load_predictor, predict_images
+    from foldblend.inference.load import load_predictor
+    from foldblend.inference.predictor import predict_images
     from foldblend.paths import Project
 
     (tiny_project / "folds" / "emb.yaml").write_text(
@@ -193,7 +195,7 @@ def test_embedding_member_end_to_end(tiny_project):
     assert main(["--root", root, "evaluate", "--data", str(tiny_project / "input" / "train"), "--exp", "emb"]) == 0
 
     # a bundle carries the embedding member (backbone once, a head per fold) and needs no weights package
-    import foldblend.members.pretrained as pretrained
+    import foldblend.pretrained as pretrained
 
     assert main(["--root", root, "export", "--exp", "blend"]) == 0
     bundle = tiny_project.parent / f"{tiny_project.name}_bundle"

@@ -5,11 +5,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, classification_report, f1_score
-
-from foldblend.outputs.evaluate import add_evaluate_arguments, evaluate_folder, evaluate_from_args, evaluate_predictions, format_evaluation, labelled_images, write_evaluation
-from foldblend.outputs.predict import load_predictor
-from foldblend.paths import Project
 from test_predict import CLASSES, make_experiment, make_labelled_folder
+
+from foldblend.inference.load import load_predictor
+from foldblend.paths import Project
+from foldblend.stages.evaluate import (
+    add_arguments,
+    evaluate_folder,
+    evaluate_predictions,
+    format_evaluation,
+    labelled_images,
+    run,
+    write_evaluation,
+)
 
 NAMES = ["ant", "bee", "cat", "dog"]
 
@@ -90,8 +98,8 @@ def test_evaluate_cli_prints_the_report_and_writes_default_folder(project, tmp_p
     make_labelled_folder(tmp_path / "eval", per_class=2)
     monkeypatch.chdir(tmp_path)  # a relative --data path works
     parser = argparse.ArgumentParser()
-    add_evaluate_arguments(parser)
-    ev = evaluate_from_args(parser.parse_args(["--data", "eval", "--exp", "exp_a", "--device", "cpu"]), project)
+    add_arguments(parser)
+    ev = run(parser.parse_args(["--data", "eval", "--exp", "exp_a", "--device", "cpu"]), project)
     out = capsys.readouterr().out
     assert "precision" in out and "macro-F1" in out and "micro-F1" in out
     folder = project.oof / "eval_exp_a"

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import TINY_CONFIG
 
-from foldblend.data.folds import run_folds
 from foldblend.paths import Project
 from foldblend.running.experiment import train_experiments
-
-from conftest import TINY_CONFIG
+from foldblend.stages.folds import run_folds
 
 
 class Recorder:

@@ -4,11 +4,12 @@ import shutil
 
 import numpy as np
 import pytest
-
-from foldblend.outputs.export import BundleError, export_bundle
-from foldblend.outputs.predict import load_predictor, predict_images
-from foldblend.paths import Project
 from test_predict import make_blend, make_experiment, make_labelled_folder
+
+from foldblend.inference.bundle import BundleError, export_bundle
+from foldblend.inference.load import load_predictor
+from foldblend.inference.predictor import predict_images
+from foldblend.paths import Project
 
 
 @pytest.fixture()

@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldblend.data.folds import FoldsError, ensure_folds, folds_fingerprint, make_folds, read_folds, settings_path, write_folds
+from foldblend.data.split import (
+    FoldsError,
+    ensure_folds,
+    folds_fingerprint,
+    make_folds,
+    read_folds,
+    settings_path,
+    write_folds,
+)
 
 
 def table(counts: dict[str, int]) -> pd.DataFrame:

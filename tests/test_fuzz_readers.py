@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from foldblend.data.find import load_competition
-from foldblend.data.folds import read_folds
 from foldblend.data.freshness import changed_since_scan
+from foldblend.data.split import read_folds
 from foldblend.errors import FoldblendError
-from foldblend.outputs.submission_log import record_lb
+from foldblend.submission.log import record_lb
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -10,9 +10,9 @@ import pytest
 from conftest import make_competition
 
 from foldblend.data.find import load_competition
-from foldblend.data.folds import run_folds
 from foldblend.data.groups import GroupsError, read_groups_file, user_groups, with_user_groups
 from foldblend.paths import Project
+from foldblend.stages.folds import run_folds
 
 TRAIN = ["train/a/x1.png", "train/a/x2.png", "train/b/y1.png", "train/b/sub/y1.png"]
 

@@ -11,15 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import class_image, make_competition
 from hostile import cli, copy_project, error_line, new_project, run_process, temporaries
+from PIL import Image
 
 from foldblend.artifacts import save_member
-from foldblend.ensemble.blend import run_blend
-from foldblend.outputs import plots
 from foldblend.paths import Project
+from foldblend.reporting import plots
+from foldblend.stages.blend import run_blend
 
 pytestmark = pytest.mark.slow
 

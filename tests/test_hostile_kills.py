@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from hostile import cli, copy_project, error_line, run_process, start_process, temporaries
 
-from foldblend.outputs.submit import read_sample
+from foldblend.submission.format import read_sample
 
 pytestmark = pytest.mark.slow
 
@@ -254,7 +253,7 @@ CONCURRENT_SUBMIT = """
 import sys, time
 import numpy as np
 import pandas as pd
-from foldblend.outputs.submit import write_submission
+from foldblend.submission.format import write_submission
 out, k, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 sample = pd.DataFrame({"id": ["a", "b", "c"], "y": ["p", "p", "p"]})
 while time.time() < start:  # every process starts writing at the same moment

@@ -9,15 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import class_image
 from hostile import build_trained, cli, copy_project, error_line, generated_files, new_project
+from PIL import Image
 
 from foldblend.config import ConfigError, config_from_dict, load_config
 from foldblend.data.find import CompetitionError, load_competition
-from foldblend.data.scan import run_scan
 from foldblend.paths import Project
+from foldblend.scanning.run import run_scan
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "foldblend"
 

@@ -14,11 +14,11 @@ import yaml
 from foldblend.cli import main
 from foldblend.config import config_from_dict, load_config
 from foldblend.paths import Project
-from foldblend.recipes.budget import ESTIMATE_MARGIN, RESERVE_MIN_S, format_duration, parse_duration, plan_members
-from foldblend.recipes.init import run_init
-from foldblend.recipes.presets import candidates
-from foldblend.recipes.probe import PROBE_ROUNDS, Timing, _median_of_rounds
-from foldblend.recipes.profile import DataProfile, Hardware
+from foldblend.planning.budget import ESTIMATE_MARGIN, RESERVE_MIN_S, format_duration, parse_duration, plan_members
+from foldblend.planning.presets import candidates
+from foldblend.planning.probe import PROBE_ROUNDS, Timing, _median_of_rounds
+from foldblend.planning.profile import DataProfile, Hardware
+from foldblend.stages.init import run_init
 
 CPU = Hardware("cpu", "2 CPU cores, no GPU", 2)
 GPU_OFFLINE = Hardware("cuda", "a pretend GPU", 8, 24.0, online=False, here=False)

@@ -6,12 +6,19 @@ import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
-
-from foldblend.members.cnn.models import Arch, checkpoint_payload, create_model, load_checkpoint, param_groups, part_names, set_trainable
-from foldblend.members.cnn.recipe import build_fit
-from foldblend.members.cnn.train import train_one_epoch
-
 from test_train import tiny_config
+
+from foldblend.members.cnn.models import (
+    Arch,
+    checkpoint_payload,
+    create_model,
+    load_checkpoint,
+    param_groups,
+    part_names,
+    set_trainable,
+)
+from foldblend.members.cnn.optim import build_fit
+from foldblend.members.cnn.train import train_one_epoch
 
 
 def _x(size=32, n=2):

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from foldblend.artifacts import load_member
-from foldblend.running.local import THREAD_VARS, worker_env
-from foldblend.running.experiment import run_experiment
-from foldblend.data.folds import run_folds
 from foldblend.paths import Project
+from foldblend.running.experiment import run_experiment
+from foldblend.running.local import THREAD_VARS, worker_env
+from foldblend.stages.folds import run_folds
 
 CLASSES = ["bart", "homer", "lisa"]
 
@@ -66,7 +66,7 @@ def test_worker_env_shares_cores_and_pins_one_gpu(monkeypatch):
 def test_train_uses_every_gpu_by_default_when_there_are_several(monkeypatch):
     import torch
 
-    from foldblend.cli import _devices_arg, visible_gpus
+    from foldblend.stages.train import _devices_arg, visible_gpus
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

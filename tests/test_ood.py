@@ -1,10 +1,10 @@
 from __future__ import annotations
 
+import imagegen as gen
 import numpy as np
 import pandas as pd
 import pytest
 
-import imagegen as gen
 from foldblend.data.ood import STAT_NAMES, image_stats, ood_report, ood_scores
 
 
@@ -67,7 +67,7 @@ def test_report_ranks_top_rows_and_names_the_outlying_stat():
 def test_scan_table_carries_the_statistics_so_nothing_decodes_twice(tmp_path):
     """The scan computes image_stats while hashing; scoring its columns finds the photographs too."""
     from foldblend.data.ood import STAT_COLUMNS, scores_from_stats
-    from foldblend.data.scan import scan_images
+    from foldblend.scanning.inventory import scan_images
 
     images, photos = _mixed(24, photos=(3, 11))
     paths = [gen.save(tmp_path / f"{i:02d}.png", img) for i, img in enumerate(images)]

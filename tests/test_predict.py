@@ -6,16 +6,18 @@ milliseconds instead of trained, so the loading and combining code is exercised 
 import argparse
 import json
 
+import imagegen as gen
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-import imagegen as gen
 from foldblend.ensemble import methods as E
-from foldblend.outputs.predict import add_predict_arguments, combine_members, load_predictor, predict_from_args, list_images, predict_images
+from foldblend.inference.load import load_predictor
+from foldblend.inference.predictor import combine_members, list_images, predict_images
 from foldblend.members.cnn.models import Arch, checkpoint_payload, create_model
 from foldblend.paths import Project
+from foldblend.stages.predict import add_arguments, run
 
 CLASSES = ["circle", "square", "stripes"]
 
@@ -126,8 +128,8 @@ def test_unreadable_image_is_reported_and_left_out(project, tmp_path):
 
 def _predict_cli(project, *argv) -> pd.DataFrame:
     parser = argparse.ArgumentParser()
-    add_predict_arguments(parser)
-    out = predict_from_args(parser.parse_args(list(argv)), project)
+    add_arguments(parser)
+    out = run(parser.parse_args(list(argv)), project)
     return pd.read_csv(out, dtype={"id": str})
 
 
@@ -160,10 +162,10 @@ def test_predict_single_files_with_blend_default_out(project, tmp_path):
 def test_blend_prediction_equals_the_blends_own_test_probabilities(project, tmp_path, options):
     """Members' test logits come from the same checkpoints; run the real blend; predict must reproduce it."""
     from foldblend.artifacts import save_member
-    from foldblend.ensemble.blend import run_blend
     from foldblend.data.cache import resize_square
     from foldblend.data.read import load_rgb
-    from foldblend.outputs.predict import fold_model_logits
+    from foldblend.inference.predictor import fold_model_logits
+    from foldblend.stages.blend import run_blend
 
     paths = make_labelled_folder(tmp_path / "imgs", per_class=2)
     rng = np.random.default_rng(0)
@@ -188,7 +190,7 @@ def test_blend_prediction_equals_the_blends_own_test_probabilities(project, tmp_
 
 def test_chunked_prediction_equals_one_pass(tmp_path, monkeypatch):
     """Bounded memory: predicting a few images at a time gives the same probabilities as one pass."""
-    import foldblend.outputs.predict as inf
+    import foldblend.inference.predictor as inf
 
     project = Project.at(tmp_path / "proj")
     make_experiment(project, "exp_a", folds=2, img_size=16)
@@ -206,7 +208,7 @@ def test_chunked_prediction_equals_one_pass(tmp_path, monkeypatch):
 
 def test_chunked_prediction_keeps_rank_blends_exact(tmp_path, monkeypatch):
     """Rank averaging ranks over all rows: chunks must not be combined one by one."""
-    import foldblend.outputs.predict as inf
+    import foldblend.inference.predictor as inf
 
     project = Project.at(tmp_path / "proj")
     for name in ("exp_a", "exp_b"):

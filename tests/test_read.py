@@ -1,9 +1,9 @@
 from __future__ import annotations
 
+import imagegen as gen
 import numpy as np
 import pytest
 
-import imagegen as gen
 from foldblend.data.read import IMAGE_EXTENSIONS, ImageReadError, check_image, decode_rgb, is_image_name, load_rgb
 
 

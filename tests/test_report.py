@@ -6,14 +6,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import imagegen as gen
 import numpy as np
 import pandas as pd
 import pytest
 
-import imagegen as gen
 from foldblend.artifacts import save_member
 from foldblend.paths import Project
-from foldblend.outputs.report import TOP_LOSSES, write_report
+from foldblend.stages.report import TOP_LOSSES, write_report
 
 HEADINGS = ["Experiments: CV and learning curves", "Blend", "Per-class F1", "Confusion matrix",
             "Most confident mistakes", "Nearest training images", "Submissions"]

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_train import METRICS, tiny_config, tiny_data
 
 from foldblend.config import dump_config
 from foldblend.members.cnn.train import train_fold
-
-from test_train import METRICS, tiny_config, tiny_data
 
 pytestmark = pytest.mark.slow
 

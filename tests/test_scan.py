@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import os
 
+import imagegen as gen
 import numpy as np
 import pandas as pd
 import pytest
 
-import imagegen as gen
-from foldblend.data import scan
-from foldblend.data.scan import COLUMNS, scan_images, scan_summary
+from foldblend.scanning import inventory as scan
+from foldblend.scanning.inventory import COLUMNS, scan_images, scan_summary
 
 
 @pytest.fixture

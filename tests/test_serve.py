@@ -4,21 +4,22 @@ import json
 import socket
 import urllib.request
 
+import imagegen as gen
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
-
-import imagegen as gen
-from foldblend.ensemble import methods as E
-from foldblend.outputs import neighbours
-from foldblend.outputs import served as served_module
-from foldblend.outputs.predict import Predictor, load_predictor, predict_images, top_k_table
-from foldblend.outputs.serve import upload_folder_for
-from foldblend.outputs.serve_page import card_html, results_html
-from foldblend.outputs.served import classify, load_served
-from foldblend.paths import Project
 from test_predict import CLASSES, make_blend, make_experiment, make_labelled_folder
+
+from foldblend.ensemble import methods as E
+from foldblend.inference import similar as neighbours
+from foldblend.inference.load import load_predictor
+from foldblend.inference.predictor import Predictor, predict_images, top_k_table
+from foldblend.paths import Project
+from foldblend.serve import model as served_module
+from foldblend.serve.app import upload_folder_for
+from foldblend.serve.model import classify, load_served
+from foldblend.serve.page import card_html, results_html
 
 
 @pytest.fixture()
@@ -108,7 +109,7 @@ def test_weights_from_elsewhere_have_no_cv_but_still_serve(project, tmp_path):
 
 
 def test_a_bundle_serves_with_the_scores_it_was_exported_with(project, images):
-    from foldblend.outputs.export import export_bundle
+    from foldblend.inference.bundle import export_bundle
 
     bundle = export_bundle(project, "blend", project.root / "export" / "blend")
     served = load_served(project, str(bundle))
@@ -209,7 +210,7 @@ def test_http_api_returns_what_predict_computes(project, images, tmp_path, monke
     pytest.importorskip("gradio", reason="the serve extra (gradio) is not installed")
     from gradio_client import Client, handle_file
 
-    from foldblend.outputs.serve import serve
+    from foldblend.serve.app import serve
 
     uploads = tmp_path / "gradio_uploads"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))

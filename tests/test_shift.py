@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from foldblend.data.folds import assign_folds
 from foldblend.data.neighbours import nearest_similarity, other_fold_similarity, top_neighbours
 from foldblend.data.semantic import group_tree, groups_added, union_groups
 from foldblend.data.shift import OPTIMISTIC_SHARE, check_shift, closer_share, match_threshold
+from foldblend.data.split import assign_folds
 
 
 def concept_embeddings(n_concepts=48, per=5, dim=48, noise=0.3, n_classes=4, seed=0):

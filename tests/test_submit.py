@@ -6,11 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldblend.paths import Project
-
 from foldblend.artifacts import save_member
-from foldblend.ensemble.blend import run_blend
-from foldblend.outputs.submit import SubmissionError, add_submit_arguments, check_frame, detect_format, kaggle_command, read_sample, record_lb, submit_from_args, upload, validate_submission, write_submission
+from foldblend.paths import Project
+from foldblend.stages.blend import run_blend
+from foldblend.stages.submit import add_arguments, submit_from_args
+from foldblend.submission.format import (
+    check_frame,
+    detect_format,
+    kaggle_command,
+    read_sample,
+    upload,
+    validate_submission,
+    write_submission,
+)
+from foldblend.submission.log import SubmissionError, record_lb
 
 CLASSES = ["homer", "marge", "bart"]
 # ids pandas would mangle without dtype=str: leading zeros, NA, a float-looking id, a space
@@ -156,7 +165,7 @@ def _project(tmp_path):
 
 def _args(argv):
     parser = argparse.ArgumentParser()
-    add_submit_arguments(parser)
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -7,11 +7,11 @@ import pytest
 
 from foldblend.artifacts import write_json
 from foldblend.cli import main
-from foldblend.outputs.summary import budget_lines, tta_lines
+from foldblend.members.signatures import fold_seconds, record_seconds
 from foldblend.paths import Project
-from foldblend.recipes.init import run_init
-from foldblend.recipes.profile import Hardware
-from foldblend.running.signatures import fold_seconds, record_seconds
+from foldblend.planning.profile import Hardware
+from foldblend.stages.init import run_init
+from foldblend.stages.summary import budget_lines, tta_lines
 
 
 def init_record(project: Project, limit=None) -> None:

@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 
 from foldblend.config import ConfigError, config_from_dict
-from foldblend.members.loaders import train_loader
-from foldblend.members.cnn.models import Classifier, Head
-from foldblend.members.cnn.recipe import SoftTargetCrossEntropy, build_fit, epoch_seed, make_loss, step_scheduler
 from foldblend.members.base import TrainData
+from foldblend.members.cnn.models import Classifier, Head
+from foldblend.members.cnn.optim import SoftTargetCrossEntropy, build_fit, epoch_seed, make_loss, step_scheduler
 from foldblend.members.cnn.train import train_fold, train_one_epoch
+from foldblend.members.loaders import train_loader
 from foldblend.members.transforms import class_sample_weights, to_input
 
 SIZE = 16

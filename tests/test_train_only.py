@@ -6,13 +6,13 @@ import json
 import re
 import shutil
 
+import imagegen as gen
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_CONFIG, class_image
 from PIL import Image
 
-import imagegen as gen
-from conftest import TINY_CONFIG, class_image
 from foldblend.cli import main
 
 pytestmark = pytest.mark.slow

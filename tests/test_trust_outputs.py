@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 import re
 
+import imagegen as gen
 import numpy as np
 from test_report import make_run
 from test_shift import concept_embeddings
 
-import imagegen as gen
 from foldblend.artifacts import write_json, write_npz
-from foldblend.data.eda import write_eda
-from foldblend.data.folds import assign_folds
-from foldblend.data.scan import scan_images
 from foldblend.data.shift import check_shift
+from foldblend.data.split import assign_folds
 from foldblend.ensemble.confidence import confidence_score
 from foldblend.ensemble.matched import matched_score
-from foldblend.outputs.report import write_report
-from foldblend.outputs.summary import print_summary
+from foldblend.scanning.eda import write_eda
+from foldblend.scanning.inventory import scan_images
+from foldblend.stages.report import write_report
+from foldblend.stages.summary import print_summary
 
 
 def _concept_check(tmp_path):

@@ -1,10 +1,10 @@
 """What the web app accepts: images, zips of folders; everything else is one line naming the file."""
 import zipfile
 
+import imagegen as gen
 import pytest
 
-import imagegen as gen
-from foldblend.outputs.uploads import UploadLimits, gather_uploads
+from foldblend.serve.uploads import UploadLimits, gather_uploads
 
 
 @pytest.fixture()

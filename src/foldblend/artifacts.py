@@ -16,8 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import FoldblendError
-from .safety import create_temporary, remove
+from foldblend.errors import FoldblendError
+from foldblend.safety import create_temporary, remove
 
 
 @contextlib.contextmanager

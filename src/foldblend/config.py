@@ -18,8 +18,12 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .errors import FoldblendError
-from .safety import UnsafePathError, check_plain_name
+from foldblend.errors import FoldblendError
+from foldblend.pretrained import check_packaged_model
+from foldblend.safety import UnsafePathError, check_plain_name
+
+# the TTA views a config may name (each is a small function in `members.transforms`, which checks it has them all)
+TTA_VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "zoom", "zoom_hflip")
 
 
 @dataclass
@@ -227,12 +231,10 @@ def validate(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()) -
     if cfg.select == "last" and cfg.patience > 0:
         raise ConfigError(f"{where}: key 'patience' stops on the held-out fold's score, which `select: last` "
                           f"avoids looking at; use one or the other")
-    from .members.transforms import TTA_VIEWS  # late import: transforms imports albumentations
-
-    bad = [v for v in cfg.tta if v not in TTA_VIEWS]
+    bad = [v for v in cfg.tta if v not in TTA_VIEW_NAMES]
     if bad or not cfg.tta:
         raise ConfigError(f"{where}: key 'tta' has unknown view {bad[0] if bad else '(empty list)'}; "
-                          f"views: {', '.join(TTA_VIEWS)}")
+                          f"views: {', '.join(TTA_VIEW_NAMES)}")
     for key in ("epochs", "batch_size", "img_size", "accumulate"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{where}: key '{key}' must be >= 1, got {getattr(cfg, key)}")
@@ -245,8 +247,6 @@ def validate(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()) -
     if cfg.pretrained == "":
         raise ConfigError(f"{where}: key 'pretrained' must be true, false, the path of a weights file or "
                           f"package:<name>")
-    from .members.pretrained import check_packaged_model  # late import: it imports torch
-
     try:
         check_packaged_model(cfg.pretrained, cfg.model)
     except ValueError as e:

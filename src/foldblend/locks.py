@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .errors import FoldblendError
-from .safety import create_temporary, host_name, process_alive, process_started, remove
+from foldblend.errors import FoldblendError
+from foldblend.safety import create_temporary, host_name, process_alive, process_started, remove
 
 LOCK_ENV = "FOLDBLEND_LOCKS"   # comma-separated tokens of locks held for this process by its parent
 

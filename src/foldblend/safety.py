@@ -19,7 +19,7 @@ import socket
 from pathlib import Path
 from typing import Iterable
 
-from .errors import FoldblendError
+from foldblend.errors import FoldblendError
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME = 120

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..artifacts import atomic_path, write_npz
-from ..safety import remove
-from .read import ImageReadError, load_rgb
+from foldblend.artifacts import atomic_path, write_npz
+from foldblend.data.read import ImageReadError, load_rgb
+from foldblend.safety import remove
 
 GREY = 128          # fill for unreadable images: the mean-ish value, harmless after normalisation
 CACHE_VERSION = 2   # bump when decoding or resizing changes, so old caches are not reused (2: links out refused)
@@ -131,7 +131,7 @@ def _build(paths: list[Path], size: int, images_file: Path, meta_file: Path, wor
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         _allocate(tmp)
         with ThreadPoolExecutor(workers) as pool:  # Pillow and cv2 release the GIL while decoding/resizing
-            jobs = pool.map(lambda i: _decode_into(out, i, paths[i], size, root), range(n))
+            jobs = pool.map(lambda i: _decode_into(out, i, paths[i], size, root), range(n))  # noqa: F821 (del below)
             for i, reason in enumerate(tqdm(jobs, total=n, desc=f"cache {size}px", unit="img", disable=not progress)):
                 why[i] = reason
         out.flush()

@@ -10,7 +10,7 @@ import re
 
 from natsort import natsorted
 
-from ..errors import FoldblendError
+from foldblend.errors import FoldblendError
 
 CLASS_ORDERS = ("lexical", "natural")
 

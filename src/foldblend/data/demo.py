@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..artifacts import write_csv, write_text
-from ..safety import remove
+from foldblend.artifacts import write_csv, write_text
+from foldblend.safety import remove
 
 COMPLETE_MARKER = ".demo_complete"
 BUILDING_MARKER = ".demo_building"

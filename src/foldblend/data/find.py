@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..errors import FoldblendError
-from .classes import CLASS_ORDERS, ClassOrderError, order_classes
-from .read import is_image_name, resolves_inside
-from .tables import read_table
+from foldblend.data.classes import CLASS_ORDERS, ClassOrderError, order_classes
+from foldblend.data.read import is_image_name, resolves_inside
+from foldblend.data.tables import read_table
+from foldblend.errors import FoldblendError
 
 CONFIG_NAME = "competition.yaml"
 SAMPLE_NAMES = ("sample_submission.csv", "samplesubmission.csv")

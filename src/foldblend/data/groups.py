@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .find import Competition
-from .tables import TableError, read_table
+from foldblend.data.find import Competition
+from foldblend.data.tables import TableError, read_table
 
 GROUPS_FILE = "groups.csv"
 

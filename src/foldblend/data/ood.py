@@ -17,7 +17,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from .read import ImageReadError, load_rgb
+from foldblend.data.read import ImageReadError, load_rgb
 
 # Statistics are computed at one fixed size so they compare images, not resolutions.
 STAT_SIZE = 128

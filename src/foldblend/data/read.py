@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import FoldblendError
+from foldblend.errors import FoldblendError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, for every image alike

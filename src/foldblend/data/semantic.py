@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dedup import first_seen_codes, linked_groups
+from foldblend.data.dedup import first_seen_codes, linked_groups
 
 # Above this many dimensions and images, the tree is built on a truncated SVD of the features: a chain
 # step is a product of every group mean with one, so its cost is images x dimensions.

@@ -21,8 +21,8 @@ import warnings
 import numpy as np
 from scipy.stats import mannwhitneyu, wasserstein_distance
 
-from .neighbours import nearest_similarity, other_fold_similarity, top_neighbours
-from .semantic import GroupTree, group_tree, groups_added, union_groups
+from foldblend.data.neighbours import nearest_similarity, other_fold_similarity, top_neighbours
+from foldblend.data.semantic import GroupTree, group_tree, groups_added, union_groups
 
 OPTIMISTIC_SHARE = 0.6   # OOF neighbour closer than the test's in >= 60% of pairs: CV sees easier cases
 P_VALUE = 0.01           # ... and not by chance (one-sided Mann-Whitney U)

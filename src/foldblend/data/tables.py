@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import FoldblendError
+from foldblend.errors import FoldblendError
 
 
 class TableError(FoldblendError):

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metrics import metric_from_counts
-from .matched import describe as describe_matched
-from .matched import group_draws
+from foldblend.ensemble.matched import describe as describe_matched
+from foldblend.ensemble.matched import group_draws
+from foldblend.metrics import metric_from_counts
 
 N_BOOTSTRAP = 200
 MEMBER_BOOTSTRAP = 50   # draws per member (their spread only decides whether one beats the blend)

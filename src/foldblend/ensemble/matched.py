@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metrics import macro_f1
+from foldblend.metrics import macro_f1
 
 MAX_BINS = 10
 MIN_PER_BIN = 30       # test images per bin, at least (fewer bins for small test sets)

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.stats import rankdata
 
-from ..metrics import METRICS, clip_probs, log_softmax, metric_from_counts, softmax
+from foldblend.metrics import METRICS, clip_probs, log_softmax, metric_from_counts, softmax
 
 COMBINE_METHODS = ("mean", "logit_mean", "rank", "power", "scipy", "greedy", "stack")
 IDENTITY_WEIGHT_GRID = np.linspace(0.0, 1.0, 11)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import save_member
-from ..metrics import classification_scores, softmax
+from foldblend.artifacts import save_member
+from foldblend.metrics import classification_scores, softmax
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..config import ExperimentConfig
+from foldblend.config import ExperimentConfig
 
 
 @dataclass

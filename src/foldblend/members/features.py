@@ -20,12 +20,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..artifacts import atomic_path
-from ..data.cache import cached_images
-from .infer import infer, resolve_device
-from .loaders import eval_loader
-from .pretrained import PACKAGED, is_installed, packaged, say_once, weights_identity
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from foldblend.artifacts import atomic_path
+from foldblend.data.cache import cached_images
+from foldblend.members.cnn.models import create_backbone
+from foldblend.members.infer import infer, resolve_device
+from foldblend.members.loaders import eval_loader
+from foldblend.members.transforms import IMAGENET_MEAN, IMAGENET_STD
+from foldblend.pretrained import PACKAGED, is_installed, packaged, say_once, weights_identity
 
 FEATURES_VERSION = 1  # bump when extraction changes, so old caches are not reused
 PIXELS = "pixels"     # the fallback "backbone": the image itself, shrunk to 16 x 16
@@ -83,7 +84,6 @@ def load_backbone(spec: FeatureSpec) -> tuple[nn.Module, tuple, tuple]:
     """(frozen backbone in eval mode, mean, std): the normalisation its weights were trained with."""
     if spec.model == PIXELS:
         return PixelFeatures().eval(), IMAGENET_MEAN, IMAGENET_STD
-    from .cnn.models import create_backbone
 
     backbone = create_backbone(spec.model, spec.pretrained).eval().requires_grad_(False)
     return (backbone, *normalisation_of(spec))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .transforms import TTA_VIEWS, to_input
+from foldblend.members.transforms import TTA_VIEWS, to_input
 
 
 def resolve_device(name: str) -> torch.device:

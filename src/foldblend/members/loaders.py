@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from .transforms import class_sample_weights, create_augment
+from foldblend.members.transforms import class_sample_weights, create_augment
 
 
 class CachedImages(Dataset):

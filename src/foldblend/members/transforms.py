@@ -12,6 +12,8 @@ import albumentations as A
 import numpy as np
 import torch
 
+from foldblend.config import TTA_VIEW_NAMES
+
 # ----------------------------------------------------------------------------- training augmentation
 
 
@@ -107,6 +109,7 @@ TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": identity, "hflip": hflip, "vflip": vflip, "rot90": rot90, "rot180": rot180,
     "rot270": rot270, "zoom": zoom, "zoom_hflip": zoom_hflip,
 }
+assert tuple(TTA_VIEWS) == TTA_VIEW_NAMES, "config.TTA_VIEW_NAMES names the views a config may use"
 
 
 def class_sample_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:

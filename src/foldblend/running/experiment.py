@@ -22,20 +22,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..artifacts import load_member
-from ..config import ExperimentConfig, load_config
-from ..data.cache import cache_key, cached_images
-from ..data.find import Competition, load_competition
-from ..data.folds import HOLDOUT, folds_fingerprint, read_folds
-from ..data.freshness import digest_of_test_files, require_current_scan
-from ..locks import hold, live_holders
-from ..members.assemble import assemble_member, load_fold_predictions
-from ..members.base import TrainData, member_kind
-from ..paths import Project
-from ..safety import remove, say_swept, sweep_temporaries
-from .jobs import Executor, FoldJob
-from .local import LocalExecutor
-from .signatures import fold_signature, is_fold_done, is_trained, predict_signature
+from foldblend.artifacts import load_member
+from foldblend.config import ExperimentConfig, load_config
+from foldblend.data import cache
+from foldblend.data.cache import cache_key, cached_images
+from foldblend.data.find import Competition, load_competition
+from foldblend.data.freshness import digest_of_test_files, require_current_scan
+from foldblend.data.split import HOLDOUT, folds_fingerprint, read_folds
+from foldblend.locks import hold, live_holders
+from foldblend.members.assemble import assemble_member, load_fold_predictions
+from foldblend.members.base import TrainData, member_kind
+from foldblend.members.signatures import fold_signature, is_fold_done, is_trained, predict_signature
+from foldblend.paths import Project
+from foldblend.running.jobs import Executor, FoldJob
+from foldblend.running.local import LocalExecutor
+from foldblend.safety import remove, say_swept, sweep_temporaries
 
 
 def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition | None = None,
@@ -253,8 +254,6 @@ def assemble_experiment(cfg: ExperimentConfig, data: TrainData, project: Project
 def remove_unused_caches(project: Project, since: float) -> None:
     """After a `train` of every fold config: delete the decode caches none of them used since `since`,
     unless another `train` runs (it may be about to open one of them)."""
-    from ..data import cache
-
     others = other_trainings(project)
     if others:
         print(f"unused decoded-image caches are kept: another train runs (pid {others[0].get('pid')} on "

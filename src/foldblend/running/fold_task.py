@@ -18,9 +18,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..artifacts import write_text
-from ..paths import Project
-from .jobs import FoldJob
+from foldblend.artifacts import write_text
+from foldblend.members.base import member_kind
+from foldblend.members.signatures import fold_signature, predict_signature
+from foldblend.paths import Project
+from foldblend.running.experiment import load_train_data
+from foldblend.running.jobs import FoldJob
 
 PROBE = ".executor_probe"   # models/<this>: a token the driver writes and every worker must read back
 SHARED_FS = ("the Ray executor needs the project folder on a file system that every node mounts at the "
@@ -74,9 +77,6 @@ def run_job(root: str | Path, job: FoldJob, token: str, emit: Callable[[str], ob
     host = check_project(root, token)
     import torch  # after the check: a node that cannot see the project fails fast
 
-    from ..members.base import member_kind
-    from .experiment import load_train_data
-    from .signatures import fold_signature, predict_signature
 
     with forward_output(emit) if emit is not None else contextlib.nullcontext():
         if progress:

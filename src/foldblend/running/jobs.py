@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..config import ExperimentConfig
-from ..paths import Project
+from foldblend.config import ExperimentConfig
+from foldblend.paths import Project
 
 
 @dataclass

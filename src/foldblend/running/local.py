@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from ..paths import Project
-from .jobs import FoldJob, failed_jobs_error
+from foldblend.paths import Project
+from foldblend.running.jobs import FoldJob, failed_jobs_error
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 

@@ -19,10 +19,10 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ..paths import Project
-from . import fold_task
-from .jobs import FoldJob, failed_jobs_error
-from .signatures import read_done
+from foldblend.members.signatures import read_done
+from foldblend.paths import Project
+from foldblend.running import fold_task
+from foldblend.running.jobs import FoldJob, failed_jobs_error
 
 INSTALL = 'pip install "foldblend[ray]"'
 POLL_S = 0.5            # how often the driver collects finished tasks and fold lines

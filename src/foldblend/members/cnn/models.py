@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..pretrained import CheckpointError, check_packaged_model, load_pretrained, load_tensors
-from ..transforms import IMAGENET_MEAN, IMAGENET_STD
+from foldblend.members.transforms import IMAGENET_MEAN, IMAGENET_STD
+from foldblend.pretrained import CheckpointError, check_packaged_model, load_pretrained, load_tensors
 
 BUILTIN = {
     # name: channels per stage; each stage = conv-bn-relu x2, then 2x2 max-pool (not after the last)

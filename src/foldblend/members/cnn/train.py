@@ -18,24 +18,10 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ...artifacts import write_csv, write_json, write_npz, write_text, write_torch
-from ...config import ExperimentConfig, dump_config
-from ...metrics import classification_scores, softmax
-from ...running.signatures import (
-    fold_seconds,
-    fold_signature,
-    is_fold_done,
-    is_trained,
-    predict_signature,
-    read_done,
-    record_seconds,
-)
-from ...safety import remove
-from ..base import TrainData
-from ..infer import autocast, infer, resolve_device
-from ..loaders import eval_loader, train_loader, train_steps
-from ..transforms import to_input
-from .models import (
+from foldblend.artifacts import write_csv, write_json, write_npz, write_text, write_torch
+from foldblend.config import ExperimentConfig, dump_config
+from foldblend.members.base import TrainData
+from foldblend.members.cnn.models import (
     Arch,
     check_parts,
     checkpoint_payload,
@@ -44,7 +30,21 @@ from .models import (
     normalisation,
     set_trainable,
 )
-from .recipe import Fit, build_fit, epoch_seed, seed_everything, step_scheduler
+from foldblend.members.cnn.optim import Fit, build_fit, epoch_seed, seed_everything, step_scheduler
+from foldblend.members.infer import autocast, infer, resolve_device
+from foldblend.members.loaders import eval_loader, train_loader, train_steps
+from foldblend.members.signatures import (
+    fold_seconds,
+    fold_signature,
+    is_fold_done,
+    is_trained,
+    predict_signature,
+    read_done,
+    record_seconds,
+)
+from foldblend.members.transforms import to_input
+from foldblend.metrics import classification_scores, softmax
+from foldblend.safety import remove
 
 
 def freeze_for_epoch(model, cfg: ExperimentConfig, epoch: int) -> None:

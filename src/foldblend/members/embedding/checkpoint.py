@@ -14,9 +14,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...artifacts import write_npz
-from ..features import FeatureSpec, load_backbone
-from .heads import head_arrays, head_from_arrays
+from foldblend.artifacts import write_npz
+from foldblend.members.embedding.heads import head_arrays, head_from_arrays
+from foldblend.members.features import FeatureSpec, load_backbone
+from foldblend.members.infer import infer
 
 CHECKPOINT = "head.npz"
 
@@ -59,8 +60,6 @@ def logits_of_heads(models: list[EmbeddingClassifier], loader, views: list[str],
                     desc: str | None = None) -> np.ndarray:
     """(F, V, N, C): the shared backbone runs once per view, then every fold's head on its features
     (what each EmbeddingClassifier would give alone, at 1/F of the backbone's cost)."""
-    from ..infer import infer
-
     feats = infer(models[0].backbone, loader, views, device, mean, std, amp, desc=desc)  # (V, N, D)
     feats = nn.functional.normalize(torch.from_numpy(feats).to(device), dim=2)
     return np.stack([np.stack([m.head(f).float().cpu().numpy() for f in feats]) for m in models]).astype(np.float32)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...config import EmbedConfig
-from ..transforms import class_sample_weights
+from foldblend.config import EmbedConfig
+from foldblend.members.transforms import class_sample_weights
 
 EPS = 1e-6  # kNN: the probability floor of a class no neighbour voted for (log(1e-6) = -13.8)
 

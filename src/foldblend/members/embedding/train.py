@@ -14,22 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ...artifacts import write_json, write_npz, write_text
-from ...config import ExperimentConfig, dump_config
-from ...metrics import classification_scores, softmax
-from ...running.signatures import (
-    fold_signature,
-    is_fold_done,
-    predict_signature,
-    read_done,
-    record_seconds,
-)
-from ...safety import remove
-from ..base import TrainData
-from ..features import FeatureSpec, features_of, normalisation_of
-from ..infer import resolve_device
-from .checkpoint import CHECKPOINT, save_head_checkpoint
-from .heads import fit_head, head_logits
+from foldblend.artifacts import write_json, write_npz, write_text
+from foldblend.config import ExperimentConfig, dump_config
+from foldblend.members.base import TrainData
+from foldblend.members.embedding.checkpoint import CHECKPOINT, save_head_checkpoint
+from foldblend.members.embedding.heads import fit_head, head_logits
+from foldblend.members.features import FeatureSpec, features_of, normalisation_of
+from foldblend.members.infer import resolve_device
+from foldblend.members.signatures import fold_signature, is_fold_done, predict_signature, read_done, record_seconds
+from foldblend.metrics import classification_scores, softmax
+from foldblend.safety import remove
 
 
 def member_features(cfg: ExperimentConfig, data: TrainData, progress: bool = True) -> tuple[dict, dict, dict]:

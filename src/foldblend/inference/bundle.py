@@ -1,0 +1,232 @@
+"""`foldblend export`: an experiment or the blend as one self-contained folder, and loading it back.
+
+A bundle is what "an image folder plus trained weights" needs, on any machine, without models/ or
+oof/: every fold model's weights as safetensors (tensors only, nothing unpickled on load) and a
+`bundle.json` that says how to turn them into class probabilities - classes in index order, per fold
+model its kind, architecture, image size, normalisation, TTA views and mixed precision; per member
+its weight, fold combination, identity-view weight and temperature; the blend's method, calibration
+and class biases. `load_predictor(project, "path/to/bundle")` reads it into the same `Predictor` that
+`evaluate`, `predict` (and a web app) use for the project's own models, so the predictions are the same.
+
+Members carry a `kind`: `cnn` (a network rebuilt from `members.cnn.models.Arch`, one safetensors file per
+fold) or `embedding` (the frozen backbone's weights once per member, `backbone.safetensors`, and each
+fold's head arrays; no package of pretrained weights is needed to load it). A bundle naming another
+kind is refused with the reason instead of half-loaded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from foldblend.artifacts import changed_members, write_json
+from foldblend.errors import FoldblendError
+from foldblend.inference.predictor import BLEND, FoldModel, Predictor, load_project_predictor, read_blend
+from foldblend.members.cnn.models import Arch, create_model
+from foldblend.members.embedding.checkpoint import EmbeddingClassifier
+from foldblend.members.embedding.heads import head_arrays, head_from_arrays
+from foldblend.members.features import FeatureSpec, load_backbone
+from foldblend.safety import remove
+
+BUNDLE_FILE = "bundle.json"
+FORMAT = "foldblend-bundle/1"
+KINDS = ("cnn", "embedding")
+
+
+class BundleError(FoldblendError):
+    """A bundle cannot be written there, or read back; the message names the file and the fix."""
+
+
+def find_bundle(name: str | Path) -> Path | None:
+    """The bundle folder `name` points at (the folder or its bundle.json), else None."""
+    path = Path(name)
+    if path.name == BUNDLE_FILE and path.is_file():
+        return path.parent
+    return path if (path / BUNDLE_FILE).is_file() else None
+
+
+# ----------------------------------------------------------------------------- writing
+
+def bundle_metadata(predictor: Predictor, weight_files: dict[str, str], provenance: dict) -> dict:
+    """bundle.json's content for a predictor whose fold models' weights are at `weight_files` (relative)."""
+    members = []
+    for name, models in predictor.members.items():
+        members.append({
+            "name": name, "kind": models[0].kind, "weight": float(predictor.weights[name]),
+            "identity_weight": predictor.identity_weights.get(name),
+            "temperature": float(predictor.temperatures.get(name, 1.0) or 1.0),
+            "folds": [{"name": fm.name, "weights": weight_files[fm.name], "arch": fm.arch, "img_size": fm.img_size,
+                       "mean": list(fm.mean), "std": list(fm.std), "tta": list(fm.views), "amp": fm.amp,
+                       **(_head_settings(fm.model.head) if fm.kind == "embedding" else {})}
+                      for fm in models]})
+    return {"format": FORMAT, "name": predictor.name, "classes": list(predictor.classes),
+            "combine": {"method": predictor.method, "fold_combine": predictor.fold_combine,
+                        "power": predictor.power, "calibration": predictor.calibration,
+                        "biases": None if predictor.biases is None else [float(b) for b in predictor.biases]},
+            "members": members, "notes": list(predictor.notes), "provenance": provenance}
+
+
+def _head_settings(head) -> dict:
+    """An embedding head's type and scalars (its tensors go to the fold's safetensors file)."""
+
+    arrays = head_arrays(head)
+    return {"head": {key: np.asarray(v).item() for key, v in arrays.items() if np.asarray(v).ndim == 0}}
+
+
+def export_bundle(project, name: str, out: str | Path) -> Path:
+    """Write `name` (an experiment or `blend`) as a bundle folder `out` inside the project; returns it.
+
+    Built under a temporary name beside `out` and renamed into place, so a kill leaves the old bundle
+    or the new one; an existing `out` is replaced only when it is a bundle.
+    """
+
+    out = _inside_project(project, out)
+    if out.exists() and find_bundle(out) is None and any(out.iterdir()):
+        raise BundleError(f"{project.rel(out)}: exists and is not a bundle; choose another OUT or empty it")
+    predictor = load_project_predictor(project, name)
+    if predictor.notes and name == BLEND and changed_members(project.oof, read_blend(project).get("member_digests") or {}):
+        raise BundleError(f"a member changed after the last blend ({predictor.notes[-1]}); run `foldblend blend` "
+                          f"again before exporting it")
+    unsupported = [n for n, models in predictor.members.items() if models[0].kind not in KINDS]
+    if unsupported:
+        raise BundleError(f"member {unsupported[0]!r} is of kind {predictor.members[unsupported[0]][0].kind!r}, "
+                          f"which bundles cannot hold yet (kinds: {', '.join(KINDS)})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        files = {}
+        for member, models in predictor.members.items():
+            if models[0].kind == "embedding":  # the frozen backbone once; the folds differ only in their heads
+                _save_tensors(tmp, f"weights/{member}/backbone.safetensors", models[0].model.backbone.state_dict())
+            for k, fm in enumerate(models):
+                rel = f"weights/{member}/{Path(fm.name).name or f'fold_{k}'}.safetensors"
+                state = fm.model.head.state_dict() if fm.kind == "embedding" else fm.model.state_dict()
+                _save_tensors(tmp, rel, state)
+                files[fm.name] = rel
+        write_json(tmp / BUNDLE_FILE, bundle_metadata(predictor, files, _provenance(project, name)))
+        umask = os.umask(0)
+        os.umask(umask)
+        for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:  # mkdtemp made tmp 0700
+            folder.chmod(0o777 & ~umask)
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            remove(tmp, inside=out.parent)
+    return out
+
+
+def _save_tensors(folder: Path, rel: str, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: v.detach().cpu().contiguous() for key, v in state.items()}, str(folder / rel))
+
+
+def _provenance(project, name: str) -> dict:
+    """Where the bundle came from and what it scored, for whoever receives it."""
+    info = {"exported": datetime.now(timezone.utc).isoformat(timespec="seconds"), "project": project.root.name,
+            "source": name}
+    if name == BLEND:
+        blend = read_blend(project)
+        info.update({"cv_nested": blend.get("cv_nested"), "holdout": blend.get("holdout") or None,
+                     "options": blend.get("options")})
+    else:
+        scores = project.oof_dir(name) / "scores.json"
+        if scores.exists():
+            info["cv"] = json.loads(scores.read_text(encoding="utf-8")).get("overall")
+    return info
+
+
+def _inside_project(project, out: str | Path) -> Path:
+    out = Path(os.path.abspath(out))
+    if not out.is_relative_to(project.root) or out == project.root:
+        raise BundleError(f"{out}: OUT must be a folder inside the project ({project.root}); foldblend writes "
+                          f"nothing outside it. Export there, then copy the folder wherever it is needed")
+    return out
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put the finished folder `new` at `target`, an older bundle there moved aside first, then deleted."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        remove(old, inside=target.parent)
+
+
+# ----------------------------------------------------------------------------- reading
+
+def load_bundle(folder: str | Path, device="cpu") -> Predictor:
+    """The bundle at `folder` as a Predictor (fold models rebuilt on `device`)."""
+    import torch
+    from safetensors.torch import load_file
+
+
+    folder = Path(folder)
+    path = folder / BUNDLE_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{path}: unreadable ({e}); export the bundle again") from None
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}; export it again with this "
+                          f"foldblend")
+    classes, members, weights = list(meta["classes"]), {}, {}
+    for m in meta["members"]:
+        if m["kind"] not in KINDS:
+            raise BundleError(f"{path}: member {m['name']!r} is of kind {m['kind']!r}, which this foldblend cannot "
+                              f"load (kinds: {', '.join(KINDS)})")
+        models, backbone = [], None
+        for f in m["folds"]:
+            file = _bundled(folder, f["weights"], path, m["name"])
+            if m["kind"] == "embedding":
+                if backbone is None:  # one frozen backbone object shared by the folds, as in the project
+                    backbone = _embedding_backbone(f, _bundled(folder, str(Path(f["weights"]).parent / "backbone."
+                                                                          "safetensors"), path, m["name"]))
+                model = _embedding_fold(backbone, f, load_file(str(file)))
+            else:
+                model = create_model(Arch(**f["arch"]))
+                model.load_state_dict(load_file(str(file)))
+            models.append(FoldModel(f"{m['name']}/{Path(f['weights']).stem}", model.to(torch.device(device)).eval(),
+                                    classes, int(f["img_size"]), list(f["tta"]), list(f["mean"]), list(f["std"]),
+                                    str(f["amp"]), arch=dict(f["arch"]), kind=m["kind"]))
+        members[m["name"]], weights[m["name"]] = models, float(m["weight"])
+    combine = meta["combine"]
+    return Predictor(
+        meta["name"], classes, members, weights, method=combine["method"],
+        temperatures={m["name"]: m["temperature"] for m in meta["members"]},
+        identity_weights={m["name"]: m["identity_weight"] for m in meta["members"]},
+        fold_combine=combine["fold_combine"], calibration=float(combine["calibration"]),
+        biases=None if combine["biases"] is None else np.asarray(combine["biases"], dtype=np.float64),
+        power=float(combine["power"]), notes=list(meta.get("notes") or []))
+
+
+def _bundled(folder: Path, rel: str, path: Path, member: str) -> Path:
+    file = (folder / rel).resolve()
+    if not file.is_relative_to(folder.resolve()) or not file.is_file():
+        raise BundleError(f"{path}: weights {rel!r} of {member} are missing from the bundle")
+    return file
+
+
+def _embedding_backbone(fold: dict, file: Path):
+    """The frozen backbone of an embedding member, rebuilt from the bundle's own weights (no package needed)."""
+    from safetensors.torch import load_file
+
+
+    backbone = load_backbone(FeatureSpec(fold["arch"]["model"], False, int(fold["img_size"])))[0]
+    backbone.load_state_dict(load_file(str(file)))
+    return backbone.eval().requires_grad_(False)
+
+
+def _embedding_fold(backbone, fold: dict, tensors: dict):
+    arrays = {key: v.numpy() for key, v in tensors.items()} | {key: np.asarray(v) for key, v in fold["head"].items()}
+    return EmbeddingClassifier(backbone, head_from_arrays(arrays))
+
+
+# ----------------------------------------------------------------------------- CLI hooks

@@ -1,0 +1,357 @@
+"""Predicting new images with trained models: one experiment's fold models, or the last blend.
+
+An experiment predicts as the mean of its fold models' probabilities, each averaged over the TTA views
+its checkpoint names. The blend (`oof/_blend/blend.json`) combines its members' probabilities the way
+it was fitted: fold combination, TTA identity weights, per-member temperatures, member weights and
+the combination method, a calibration temperature and per-class decision biases (added to
+log-probabilities), whichever it recorded; the result equals the blend's own test predictions.
+Images are decoded once with `data.read.load_rgb` and resized per model size with `data.cache.resize_square`;
+unreadable files are reported and left out, never fatal.
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from foldblend.artifacts import changed_members
+from foldblend.data.cache import resize_square
+from foldblend.data.read import ImageReadError, is_image_name, load_rgb
+from foldblend.ensemble import methods as E
+from foldblend.members.cnn.models import load_checkpoint
+from foldblend.members.embedding.checkpoint import load_head_checkpoint, logits_of_heads, share_one_backbone
+from foldblend.members.infer import infer
+from foldblend.members.loaders import eval_loader
+
+BLEND = "blend"
+
+
+@dataclass
+class FoldModel:
+    """One fold's best checkpoint, ready to predict."""
+
+    name: str              # e.g. cnn_small/fold_0
+    model: torch.nn.Module
+    classes: list[str]
+    img_size: int
+    views: list[str]
+    mean: list[float]
+    std: list[float]
+    amp: str = "auto"      # the mixed precision its fold was predicted with, so predictions match the blend
+    arch: dict = field(default_factory=dict)  # constructor arguments (members.cnn.models.Arch): export needs them
+    kind: str = "cnn"      # the member kind that made it (a bundle names it per member)
+
+
+@dataclass
+class Predictor:
+    """Everything that turns images into class probabilities: groups of fold models and how to combine them."""
+
+    name: str
+    classes: list[str]
+    members: dict[str, list[FoldModel]]
+    weights: dict[str, float]
+    method: str = "mean"
+    temperatures: dict[str, float] = field(default_factory=dict)
+    identity_weights: dict[str, float | None] = field(default_factory=dict)
+    fold_combine: str = "prob_mean"
+    calibration: float = 1.0
+    biases: np.ndarray | None = None
+    power: float = 2.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted({m.img_size for models in self.members.values() for m in models})
+
+
+@dataclass
+class Prediction:
+    """Probabilities for the readable images; `failures` maps each unreadable file to the reason."""
+
+    paths: list[Path]
+    ok: np.ndarray          # (N,) bool
+    probs: np.ndarray       # (N, C); rows of unreadable images are NaN
+    classes: list[str]
+    failures: dict[str, str]
+    member_probs: dict[str, np.ndarray] = field(default_factory=dict)  # (readable N, C) per member, before combining
+
+
+# ----------------------------------------------------------------------------- loading models
+
+def _prediction_settings(path: Path, ckpt: dict) -> tuple[list[str], str]:
+    """TTA views and mixed precision the fold last predicted with (its done.json), so evaluate/predict
+    match the member in oof/; the checkpoint's own values (from training time) otherwise."""
+    done = path.parent / "done.json"
+    settings = json.loads(done.read_text()).get("predictions", {}) if done.exists() else {}
+    views = settings.get("tta") or ckpt.get("tta") or ["identity"]
+    amp = settings.get("amp") or (ckpt.get("config") or {}).get("amp", "auto")
+    return list(views), str(amp)
+
+
+def output_name(exp: str) -> str:
+    """A file-name-safe name for outputs of `exp` (an experiment, `blend`, or a checkpoint path)."""
+    return Path(exp).stem if ("/" in exp or exp.endswith((".pt", ".npz"))) else exp
+
+
+FOLD_CHECKPOINTS = ("best.pt", "head.npz")  # a network's weights; an embedding member's head (+ backbone spec)
+
+
+def _fold_checkpoints(exp_dir: Path) -> list[Path]:
+    """Every fold's checkpoint under models/<exp>/ (or a copy of it), in fold order."""
+    found = [p for name in FOLD_CHECKPOINTS for p in exp_dir.glob(f"fold_*/{name}")]
+    return sorted(found, key=lambda p: int(p.parent.name.split("_")[1]))
+
+
+def _checkpoints_at(path: Path) -> list[Path]:
+    """A checkpoint file, or every *.pt / head*.npz below a folder (e.g. a copied models/<exp>/), sorted."""
+    if path.is_file():
+        return [path]
+    return _fold_checkpoints(path) or sorted(p for p in path.rglob("*") if (p.suffix == ".pt" and p.name != "last.pt")
+                                             or (p.suffix == ".npz" and p.name.startswith("head")))
+
+
+def load_fold_checkpoint(path: Path, device="cpu", backbones: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """(model from images to logits, its checkpoint's settings) for a network's .pt or an embedding head's .npz."""
+    if path.suffix == ".npz":
+        return load_head_checkpoint(path, device, backbones)
+    return load_checkpoint(path, device)
+
+
+def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
+    """Every fold's best.pt under models/<exp>/, in fold order; or checkpoints at a path (file or folder).
+
+    A path lets `evaluate`/`predict` run on trained weights copied out of the project: each checkpoint
+    carries its architecture, classes, image size, TTA views and normalisation.
+    """
+    as_path = Path(exp)
+    exp_dir = project.models / exp
+    named = as_path.name == exp and as_path.suffix not in (".pt", ".npz") and exp_dir.is_dir()  # not a path
+    if not named and (as_path.suffix in (".pt", ".npz") or as_path.is_dir()):
+        checkpoints = _checkpoints_at(as_path) if as_path.exists() else []
+        if not checkpoints:
+            raise FileNotFoundError(f"{as_path}: no checkpoint (.pt) there")
+        exp_dir = as_path
+    else:
+        checkpoints = _fold_checkpoints(exp_dir)
+    if not checkpoints:
+        known = sorted(p.name for p in project.models.glob("*") if not p.name.startswith(".") and p.is_dir())
+        raise FileNotFoundError(f"no trained fold models in {exp_dir} (fold_<k>/best.pt or head.npz); "
+                                f"experiments with models: {', '.join(known) or 'none'}")
+    out, backbones = [], {}  # an embedding member's folds share one frozen backbone
+    for path in checkpoints:
+        model, ckpt = load_fold_checkpoint(path, device, backbones)
+        label = path.parent.name if path.name in FOLD_CHECKPOINTS else path.stem
+        views, amp = _prediction_settings(path, ckpt)
+        out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]),
+                             int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp,
+                             arch=dict(ckpt.get("arch") or {"model": ckpt.get("model")}),
+                             kind=str(ckpt.get("kind", "cnn"))))
+    _check_same_classes({m.name: m.classes for m in out})
+    if len({tuple(m.views) for m in out}) > 1:
+        raise ValueError(f"{exp}: its folds were last predicted with different TTA views "
+                         f"({', '.join(f'{m.name}: {m.views}' for m in out)}); run `foldblend train` for it "
+                         f"so every fold predicts with the config's views")
+    return out
+
+
+def _check_same_classes(classes_by_name: dict[str, list[str]]) -> list[str]:
+    (first_name, first), *rest = classes_by_name.items()
+    for name, classes in rest:
+        if classes != first:
+            raise ValueError(f"{name} predicts classes {classes[:5]}... but {first_name} predicts {first[:5]}...; "
+                             "models trained on different class lists cannot be averaged")
+    return first
+
+
+def read_blend(project) -> dict:
+    path = project.oof / "_blend" / "blend.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `foldblend blend` first, or name an experiment with --exp")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- images
+
+def list_images(sources: list[str | Path]) -> list[Path]:
+    """Image files named directly, or found (recursively, sorted) in the folders named."""
+    out: list[Path] = []
+    for src in map(Path, sources):
+        if src.is_dir():
+            out += sorted(p for p in src.rglob("*") if p.is_file() and is_image_name(p.name))
+        elif src.exists():
+            out.append(src)
+        else:
+            raise FileNotFoundError(f"{src}: no such file or folder")
+    return out
+
+
+def decode_images(paths: list[Path], sizes: list[int], workers: int | None = None,
+                  progress: bool = True) -> tuple[dict[int, np.ndarray], np.ndarray, dict[str, str]]:
+    """Decode each file once into every size: ({size: uint8 (N, S, S, 3)}, ok (N,), {path: why})."""
+    from tqdm.auto import tqdm
+
+    arrays = {s: np.zeros((len(paths), s, s, 3), np.uint8) for s in sizes}
+    ok = np.zeros(len(paths), bool)
+    failures: dict[str, str] = {}
+
+    def one(i: int) -> None:
+        try:
+            rgb = load_rgb(paths[i], draft_size=max(sizes))
+        except ImageReadError as e:
+            failures[str(paths[i])] = str(e)
+            return
+        for s in sizes:
+            arrays[s][i] = resize_square(rgb, s)
+        ok[i] = True
+
+    with ThreadPoolExecutor(workers) as pool:  # Pillow and cv2 release the GIL while decoding/resizing
+        list(tqdm(pool.map(one, range(len(paths))), total=len(paths), desc="decode", unit="img",
+                  disable=not progress))
+    return arrays, ok, failures
+
+
+# ----------------------------------------------------------------------------- predicting
+
+def fold_model_logits(fm: FoldModel, images: np.ndarray, batch_size: int, device, progress: bool) -> np.ndarray:
+    """(V, N, C) logits of one fold model under each of its TTA views."""
+    loader = eval_loader(images, np.arange(len(images)), batch_size)
+    return infer(fm.model, loader, fm.views, device, fm.mean, fm.std, fm.amp, desc=fm.name if progress else None)
+
+
+def _embedding_member_logits(models: list[FoldModel], images: dict[int, np.ndarray], batch_size: int, device,
+                             progress: bool) -> np.ndarray | None:
+    """(F, V, N, C) for an embedding member's folds, its frozen backbone run once instead of once per fold;
+    None for any other member."""
+    first = models[0]
+    if not share_one_backbone([fm.model for fm in models]) or any(
+            (fm.views, fm.mean, fm.std, fm.amp, fm.img_size) != (first.views, first.mean, first.std, first.amp,
+                                                                   first.img_size) for fm in models):
+        return None
+    images = images[first.img_size]
+    loader = eval_loader(images, np.arange(len(images)), batch_size)
+    return logits_of_heads([fm.model for fm in models], loader, first.views, device, first.mean, first.std,
+                           first.amp, desc=first.name.rsplit("/", 1)[0] if progress else None)
+
+
+def member_probs(predictor: Predictor, name: str, images: dict[int, np.ndarray], batch_size: int, device,
+                 progress: bool) -> np.ndarray:
+    """(N, C): the member's fold models combined, then its views, exactly as the blend combined its test set."""
+    models = predictor.members[name]
+    logits = _embedding_member_logits(models, images, batch_size, device, progress)
+    if logits is None:
+        logits = np.stack([fold_model_logits(fm, images[fm.img_size], batch_size, device, progress)
+                           for fm in models])                                     # (F, V, N, C)
+    views = E.combine_folds(logits[:, E.identity_first(models[0].views)], predictor.fold_combine)
+    probs = E.combine_views(views, predictor.identity_weights.get(name))
+    t = float(predictor.temperatures.get(name, 1.0) or 1.0)
+    return E.apply_temperature(probs, t) if t != 1.0 else probs
+
+
+def combine_members(predictor: Predictor, probs: dict[str, np.ndarray]) -> np.ndarray:
+    """The blend's combination of (N, C) member probabilities, then calibration and decision biases."""
+    names = list(probs)
+    stacked = np.stack([probs[n] for n in names])
+    weights = np.array([predictor.weights[n] for n in names])
+    if predictor.method == "logit_mean":
+        combined = E.logit_mean(stacked)
+    elif predictor.method == "rank":
+        combined = E.rank_average(stacked)
+    elif predictor.method == "power":
+        combined = E.power_mean(stacked, predictor.power)
+    else:  # mean, scipy, greedy (and stack, approximated by its weight shares)
+        combined = E.mean_probs(stacked, weights)
+    if predictor.calibration != 1.0:
+        combined = E.apply_temperature(combined, predictor.calibration)
+    if predictor.biases is not None:
+        combined = E.apply_biases(combined, predictor.biases)
+    return combined
+
+
+CHUNK = 4096  # images decoded and held in memory at once by predict_images
+
+
+def predict_images(predictor: Predictor, paths: list[Path], batch_size: int = 64, device="cpu",
+                   progress: bool = True) -> Prediction:
+    """Class probabilities of every readable image in `paths`.
+
+    Decoded and predicted `CHUNK` images at a time, so memory stays bounded on 25k-image folders.
+    """
+    paths = [Path(p) for p in paths]
+    ok = np.zeros(len(paths), bool)
+    failures: dict[str, str] = {}
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in predictor.members}
+    for start in range(0, len(paths), CHUNK):
+        part = slice(start, start + CHUNK)
+        images, ok[part], part_failures = decode_images(paths[part], predictor.sizes, progress=progress)
+        failures.update(part_failures)
+        if ok[part].any():
+            readable = {s: a[ok[part]] for s, a in images.items()}
+            for n in predictor.members:
+                chunks[n].append(member_probs(predictor, n, readable, batch_size, device, progress))
+    probs = np.full((len(paths), len(predictor.classes)), np.nan)
+    members = {n: np.concatenate(c) for n, c in chunks.items()} if ok.any() else {}
+    if ok.any():  # members combine once, over every image: rank averaging depends on all the rows
+        probs[ok] = combine_members(predictor, members)
+    return Prediction(paths, ok, probs, predictor.classes, failures, members)
+
+
+def top_k_table(pred: Prediction, ids: list[str], k: int = 3) -> pd.DataFrame:
+    """id, predicted, then class_i / prob_i for the k most probable classes (readable images only)."""
+    k = max(1, min(k, len(pred.classes)))
+    probs = pred.probs[pred.ok]
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    table = {"id": [i for i, good in zip(ids, pred.ok) if good],
+             "predicted": [pred.classes[j] for j in order[:, 0]]}
+    for r in range(k):
+        table[f"class_{r + 1}"] = [pred.classes[j] for j in order[:, r]]
+        table[f"prob_{r + 1}"] = np.round(np.take_along_axis(probs, order[:, r:r + 1], axis=1)[:, 0], 6)
+    return pd.DataFrame(table)
+
+
+def relative_ids(paths: list[Path], sources: list[str | Path]) -> list[str]:
+    """Each path relative to the folder it was found in (a file named directly keeps its name as given)."""
+    folders = [Path(s) for s in sources if Path(s).is_dir()]
+    out = []
+    for p in paths:
+        base = next((f for f in folders if p.is_relative_to(f)), None)
+        out.append(p.relative_to(base).as_posix() if base is not None else p.as_posix())
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI hooks
+
+
+def load_project_predictor(project, name: str, device="cpu") -> Predictor:
+    """An experiment under models/ (or checkpoint file(s)), or `blend`: the project's last blend."""
+    if name != BLEND:
+        models = load_experiment(project, name, device)
+        return Predictor(name, models[0].classes, {name: models}, {name: 1.0})
+    blend = read_blend(project)
+    weights = {k: float(v) for k, v in (blend.get("weights") or {}).items()}
+    names = list(blend.get("members") or weights)
+    if not names:
+        raise ValueError("blend.json lists no members")
+    weights = {n: weights.get(n, 1.0 / len(names)) for n in names}
+    members = {n: load_experiment(project, n, device) for n in names if weights[n] > 0}
+    classes = _check_same_classes({n: models[0].classes for n, models in members.items()})
+    fitted, options = blend.get("fitted") or {}, blend.get("options") or {}
+    biases = blend.get("biases")
+    predictor = Predictor(BLEND, classes, members, {n: weights[n] for n in members},
+                          method=blend.get("method", "mean"), temperatures=fitted.get("temperatures") or {},
+                          identity_weights=fitted.get("identity_weights") or {},
+                          fold_combine=options.get("fold_combine", "prob_mean"),
+                          calibration=float(fitted.get("calibration", 1.0) or 1.0),
+                          biases=None if biases is None else np.asarray(biases, dtype=np.float64),
+                          power=float(options.get("power", 2.0)))
+    if predictor.method == "stack":
+        predictor.notes.append("the blend's stacker is not saved: members are combined by its weight shares")
+    changed = changed_members(project.oof, blend.get("member_digests") or {})
+    if changed:
+        predictor.notes.append(f"oof/{changed[0]}/ changed after the last blend: its weights were fitted on older "
+                               f"predictions (run `foldblend blend` again)")
+    return predictor

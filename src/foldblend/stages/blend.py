@@ -1,0 +1,122 @@
+"""`foldblend blend`: every finished member in oof/ (or `--members`) blended on OOF, scored by nested CV,
+written to oof/_blend/ (blend.json: what was fitted and how well; blend.npz: OOF, test and held-out
+probabilities with their ids). The arrays-in, arrays-out pipeline is `ensemble.pipeline`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from foldblend.artifacts import load_member, member_digest, write_json, write_npz
+from foldblend.ensemble import confidence as C
+from foldblend.ensemble import matched as M
+from foldblend.ensemble import methods as E
+from foldblend.ensemble.pipeline import FOLD_COMBINES, TTA_MODES, BlendResult, blend_arrays, format_table
+from foldblend.ensemble.store import discover_members, split_members
+from foldblend.metrics import HIGHER_IS_BETTER, METRICS, softmax
+from foldblend.safety import check_plain_name, remove, say_swept, sweep_temporaries
+
+
+def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str] | None = None) -> None:
+    """blend.npz (arrays with their ids) and blend.json (what was done, and how well), both atomic."""
+    out_dir = Path(out_dir)
+    remove(out_dir / "blend.json", inside=out_dir)  # written last: a kill between the two leaves no blend
+    holdout_probs = result.holdout_probs if result.holdout_probs is not None else np.zeros((0, len(result.classes)))
+    write_npz(out_dir / "blend.npz", ids=np.asarray(result.ids).astype(str), labels=result.labels,
+              test_ids=np.asarray(result.test_ids).astype(str), oof_probs=result.oof_probs,
+              test_probs=result.test_probs, classes=np.asarray(result.classes),
+              holdout_ids=np.asarray(result.holdout_ids).astype(str),
+              holdout_labels=np.asarray(result.holdout_labels, dtype=np.int64), holdout_probs=holdout_probs)
+    write_json(out_dir / "blend.json", {
+        "method": result.method, "options": result.options, "members": list(result.weights),
+        "weights": result.weights, "biases": None if result.biases is None else result.biases.tolist(),
+        "fitted": result.fitted, "cv_in_sample": result.cv_in_sample, "cv_nested": result.cv_nested,
+        "member_scores": result.member_scores, "holdout": result.holdout_scores, "warnings": result.warnings,
+        "test_matched": result.test_matched, "confidence": result.confidence,
+        "member_confidence": result.member_confidence,
+        "classes": result.classes,
+        "member_digests": member_digests or {}})
+
+
+def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir: Path | None = None,
+              **kwargs) -> BlendResult:
+    """Load the named members (default: every finished one under oof_root), blend, print, save.
+
+    With a test set, the test score is also estimated from the fold pipelines' confidence (`confidence`),
+    the blend's and, with several members, each member's; with `folds_dir` (folds.csv, similarity.npz),
+    the nested CV is also given test-matched (`matched`), and the bootstraps resample folds.csv's groups."""
+    oof_root = Path(oof_root)
+    names = list(names) if names else discover_members(oof_root)
+    if not names:
+        raise ValueError(f"no ensemble members under {oof_root} (each needs oof.npz; run `foldblend train`)")
+    members = [load_member(oof_root / name) for name in names]
+    result = blend_arrays(members, **kwargs)
+    print(format_table(result, result.options["metric"] if result.options["metric"] in METRICS else "macro_f1"))
+    if folds_dir is not None:
+        inputs, why = M.load_similarity(Path(folds_dir) / "similarity.npz", Path(folds_dir) / "folds.csv", result.ids)
+        if inputs is None:
+            print(f"test-matched CV: not computed ({why})")
+        else:
+            result.test_matched = M.matched_score(result.labels, result.oof_probs, n_classes=len(result.classes),
+                                                       **inputs)
+    if result.fold_test_probs is not None:
+        groups = M.read_groups(Path(folds_dir) / "folds.csv", result.ids) if folds_dir is not None else None
+        fold = np.asarray(members[0].fold)
+        result.confidence = C.confidence_score(result.labels, result.oof_probs, fold, result.fold_test_probs, groups,
+                                               len(result.classes))
+        if len(members) > 1:  # each member alone, as `submit --exp NAME` would submit it (views averaged)
+            result.member_confidence = {
+                m.name: C.confidence_score(result.labels, softmax(m.oof_logits).mean(axis=0), fold,
+                                           np.stack([softmax(t).mean(axis=0).astype(np.float32) for t in m.test_logits]),
+                                           groups, len(result.classes), n_boot=C.MEMBER_BOOTSTRAP) for m in members}
+    else:
+        print(f"confidence estimate: not computed ({result.no_confidence})")
+    estimates = C.describe_estimates(result.test_matched, result.confidence)
+    if estimates:
+        print(f"nested CV {result.cv_nested['macro_f1']:.4f} · {estimates}")
+    if result.member_confidence:
+        print("confidence estimates of the members alone: " + ", ".join(
+            f"{name} {est['macro_f1']:.4f}" for name, est in result.member_confidence.items()))
+        note = C.member_note(result.confidence, result.member_confidence)
+        if note:
+            print(note)
+    save_blend(result, out_dir, {name: member_digest(oof_root / name) for name in names})
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", default="mean", choices=E.COMBINE_METHODS, help="how members are combined")
+    parser.add_argument("--metric", default="macro_f1", choices=tuple(HIGHER_IS_BETTER),
+                        help="what greedy selection, bias tuning and the overfit warning optimise")
+    parser.add_argument("--tta", default="mean", choices=TTA_MODES,
+                        help="mean of view probabilities, or the identity view's weight tuned on OOF")
+    parser.add_argument("--fold-combine", default="prob_mean", choices=FOLD_COMBINES,
+                        help="how the fold models' test predictions are averaged")
+    parser.add_argument("--temperature", action="store_true", help="temperature-scale each member on OOF")
+    parser.add_argument("--calibrate", action="store_true", help="temperature-scale the blend on OOF")
+    parser.add_argument("--bias", action="store_true", help="tune per-class decision biases for --metric")
+    parser.add_argument("--rounds", type=int, default=100, help="greedy selection rounds")
+    parser.add_argument("--power", type=float, default=2.0, help="exponent of --method power")
+    parser.add_argument("--members", nargs="+", metavar="NAME", help="experiments to blend (default: all)")
+
+
+def run(args: argparse.Namespace, project) -> BlendResult:
+    out_dir = project.oof / "_blend"
+    say_swept(sweep_temporaries(out_dir), project)
+    members = args.members
+    for name in members or []:
+        check_plain_name(name, "--members name")
+    if not members:
+        members, stale = split_members(project.oof, project.folds_csv)
+        for name in stale:
+            print(f"left out oof/{name}: made on another split than {project.rel(project.folds_csv)} "
+                  f"(retrain it with `foldblend train`, or delete oof/{name}/)")
+        if not members:
+            raise ValueError(f"no ensemble member matches {project.rel(project.folds_csv)}: run `foldblend train`")
+    result = run_blend(project.oof, members, out_dir, folds_dir=project.folds_dir, method=args.method,
+                       metric=args.metric, tta=args.tta, fold_combine=args.fold_combine, temperature=args.temperature,
+                       calibrate=args.calibrate, bias=args.bias, rounds=args.rounds, power=args.power)
+    print(f"wrote {project.rel(out_dir / 'blend.json')} and blend.npz")
+    return result
