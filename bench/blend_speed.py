@@ -25,9 +25,11 @@ def synthetic_members(n_members: int, n_images: int, n_classes: int, seed: int =
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, n_classes, n_images)
     folds = rng.permutation(np.arange(n_images) % 5)
-    signal = 2.5 * np.eye(n_classes, dtype=np.float32)[labels] + rng.normal(0, 1, (n_images, n_classes)).astype(np.float32)
-    probs = np.stack([softmax(signal + rng.normal(0, 1.0 + 0.05 * k, signal.shape).astype(np.float32)).astype(np.float32)
-                      for k in range(n_members)])
+    signal = (2.5 * np.eye(n_classes, dtype=np.float32)[labels]
+              + rng.normal(0, 1, (n_images, n_classes)).astype(np.float32))
+    probs = np.stack([
+        softmax(signal + rng.normal(0, 1.0 + 0.05 * k, signal.shape).astype(np.float32)).astype(np.float32)
+        for k in range(n_members)])
     return labels, folds, probs
 
 

@@ -108,7 +108,8 @@ def main(argv=None) -> None:
         t = time.perf_counter()
         paths = make_images(tmp / "img", args.n, args.min_side, args.max_side, args.seed)
         n_jpg = sum(p.suffix == ".jpg" for p in paths)
-        print(f"generated {args.n} images ({n_jpg} JPEG, {args.n - n_jpg} PNG, sides {args.min_side}-{args.max_side} px) "
+        print(f"generated {args.n} images ({n_jpg} JPEG, {args.n - n_jpg} PNG, "
+              f"sides {args.min_side}-{args.max_side} px) "
               f"in {time.perf_counter() - t:.1f} s; target {args.size} px, torch threads {torch.get_num_threads()}")
 
         t = time.perf_counter()
@@ -133,7 +134,8 @@ def main(argv=None) -> None:
 
     print(f"(a) plain loop (imdecode + resize)  {plain:10.0f} img/s   1.00x")
     print(f"(b) cached_images cold (build)      {cold:10.0f} img/s   {cold / plain:.2f}x")
-    print(f"(c) cached_images warm (open+iter)  {warm:10.0f} img/s   {warm / plain:.2f}x   (open {open_s * 1e3:.1f} ms)")
+    print(f"(c) cached_images warm (open+iter)  {warm:10.0f} img/s   {warm / plain:.2f}x   "
+          f"(open {open_s * 1e3:.1f} ms)")
     print(f"tiny CNN step (batch {args.batch}, {args.size} px, fwd+bwd, CPU): {step * 1e3:.1f} ms")
     print(f"data time / step time per batch: plain {data_plain / step:.2f}, cache warm {data_warm / step:.3f}")
 

@@ -4,7 +4,8 @@ foldblend: the real path of `train_fold` for one epoch — `train_loader` over t
 `to_input`, autocast, GradScaler, AdamW with param groups, the per-update scheduler, EMA off —
 via `train.train_one_epoch`. Bare: the same model, batch size and number of steps over pre-normalised
 float tensors already in memory (no loader, plain AdamW, no scheduler). Warmup steps are run first and
-excluded; the timed steps alternate between the two in rounds, so load changes on a shared machine hit both. Inference: `predict.infer` per TTA view against a bare no-grad loop over the same tensors.
+excluded; the timed steps alternate between the two in rounds, so load changes on a shared machine hit both. \
+Inference: `predict.infer` per TTA view against a bare no-grad loop over the same tensors.
 
     PYTHONPATH=src python bench/train_throughput.py                       # ~1-2 min on 2 CPU cores
     PYTHONPATH=src python bench/train_throughput.py --model resnet18 --img-size 224 --batch-size 128 --device cuda

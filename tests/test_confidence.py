@@ -55,7 +55,8 @@ def test_the_estimate_follows_a_test_the_models_are_less_sure_of():
     assert cv - truth > 0.2                          # plain CV is far too optimistic
     assert abs(result["macro_f1"] - truth) < 0.03    # the confidence estimate is not
     assert 0.002 < result["std"] < 0.03 and result["n_bootstrap"] == 50 and result["n_folds"] == 5
-    assert abs(result["accuracy"] - 0.6) < 0.03 and describe(result).startswith(f"confidence estimate {result['macro_f1']:.4f} ± ")
+    assert (abs(result["accuracy"] - 0.6) < 0.03
+            and describe(result).startswith(f"confidence estimate {result['macro_f1']:.4f} ± "))
 
 
 def test_no_shift_leaves_cv_alone():
@@ -182,5 +183,6 @@ def test_a_member_estimated_above_the_blend_beyond_its_noise_is_named():
     assert member_note(blend, {"x": {"macro_f1": 0.81, "std": 0.005}}) is None   # within the 0.02 margin
     assert member_note(blend, {"x": {"macro_f1": 0.85, "std": 0.03}}) is None    # within two of its spreads
     note = member_note(blend, {"x": {"macro_f1": 0.85, "std": 0.01}, "y": {"macro_f1": 0.9, "std": 0.01}})
-    assert note.startswith("note: y alone has a higher confidence estimate on the test than the blend (0.9000 vs 0.8000)")
+    assert note.startswith("note: y alone has a higher confidence estimate on the test than the blend "
+                           "(0.9000 vs 0.8000)")
     assert "foldblend submit --exp y" in note and member_note(None, {"x": {"macro_f1": 1.0}}) is None

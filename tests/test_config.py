@@ -27,7 +27,8 @@ def test_every_example_config_parses(path):
     assert cfg.name == path.stem
 
 
-@pytest.mark.parametrize("name, parts", [("simpsons_effnet_b2", None), ("simpsons_resnet50_layer4", ["layer4", "head"])])
+@pytest.mark.parametrize("name, parts", [("simpsons_effnet_b2", None),
+                                         ("simpsons_resnet50_layer4", ["layer4", "head"])])
 def test_simpsons_configs_build_and_freeze(name, parts):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     assert cfg.pretrained is True
@@ -60,7 +61,8 @@ def test_wrong_type_or_value_names_key(tmp_path, text, key):
 def test_overrides_and_types(tmp_path):
     cfg = load_config(write(tmp_path, "lr: 3e-4\npretrained: weights/x.safetensors\n"),
                       ["epochs=7", "freeze.epochs=2", "freeze.train=[layer4,head]", "tta=[identity]", "lr=1e-3"])
-    assert (cfg.epochs, cfg.freeze.epochs, cfg.freeze.train, cfg.tta, cfg.lr) == (7, 2, ["layer4", "head"], ["identity"], 1e-3)
+    assert (cfg.epochs, cfg.freeze.epochs, cfg.freeze.train, cfg.tta, cfg.lr) == (
+        7, 2, ["layer4", "head"], ["identity"], 1e-3)
     assert cfg.pretrained == "weights/x.safetensors" and isinstance(cfg.lr, float)
 
 

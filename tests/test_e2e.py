@@ -201,7 +201,8 @@ def test_tta_or_test_image_changes_predict_again_without_retraining(tiny_project
     run(tiny_project, "train", "--quiet")
     member = tiny_project / "oof" / "tiny"
     weights = sorted((tiny_project / "models" / "tiny").glob("fold_*/best.pt"))
-    training = sorted((tiny_project / "models" / "tiny").glob("fold_*/l*"))  # last.pt, log.csv: only training writes them
+    # last.pt, log.csv: only training writes them
+    training = sorted((tiny_project / "models" / "tiny").glob("fold_*/l*"))
     trained = _mtimes(training)
     with np.load(member / "test.npz") as z:
         before = z["logits"].copy()

@@ -20,7 +20,8 @@ def _project(tmp_path):
         cls = "cat" if i < 6 else "dög & <b>"  # imbalance 6:3, and a label that needs escaping
         paths.append(gen.save(root / "train" / f"{i}.png", gen.shapes(i, 32)))
         labels.append(cls)
-    paths.append(gen.save(root / "train" / "copy.png", cv2.resize(gen.shapes(0, 32), (48, 48))))   # resized copy of 0.png, other label
+    # resized copy of 0.png, other label
+    paths.append(gen.save(root / "train" / "copy.png", cv2.resize(gen.shapes(0, 32), (48, 48))))
     labels.append("dög & <b>")
     paths.append(gen.save(root / "train" / "photo.png", gen.photo(1, 32)))
     labels.append("cat")

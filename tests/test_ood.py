@@ -46,7 +46,8 @@ def test_paths_stacked_arrays_unreadable_and_masked(tmp_path):
     ok[0] = False
     masked = ood_scores(stacked, ok=ok, progress=False)
     assert np.isnan(masked[0]) and set(np.argsort(-np.nan_to_num(masked, nan=-1))[:2]) == set(photos)
-    assert np.isnan(ood_scores(images[:1] + [np.zeros((4, 4, 3), np.uint8)], ok=[True, False], progress=False)).sum() == 1
+    assert np.isnan(ood_scores(images[:1] + [np.zeros((4, 4, 3), np.uint8)], ok=[True, False],
+                               progress=False)).sum() == 1
 
 
 def test_report_ranks_top_rows_and_names_the_outlying_stat():

@@ -143,7 +143,8 @@ def test_kaggle_command_and_fallback_print(monkeypatch, capsys):
                        "-m", "blend cv 0.9"]
     monkeypatch.setattr("shutil.which", lambda name: None)
     assert upload("simpsons", "submissions/a b.csv", "blend cv 0.9") is False
-    assert "kaggle competitions submit -c simpsons -f 'submissions/a b.csv' -m 'blend cv 0.9'" in capsys.readouterr().out
+    assert ("kaggle competitions submit -c simpsons -f 'submissions/a b.csv' -m 'blend cv 0.9'"
+            in capsys.readouterr().out)
 
 
 # ----------------------------------------------------------------------------- the CLI path

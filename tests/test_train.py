@@ -91,7 +91,8 @@ def test_same_seed_gives_identical_runs(tmp_path):
     cfg = tiny_config(epochs=2, mixup=0.4, cutmix=1.0, label_smoothing=0.1, drop_rate=0.2, ema=True, ema_decay=0.9)
     for run in ("a", "b"):
         train_fold(cfg, 1, data, tmp_path / run, progress=False)
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a/log.csv")[METRICS], pd.read_csv(tmp_path / "b/log.csv")[METRICS])
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a/log.csv")[METRICS],
+                                  pd.read_csv(tmp_path / "b/log.csv")[METRICS])
     with np.load(tmp_path / "a/preds.npz") as a, np.load(tmp_path / "b/preds.npz") as b:
         np.testing.assert_array_equal(a["val_logits"], b["val_logits"])
         np.testing.assert_array_equal(a["test_logits"], b["test_logits"])
@@ -185,7 +186,8 @@ def test_label_smoothing_and_class_weights_reach_the_loss():
     labels = np.array([0] * 30 + [1] * 10 + [2] * 5)
     loss = make_loss(tiny_config(label_smoothing=0.1, class_weight="balanced"), labels, 3, "cpu")
     assert loss.label_smoothing == 0.1
-    torch.testing.assert_close(loss.weight, torch.tensor(class_sample_weights(labels, 3, "balanced"), dtype=torch.float32))
+    torch.testing.assert_close(loss.weight,
+                               torch.tensor(class_sample_weights(labels, 3, "balanced"), dtype=torch.float32))
     assert loss.weight[2] > loss.weight[1] > loss.weight[0]
 
 

@@ -31,7 +31,8 @@ def _concept_check(tmp_path):
     images = [f"train/{labels[i]}/c{concept[i]:02d}_{i}.png" for i in np.flatnonzero(train)]
     for i, name in enumerate(images):
         gen.save(tmp_path / name, gen.shapes(int(concept[train][i]), 24))
-    result["semantic"] = {"threshold": result["match"]["threshold"], "how": "matched to the test's neighbour similarities",
+    result["semantic"] = {"threshold": result["match"]["threshold"],
+                          "how": "matched to the test's neighbour similarities",
                           "groups_added": result["match"]["groups_added"], "images_in_added": 100,
                           "largest_group": result["match"]["largest_group"], "applied": True}
     result["dedup"] = "auto"
@@ -108,7 +109,8 @@ def test_summary_and_report_put_the_test_matched_cv_beside_the_nested_one(tmp_pa
     page = write_report(project).read_text(encoding="utf-8")
     assert ">Can I trust the CV?</h2>" in page
     assert "WARNING: CV is optimistic" in page and 'alt="similarity distributions"' in page
-    assert f"test-matched {matched['macro_f1']:.4f}" in page and f"confidence estimate {confidence['macro_f1']:.4f}" in page
+    assert (f"test-matched {matched['macro_f1']:.4f}" in page
+            and f"confidence estimate {confidence['macro_f1']:.4f}" in page)
     assert "ATC" in page  # the report says what the confidence estimate is
     assert "note: cnn_small alone has a higher confidence estimate" in page and "<th>confidence estimate</th>" in page
 

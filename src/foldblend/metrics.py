@@ -77,7 +77,8 @@ def _class_counts(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | None,
     hit = (y_pred == y_true[None, :]).ravel()
     w = None if sample_weight is None else np.tile(np.asarray(sample_weight, np.float64), k)
     predicted = np.bincount(flat, weights=w, minlength=k * n_classes).reshape(k, n_classes)
-    true_pos = np.bincount(flat[hit], weights=None if w is None else w[hit], minlength=k * n_classes).reshape(k, n_classes)
+    true_pos = np.bincount(flat[hit], weights=None if w is None else w[hit],
+                           minlength=k * n_classes).reshape(k, n_classes)
     support = np.bincount(y_true, weights=sample_weight, minlength=n_classes)
     return true_pos, predicted, support
 

@@ -127,7 +127,8 @@ def load_tensors(path: str | Path, what: str, fix: str):
     except OSError:
         raise
     except Exception as e:  # torch raises RuntimeError, IndexError, EOFError, ... for files of another kind
-        raise CheckpointError(f"{path}: not a {what} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+        raise CheckpointError(f"{path}: not a {what} "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
                               f"{fix}") from None
 
 
@@ -181,7 +182,8 @@ def map_state_dict(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
         wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own_keys
                  if k in state and state[k].shape != own[k].shape]
         raise ValueError(f"{source}: does not fit this backbone (wrong architecture?): "
-                         + (f"{len(missing)} tensor(s) missing by name, e.g. {', '.join(missing[:3])}; " if missing else "")
+                         + (f"{len(missing)} tensor(s) missing by name, e.g. {', '.join(missing[:3])}; "
+                            if missing else "")
                          + (f"{len(wrong)} of another shape, e.g. {', '.join(wrong[:3])}; " if wrong else "")
                          + "a .safetensors file does not keep the network's tensor order, so names cannot be "
                            "matched by position (a torch state-dict file can be)")

@@ -25,7 +25,8 @@ def phash_to_uint64(hexes) -> np.ndarray:
 
 
 def _near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-    """All index pairs (i < j) with Hamming distance <= max_distance, in blocks (O(N^2/2) bit ops, no Python loop per pair)."""
+    """All index pairs (i < j) with Hamming distance <= max_distance, in blocks \
+(O(N^2/2) bit ops, no Python loop per pair)."""
     src, dst = [], []
     n = len(hashes)
     for start in range(0, n, CHUNK):

@@ -111,7 +111,8 @@ def match_threshold(feats: np.ndarray, base_groups: np.ndarray, test_sim: np.nda
     """The semantic threshold whose folds make the OOF neighbour similarities look most like the test's.
 
     Thresholds are the tree's merge levels (where the grouping changes), tried coarse to fine: a spread
-    over all of them, then rounds between the best one's neighbours; each cut of the average-linkage tree is joined with `base_groups`, split by
+    over all of them, then rounds between the best one's neighbours; each cut of the average-linkage tree \
+is joined with `base_groups`, split by
     `quick_folds`, and scored by the Wasserstein distance between the OOF and the test
     similarities. Cuts where a group would exceed half a fold are not tried. The candidate "no semantic
     groups" (threshold None) competes too, so an i.i.d. split keeps its plain folds; of the candidates

@@ -116,7 +116,8 @@ def embedding_feature_index(project: Project):
                         features=train)
 
 
-def nearest(test_feats: np.ndarray, train_feats: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def nearest(test_feats: np.ndarray, train_feats: np.ndarray, k: int,
+            chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, indices), each (M, k): every test row's k most similar train rows, most similar first."""
     sims_out, idx_out = [], []
     for start in range(0, len(test_feats), chunk):

@@ -46,9 +46,11 @@ With `curl` (upload, start the call, read the result from the event stream's las
 
 ```bash
 URL={url_no_slash}
-FILE=$(curl -s -F "files=@cat.png" $URL/gradio_api/upload | python3 -c 'import json,sys; print(json.load(sys.stdin)[0])')
+FILE=$(curl -s -F "files=@cat.png" $URL/gradio_api/upload | \
+python3 -c 'import json,sys; print(json.load(sys.stdin)[0])')
 ID=$(curl -s -H 'Content-Type: application/json' \\
-     -d "{{\\"data\\": [[{{\\"path\\": \\"$FILE\\", \\"meta\\": {{\\"_type\\": \\"gradio.FileData\\"}}}}], null, 3]}}" \\
+     -d "{{\\"data\\": [[{{\\"path\\": \\"$FILE\\", \\"meta\\": \
+{{\\"_type\\": \\"gradio.FileData\\"}}}}], null, 3]}}" \\
      $URL/gradio_api/call/classify | python3 -c 'import json,sys; print(json.load(sys.stdin)["event_id"])')
 curl -s -N $URL/gradio_api/call/classify/$ID
 ```

@@ -192,7 +192,8 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path,
-                        help="labelled images: a <class>/<image> folder, or a CSV of path,label (e.g. folds/holdout.csv)")
+                        help="labelled images: a <class>/<image> folder, "
+                             "or a CSV of path,label (e.g. folds/holdout.csv)")
     add_model_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: oof/eval_<exp>/)")
 

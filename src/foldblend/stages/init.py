@@ -135,7 +135,8 @@ def _record(project: Project, plan: Plan, written: list[str], command: str, pres
         "data": data, "hardware": asdict(hw), "written": written,
         "members": {p.cand.name: {"file": f"{project.rel(project.folds_dir)}/{p.cand.name}.yaml", "role": p.cand.role,
                                   "model": p.cand.values["model"], "img_size": p.cand.values["img_size"],
-                                  "epochs": p.cand.epochs, "estimate_s": None if p.seconds is None else round(p.seconds, 1),
+                                  "epochs": p.cand.epochs,
+                                  "estimate_s": None if p.seconds is None else round(p.seconds, 1),
                                   "parts": p.parts, "timing": timings[p.cand.name].to_dict() if timings else None}
                     for p in plan.members},
         "dropped": [{"name": n, "why": w} for n, w in plan.dropped], "warning": plan.warning,

@@ -92,7 +92,8 @@ def experiment_names(project: Project) -> list[str]:
 
 
 def score_table(scores_by_row: dict, first: str) -> pd.DataFrame:
-    rows = [{first: key, **{c: s[c] for c in SCORE_COLUMNS if s.get(c) is not None}} for key, s in scores_by_row.items()]
+    rows = [{first: key, **{c: s[c] for c in SCORE_COLUMNS if s.get(c) is not None}}
+            for key, s in scores_by_row.items()]
     return pd.DataFrame(rows)
 
 
@@ -107,7 +108,8 @@ def experiment_section(project: Project, exp: str) -> str:
         parts.append(f'<p class="meta">model {esc(scores.get("model", "?"))}; '
                      f'{scores.get("n_images", "?")} OOF images; views {esc(", ".join(scores.get("views", [])))}</p>')
         parts.append("<div style='display:flex;gap:28px;flex-wrap:wrap'><div><b>CV per fold</b>"
-                     + table(score_table({**per_fold, "overall": overall}, "fold")) + "</div><div><b>CV per TTA view</b>"
+                     + table(score_table({**per_fold, "overall": overall}, "fold"))
+                     + "</div><div><b>CV per TTA view</b>"
                      + table(score_table(scores.get("per_view", {}), "view")) + "</div></div>")
     logs = {int(p.parent.name.split("_")[1]): pd.read_csv(p)
             for p in sorted(project.models.glob(f"{exp}/fold_*/log.csv"))}
@@ -145,7 +147,8 @@ def blend_section(blend: dict | None) -> str:
                 if held and blend.get("cv_nested") else "")
     estimates = describe_estimates(blend.get("test_matched"), blend.get("confidence"))
     if estimates and blend.get("cv_nested"):
-        headline = f"nested CV {blend['cv_nested']['macro_f1']:.4f} · {estimates}" + (f"; {headline}" if headline else "")
+        headline = (f"nested CV {blend['cv_nested']['macro_f1']:.4f} · {estimates}"
+                    + (f"; {headline}" if headline else ""))
     parts = [f'<p class="meta">method <b>{esc(blend.get("method", "?"))}</b>'
              + ("; per-class decision biases applied" if blend.get("biases") is not None else "")
              + (f"; <b>{esc(headline)}</b>" if headline else "") + "</p>",
@@ -201,7 +204,8 @@ def confusion_section(name: str, source: dict) -> str:
     pred = source["probs"].argmax(1)
     return (f'<p class="meta">{esc(name)} on its out-of-fold predictions; rows are true classes, normalised '
             f"(the diagonal is each class's recall; cells show percent)</p>"
-            + image(confusion_png(source["labels"], pred, source["classes"], title=f"{name} (OOF)"), "confusion matrix"))
+            + image(confusion_png(source["labels"], pred, source["classes"], title=f"{name} (OOF)"),
+                    "confusion matrix"))
 
 
 def thumbnail(path: Path, root: Path | None = None) -> str:

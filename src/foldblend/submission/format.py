@@ -43,7 +43,8 @@ def detect_format(sample: pd.DataFrame, classes: list[str]) -> str:
     if len(targets) > 1:
         if sorted(targets) != sorted(classes):
             raise SubmissionError(f"the sample has {len(targets)} target columns but they are not the class names: "
-                                  f"missing {sorted(set(classes) - set(targets))}, unknown {sorted(set(targets) - set(classes))}")
+                                  f"missing {sorted(set(classes) - set(targets))}, "
+                                  f"unknown {sorted(set(targets) - set(classes))}")
         return "probs"
     values = sample[targets[0]].tolist()
     if _is_int_text(values) and not _is_int_text(list(classes)):
@@ -200,7 +201,8 @@ def _write_new(frame: pd.DataFrame, out_dir: Path, stem: str, row: dict, check) 
 def _identical_earlier(frame: pd.DataFrame, out_dir: Path, stem: str) -> Path | None:
     """An earlier file of this name (or its _2, _3 ... versions) with byte-identical content, if any."""
     text = frame.to_csv(index=False, lineterminator="\n").encode()
-    versions = [out_dir / f"{stem}.csv"] + [p for p in out_dir.glob(f"{stem}_*.csv") if p.stem[len(stem) + 1:].isdigit()]
+    versions = [out_dir / f"{stem}.csv"] + [p for p in out_dir.glob(f"{stem}_*.csv")
+                                           if p.stem[len(stem) + 1:].isdigit()]
     for path in versions:
         if path.exists() and path.stat().st_size == len(text) and path.read_bytes() == text:
             return path
