@@ -34,9 +34,9 @@ import cv2
 import numpy as np
 import torch
 
-from foldblend.members.base import member_kind
 from foldblend.paths import Project
 from foldblend.running.experiment import plan_experiment
+from foldblend.running.fold import run_fold
 from foldblend.running.local import LocalExecutor
 from foldblend.running.ray_executor import RayExecutor, import_ray
 from foldblend.stages.folds import run_folds
@@ -127,7 +127,7 @@ def timed_run(executor, project: Project, plans) -> float:
 
     def train_here(job):
         plan = by_name[job.name]
-        return member_kind(plan.cfg).train_fold(plan.cfg, job.fold, plan.data, job.out_dir, progress=False)
+        return run_fold(plan.cfg, job.fold, plan.data, job.out_dir, progress=False)
 
     jobs = [job for plan in plans for job in plan.jobs]
     t0 = time.perf_counter()

@@ -169,13 +169,14 @@ def test_temporaries_of_live_writers_and_other_hosts_are_kept(tmp_path):
 # `foldblend train` that holds its lock and waits (inside training) until the file HOLD disappears
 TRAIN_AND_WAIT = """
 import os, sys, time
-import foldblend.members.cnn.train as train
-real = train.train_fold
+from foldblend.members.registry import get_kind
+kind = get_kind("cnn")
+real = kind.train_fold
 def slow(*args, **kwargs):
     while os.path.exists(sys.argv[2]):
         time.sleep(0.05)
     return real(*args, **kwargs)
-train.train_fold = slow
+kind.train_fold = slow
 from foldblend.cli import main
 sys.exit(main(["--root", sys.argv[1], "train", *sys.argv[3:]]))
 """

@@ -142,9 +142,9 @@ def test_renamed_safetensors_cannot_map_by_position(tmp_path):
 def test_a_packaged_backbone_fine_tunes_and_records_its_normalisation(tmp_path):
     from test_train import tiny_config, tiny_data
 
-    from foldblend.members.cnn.train import train_fold
+    from foldblend.running.fold import run_fold
 
     cfg = tiny_config(model=LITE0.model, pretrained=PACKAGE, epochs=1, img_size=16)
-    train_fold(cfg, 0, tiny_data(n=24, m=4), tmp_path / "fold_0", progress=False)
+    run_fold(cfg, 0, tiny_data(n=24, m=4), tmp_path / "fold_0", progress=False)
     ckpt = torch.load(tmp_path / "fold_0" / "best.pt", map_location="cpu", weights_only=True)
     assert tuple(ckpt["mean"]) == LITE0.mean and tuple(ckpt["std"]) == LITE0.std

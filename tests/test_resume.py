@@ -1,6 +1,6 @@
 """Exact resume: SIGKILL a training run after its second epoch, rerun, and end where an uninterrupted run ends.
 
-Both runs are real `train_fold` calls in child processes (one thread each, so that float reductions run in
+Both runs are real `run_fold` calls in child processes (one thread each, so that float reductions run in
 the same order in both); the recipe exercises every piece of state a resume restores: model, AdamW,
 warmup+cosine schedule, EMA, mixup/cutmix and augmentation RNG, dropout.
 """
@@ -21,7 +21,7 @@ import torch
 from test_train import METRICS, tiny_config, tiny_data
 
 from foldblend.config import dump_config
-from foldblend.members.cnn.train import train_fold
+from foldblend.running.fold import run_fold
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +29,12 @@ CHILD = """
 import sys, numpy as np, yaml
 from foldblend.config import config_from_dict
 from foldblend.members.base import TrainData
-from foldblend.members.cnn.train import train_fold
+from foldblend.running.fold import run_fold
 data_path, cfg_path, out = sys.argv[1:4]
 with np.load(data_path) as z:
     data = TrainData(**{k: z[k] for k in z.files}, classes=['c0', 'c1', 'c2'], fingerprint='tiny')
 cfg = config_from_dict(yaml.safe_load(open(cfg_path)), cfg_path)
-train_fold(cfg, 0, data, out, progress=False)
+run_fold(cfg, 0, data, out, progress=False)
 """
 
 
@@ -86,15 +86,15 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 def test_finished_fold_is_a_noop_and_a_changed_config_retrains(tmp_path):
     data, out = tiny_data(n=36), tmp_path / "f0"
     cfg = tiny_config(epochs=1)
-    train_fold(cfg, 0, data, out, progress=False)
+    run_fold(cfg, 0, data, out, progress=False)
     stamp = (out / "done.json").stat().st_mtime_ns, (out / "best.pt").stat().st_mtime_ns
-    again = train_fold(cfg, 0, data, out, progress=False)
+    again = run_fold(cfg, 0, data, out, progress=False)
     assert ((out / "done.json").stat().st_mtime_ns, (out / "best.pt").stat().st_mtime_ns) == stamp
     assert again["signature"]["config"] == cfg.fingerprint()
 
     (out / "stale_marker").write_text("from the old run")
     changed = tiny_config(epochs=1, lr=3e-3)
-    summary = train_fold(changed, 0, data, out, progress=False)
+    summary = run_fold(changed, 0, data, out, progress=False)
     assert summary["signature"]["config"] == changed.fingerprint() != cfg.fingerprint()
     assert not (out / "stale_marker").exists()  # the fold directory was started afresh
     assert len(pd.read_csv(out / "log.csv")) == 1
@@ -102,7 +102,7 @@ def test_finished_fold_is_a_noop_and_a_changed_config_retrains(tmp_path):
 
 def test_stale_last_checkpoint_of_another_config_is_not_resumed(tmp_path):
     data, out = tiny_data(n=36), tmp_path / "f0"
-    train_fold(tiny_config(epochs=2), 0, data, out, progress=False)
+    run_fold(tiny_config(epochs=2), 0, data, out, progress=False)
     (out / "done.json").unlink()  # as if killed before predicting; now the config changes
-    train_fold(tiny_config(epochs=1), 0, data, out, progress=False)
+    run_fold(tiny_config(epochs=1), 0, data, out, progress=False)
     assert len(pd.read_csv(out / "log.csv")) == 1

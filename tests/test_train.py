@@ -11,9 +11,10 @@ from foldblend.config import ConfigError, config_from_dict
 from foldblend.members.base import TrainData
 from foldblend.members.cnn.models import Classifier, Head
 from foldblend.members.cnn.optim import SoftTargetCrossEntropy, build_fit, epoch_seed, make_loss, step_scheduler
-from foldblend.members.cnn.train import train_fold, train_one_epoch
+from foldblend.members.cnn.train import train_one_epoch
 from foldblend.members.loaders import train_loader
 from foldblend.members.transforms import class_sample_weights, to_input
+from foldblend.running.fold import run_fold
 
 SIZE = 16
 
@@ -72,7 +73,7 @@ def fit_for(model, cfg, steps: int = 4):
 def test_fold_writes_everything_and_learns(tmp_path):
     data = tiny_data()
     cfg = tiny_config(epochs=3, ema=True, ema_decay=0.9)
-    summary = train_fold(cfg, 0, data, tmp_path / "f0", progress=False)
+    summary = run_fold(cfg, 0, data, tmp_path / "f0", progress=False)
     d = tmp_path / "f0"
     for name in ("best.pt", "last.pt", "log.csv", "config.yaml", "preds.npz", "done.json"):
         assert (d / name).exists(), name
@@ -90,7 +91,7 @@ def test_same_seed_gives_identical_runs(tmp_path):
     data = tiny_data(n=36)
     cfg = tiny_config(epochs=2, mixup=0.4, cutmix=1.0, label_smoothing=0.1, drop_rate=0.2, ema=True, ema_decay=0.9)
     for run in ("a", "b"):
-        train_fold(cfg, 1, data, tmp_path / run, progress=False)
+        run_fold(cfg, 1, data, tmp_path / run, progress=False)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a/log.csv")[METRICS],
                                   pd.read_csv(tmp_path / "b/log.csv")[METRICS])
     with np.load(tmp_path / "a/preds.npz") as a, np.load(tmp_path / "b/preds.npz") as b:
@@ -101,10 +102,10 @@ def test_same_seed_gives_identical_runs(tmp_path):
 def test_early_stopping_stops_and_a_resume_does_not_train_on(tmp_path):
     cfg = tiny_config(epochs=5, patience=1, lr=1e-12, scheduler="none", augment="none")
     d = tmp_path / "f0"
-    train_fold(cfg, 0, tiny_data(n=36), d, progress=False)
+    run_fold(cfg, 0, tiny_data(n=36), d, progress=False)
     assert len(pd.read_csv(d / "log.csv")) == 2  # epoch 2 did not beat epoch 1: stop
     (d / "done.json").unlink()  # as if killed while predicting
-    train_fold(cfg, 0, tiny_data(n=36), d, progress=False)
+    run_fold(cfg, 0, tiny_data(n=36), d, progress=False)
     assert len(pd.read_csv(d / "log.csv")) == 2 and (d / "done.json").exists()
 
 
@@ -237,10 +238,10 @@ def test_epoch_randomness_depends_on_fold_and_epoch_only():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_amp_channels_last_compile(tmp_path):
     cfg = tiny_config(device="cuda", amp="auto", channels_last=True, compile=True, ema=True)
-    summary = train_fold(cfg, 0, tiny_data(), tmp_path / "f0", progress=False)
+    summary = run_fold(cfg, 0, tiny_data(), tmp_path / "f0", progress=False)
     assert summary["best_epoch"] >= 1
     cfg16 = tiny_config(device="cuda", amp="fp16", epochs=1)
-    train_fold(cfg16, 0, tiny_data(), tmp_path / "f16", progress=False)
+    run_fold(cfg16, 0, tiny_data(), tmp_path / "f16", progress=False)
     assert (tmp_path / "f16/done.json").exists()
 
 
@@ -249,7 +250,7 @@ def test_select_last_keeps_the_final_weights_whatever_the_held_out_score(tmp_pat
     data = tiny_data()
     cfg = config_from_dict({"name": "t", "model": "cnn_tiny", "img_size": 16, "epochs": 3, "batch_size": 16,
                             "lr": 0.5, "select": "last", "tta": ["identity"]})  # a wild lr: scores jump around
-    summary = train_fold(cfg, 0, data, tmp_path / "f0", progress=False)
+    summary = run_fold(cfg, 0, data, tmp_path / "f0", progress=False)
     log = pd.read_csv(tmp_path / "f0" / "log.csv")
     assert summary["best_epoch"] == 3 and summary["best_macro_f1"] == pytest.approx(log["val_macro_f1"].iloc[-1])
     with pytest.raises(ConfigError, match="patience"):

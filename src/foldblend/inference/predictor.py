@@ -23,10 +23,10 @@ from foldblend.artifacts import changed_members
 from foldblend.data.cache import resize_square
 from foldblend.data.read import ImageReadError, is_image_name, load_rgb
 from foldblend.ensemble import methods as E
-from foldblend.members.cnn.models import load_checkpoint
-from foldblend.members.embedding.checkpoint import load_head_checkpoint, logits_of_heads, share_one_backbone
+from foldblend.members.base import MemberKind
 from foldblend.members.infer import infer
 from foldblend.members.loaders import eval_loader
+from foldblend.members.registry import all_kinds, checkpoint_names, get_kind, kind_of_file
 
 BLEND = "blend"
 
@@ -98,28 +98,27 @@ def output_name(exp: str) -> str:
     return Path(exp).stem if ("/" in exp or exp.endswith((".pt", ".npz"))) else exp
 
 
-FOLD_CHECKPOINTS = ("best.pt", "head.npz")  # a network's weights; an embedding member's head (+ backbone spec)
-
-
 def _fold_checkpoints(exp_dir: Path) -> list[Path]:
-    """Every fold's checkpoint under models/<exp>/ (or a copy of it), in fold order."""
-    found = [p for name in FOLD_CHECKPOINTS for p in exp_dir.glob(f"fold_*/{name}")]
+    """Every fold's checkpoint (its kind's `checkpoint` file) under models/<exp>/ (or a copy of it), in fold order."""
+    found = [p for name in checkpoint_names() for p in exp_dir.glob(f"fold_*/{name}")]
     return sorted(found, key=lambda p: int(p.parent.name.split("_")[1]))
 
 
 def _checkpoints_at(path: Path) -> list[Path]:
-    """A checkpoint file, or every *.pt / head*.npz below a folder (e.g. a copied models/<exp>/), sorted."""
+    """A checkpoint file, or every file below a folder (e.g. a copied models/<exp>/) that a kind claims, sorted."""
     if path.is_file():
         return [path]
-    return _fold_checkpoints(path) or sorted(p for p in path.rglob("*") if (p.suffix == ".pt" and p.name != "last.pt")
-                                             or (p.suffix == ".npz" and p.name.startswith("head")))
+    kinds = all_kinds()
+    return _fold_checkpoints(path) or sorted(p for p in path.rglob("*")
+                                             if p.is_file() and any(k.claims(p) for k in kinds))
 
 
-def load_fold_checkpoint(path: Path, device="cpu", backbones: dict | None = None) -> tuple[torch.nn.Module, dict]:
-    """(model from images to logits, its checkpoint's settings) for a network's .pt or an embedding head's .npz."""
-    if path.suffix == ".npz":
-        return load_head_checkpoint(path, device, backbones)
-    return load_checkpoint(path, device)
+def fold_kind(path: Path) -> MemberKind:
+    """The member kind whose checkpoint `path` is."""
+    kind = kind_of_file(path)
+    if kind is None:
+        raise FileNotFoundError(f"{path}: not a checkpoint of any member kind ({', '.join(checkpoint_names())})")
+    return kind
 
 
 def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
@@ -134,23 +133,24 @@ def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
     if not named and (as_path.suffix in (".pt", ".npz") or as_path.is_dir()):
         checkpoints = _checkpoints_at(as_path) if as_path.exists() else []
         if not checkpoints:
-            raise FileNotFoundError(f"{as_path}: no checkpoint (.pt) there")
+            raise FileNotFoundError(f"{as_path}: no checkpoint ({', '.join(checkpoint_names())}) there")
         exp_dir = as_path
     else:
         checkpoints = _fold_checkpoints(exp_dir)
     if not checkpoints:
         known = sorted(p.name for p in project.models.glob("*") if not p.name.startswith(".") and p.is_dir())
-        raise FileNotFoundError(f"no trained fold models in {exp_dir} (fold_<k>/best.pt or head.npz); "
+        raise FileNotFoundError(f"no trained fold models in {exp_dir} (fold_<k>/{' or '.join(checkpoint_names())}); "
                                 f"experiments with models: {', '.join(known) or 'none'}")
-    out, backbones = [], {}  # an embedding member's folds share one frozen backbone
+    out, shared = [], {}  # per kind: what its folds share (an embedding member's frozen backbone)
     for path in checkpoints:
-        model, ckpt = load_fold_checkpoint(path, device, backbones)
-        label = path.parent.name if path.name in FOLD_CHECKPOINTS else path.stem
+        kind = fold_kind(path)
+        model, ckpt = kind.load_fold(path, device, shared.setdefault(kind.name, {}))
+        label = path.parent.name if path.name == kind.checkpoint else path.stem
         views, amp = _prediction_settings(path, ckpt)
         out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]),
                              int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp,
                              arch=dict(ckpt.get("arch") or {"model": ckpt.get("model")}),
-                             kind=str(ckpt.get("kind", "cnn"))))
+                             kind=kind.name))
     _check_same_classes({m.name: m.classes for m in out})
     if len({tuple(m.views) for m in out}) > 1:
         raise ValueError(f"{exp}: its folds were last predicted with different TTA views "
@@ -223,26 +223,18 @@ def fold_model_logits(fm: FoldModel, images: np.ndarray, batch_size: int, device
     return infer(fm.model, loader, fm.views, device, fm.mean, fm.std, fm.amp, desc=fm.name if progress else None)
 
 
-def _embedding_member_logits(models: list[FoldModel], images: dict[int, np.ndarray], batch_size: int, device,
-                             progress: bool) -> np.ndarray | None:
-    """(F, V, N, C) for an embedding member's folds, its frozen backbone run once instead of once per fold;
-    None for any other member."""
-    first = models[0]
-    if not share_one_backbone([fm.model for fm in models]) or any(
-            (fm.views, fm.mean, fm.std, fm.amp, fm.img_size) != (first.views, first.mean, first.std, first.amp,
-                                                                   first.img_size) for fm in models):
-        return None
-    images = images[first.img_size]
-    loader = eval_loader(images, np.arange(len(images)), batch_size)
-    return logits_of_heads([fm.model for fm in models], loader, first.views, device, first.mean, first.std,
-                           first.amp, desc=first.name.rsplit("/", 1)[0] if progress else None)
+def _kind_member_logits(models: list[FoldModel], images: dict[int, np.ndarray], batch_size: int, device,
+                        progress: bool) -> np.ndarray | None:
+    """(F, V, N, C) when the member's kind predicts its folds together (an embedding member: its frozen
+    backbone once instead of once per fold); None to predict them one by one."""
+    return get_kind(models[0].kind).member_logits(models, images, batch_size, device, progress)
 
 
 def member_probs(predictor: Predictor, name: str, images: dict[int, np.ndarray], batch_size: int, device,
                  progress: bool) -> np.ndarray:
     """(N, C): the member's fold models combined, then its views, exactly as the blend combined its test set."""
     models = predictor.members[name]
-    logits = _embedding_member_logits(models, images, batch_size, device, progress)
+    logits = _kind_member_logits(models, images, batch_size, device, progress)
     if logits is None:
         logits = np.stack([fold_model_logits(fm, images[fm.img_size], batch_size, device, progress)
                            for fm in models])                                     # (F, V, N, C)

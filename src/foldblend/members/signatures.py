@@ -2,7 +2,8 @@
 
 A fold retrains when its signature (the config's weight-relevant keys, the split, the class order, the
 train files' contents) changes, and only predicts again when its prediction signature (TTA views, amp,
-test files) changes. Every member kind writes done.json with both, so this logic is the same for all.
+test files) changes. The runner (`running.fold.run_fold`) writes done.json with both for every member
+kind, so this logic is the same for all.
 """
 from __future__ import annotations
 

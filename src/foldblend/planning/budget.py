@@ -4,7 +4,8 @@ The cost model counts what `foldblend train` does, with the probe's per-image se
 k folds x epochs x the images a fold trains on, a validation pass per epoch (two with EMA), then every
 fold model predicting its held-out fold, the test set and the holdout under each TTA view, plus each
 image size decoded once into the cache; per embedding head, the features of every image under every
-view once per backbone and size (shared by the heads on it), then a head fit per fold.
+view once per backbone and size (shared by the heads on it), then a head fit per fold. Each kind
+counts its own part (`MemberKind.run_cost`); the decode is shared by all.
 
 Under a budget (`--time-limit`), a share is kept back for the blend, submission and report, members
 are taken in the preset's priority order while they fit at no fewer than halfway between their
@@ -18,6 +19,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from foldblend.members.registry import get_kind
 from foldblend.planning.presets import Candidate
 from foldblend.planning.probe import Timing
 from foldblend.planning.profile import DataProfile, Hardware
@@ -80,36 +82,19 @@ class Plan:
         return sum(p.seconds for p in self.members)
 
 
-def _views(c: Candidate) -> int:
-    return len(c.values.get("tta", ["identity", "hflip"]))
-
-
 def member_cost(c: Candidate, t: Timing, profile: DataProfile, hw: Hardware, epochs: int,
                 paid: set) -> dict:
-    """Seconds by part for `c` at `epochs`; shared work already in `paid` (a size's decode, a backbone's
-    features) is not counted again, and what this member pays is added to `paid`."""
-    k, n = profile.n_folds, profile.n_train
-    others = profile.n_test + profile.n_holdout
+    """Seconds by part for `c` at `epochs`: each image size decoded once, then what its kind's folds cost
+    (`MemberKind.run_cost`); shared work already in `paid` (a size's decode, a backbone's features) is not
+    counted again, and what this member pays is added to `paid`."""
     parts = {}
     size = c.values["img_size"]
     if ("decode", size) not in paid:
         paid.add(("decode", size))
         # the cache decodes in parallel threads; the probe timed one
-        parts["decode"] = (n + others) * t.decode_per_image / max(1, min(hw.cpu_cores, 8))
-    if c.kind == "embedding":
-        views = len(set(["identity", *c.values.get("tta", ["identity"])]))
-        key = ("features", c.values["model"], str(c.values["pretrained"]), size)
-        if key not in paid:
-            paid.add(key)
-            parts["features"] = t.setup + (n + others) * views * t.infer_per_image
-        parts["heads"] = k * profile.fold_train * t.head_fit_per_image
-        return parts
-    evals = 2 if c.values.get("ema") else 1
-    parts["setup"] = k * t.setup
-    parts["train"] = k * epochs * profile.fold_train * t.train_per_image
-    parts["validate"] = epochs * n * evals * t.infer_per_image
-    parts["predict"] = (n + k * others) * _views(c) * t.infer_per_image
-    return parts
+        n = profile.n_train + profile.n_test + profile.n_holdout
+        parts["decode"] = n * t.decode_per_image / max(1, min(hw.cpu_cores, 8))
+    return parts | get_kind(c.kind, f"candidate {c.name}").run_cost(c.values, t, profile, epochs, paid)
 
 
 def plan_members(cands: list[Candidate], profile: DataProfile, hw: Hardware, timings: dict[str, Timing] | None,
@@ -150,7 +135,7 @@ def plan_members(cands: list[Candidate], profile: DataProfile, hw: Hardware, tim
         fraction = _largest_fraction(lambda f: total(chosen, f) * (1 + ESTIMATE_MARGIN), usable)
     members = []
     for c, parts in zip(chosen, costs(chosen, fraction)):
-        if c.kind != "embedding" and budget is not None and _epochs_at(c, fraction) != c.epochs:
+        if get_kind(c.kind).trains_epochs and budget is not None and _epochs_at(c, fraction) != c.epochs:
             c = c.with_epochs(_epochs_at(c, fraction),
                               f"{_epochs_at(c, fraction)} of the {c.epochs} the preset gives: what fits "
                               f"the {format_duration(budget)} time limit (probe: "
@@ -161,8 +146,8 @@ def plan_members(cands: list[Candidate], profile: DataProfile, hw: Hardware, tim
 
 
 def _epochs_at(c: Candidate, fraction: float) -> int:
-    """Epochs between the minimum (fraction 0) and nominal (1); heads have none."""
-    if c.kind == "embedding":
+    """Epochs between the minimum (fraction 0) and nominal (1); kinds without epochs (heads) have none."""
+    if not get_kind(c.kind).trains_epochs:
         return 0
     return max(c.min_epochs, min(c.epochs, int(math.floor(c.min_epochs + fraction * (c.epochs - c.min_epochs)))))
 

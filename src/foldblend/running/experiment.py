@@ -31,9 +31,10 @@ from foldblend.data.freshness import digest_of_test_files, require_current_scan
 from foldblend.data.split import HOLDOUT, folds_fingerprint, read_folds
 from foldblend.locks import hold, live_holders
 from foldblend.members.assemble import assemble_member, load_fold_predictions
-from foldblend.members.base import TrainData, member_kind
+from foldblend.members.base import TrainData
 from foldblend.members.signatures import fold_signature, is_fold_done, is_trained, predict_signature
 from foldblend.paths import Project
+from foldblend.running.fold import run_fold
 from foldblend.running.jobs import Executor, FoldJob
 from foldblend.running.local import LocalExecutor
 from foldblend.safety import remove, say_swept, sweep_temporaries
@@ -173,7 +174,7 @@ def train_experiments(config_paths: list[str | Path], project: Project, executor
 
         def train_here(job: FoldJob):
             plan = by_name[job.name]
-            return member_kind(plan.cfg).train_fold(plan.cfg, job.fold, plan.data, job.out_dir, progress=progress)
+            return run_fold(plan.cfg, job.fold, plan.data, job.out_dir, progress=progress)
 
         jobs = [job for plan in plans for job in plan.jobs]
         executor = executor or LocalExecutor(devices)

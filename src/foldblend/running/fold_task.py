@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Callable
 
 from foldblend.artifacts import write_text
-from foldblend.members.base import member_kind
 from foldblend.members.signatures import fold_signature, predict_signature
 from foldblend.paths import Project
 from foldblend.running.experiment import load_train_data
+from foldblend.running.fold import run_fold
 from foldblend.running.jobs import FoldJob
 
 PROBE = ".executor_probe"   # models/<this>: a token the driver writes and every worker must read back
@@ -71,7 +71,7 @@ def run_job(root: str | Path, job: FoldJob, token: str, emit: Callable[[str], ob
             threads: int = 1, progress: bool = True) -> dict:
     """Train one fold job here, exactly as the local executor would, and return its done.json.
 
-    Runs any member kind through `members.base.member_kind`. The fold's own resume does the rest: a
+    Runs any member kind through `running.fold.run_fold`. The fold's own resume does the rest: a
     task retried after its process died continues from the fold's last.pt.
     """
     host = check_project(root, token)
@@ -90,7 +90,7 @@ def run_job(root: str | Path, job: FoldJob, token: str, emit: Callable[[str], ob
             raise ValueError(f"[{job.label}] {host} reads other data than the driver planned on (the "
                              f"{' and '.join(differs)} signatures differ): were input/ or folds/ changed "
                              f"during the run, or is the project folder not the same on every node?")
-        return member_kind(job.cfg).train_fold(job.cfg, job.fold, data, Path(job.out_dir), progress=progress)
+        return run_fold(job.cfg, job.fold, data, Path(job.out_dir), progress=progress)
 
 
 class LineStream(io.TextIOBase):

@@ -1,9 +1,10 @@
-"""Training one fold: `train_fold(cfg, k, data, out_dir)` is a plain function; the CLI is a shell around it.
+"""Training one fold: `train_fold(cfg, k, data, out_dir, previous)`, the cnn kind's `MemberKind.train_fold`.
 
 Per fold it keeps the epoch (raw or EMA weights) with the best held-out macro-F1, writes
 `best.pt` (weights + constructor args + classes), `last.pt` (everything needed to resume), `log.csv`
-(one row per epoch), `config.yaml` (resolved) and, once the fold's predictions are written, `done.json`.
-A rerun with the same resolved config and folds is a no-op; a changed config retrains; a killed run
+(one row per epoch) and `config.yaml` (resolved), and returns the fold's predictions (the runner,
+`running.fold.run_fold`, writes preds.npz, time.json and done.json, and skips a finished fold).
+Weights that are current (`previous`) only predict again; a changed config retrains; a killed run
 (SIGKILL included) resumes from its last completed epoch and, on CPU, ends with the same numbers as an
 uninterrupted one: every random draw of an epoch is a function of (seed, fold, epoch) (`recipe.epoch_seed`).
 """
@@ -18,9 +19,9 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from foldblend.artifacts import write_csv, write_json, write_npz, write_text, write_torch
+from foldblend.artifacts import write_csv, write_text, write_torch
 from foldblend.config import ExperimentConfig, dump_config
-from foldblend.members.base import TrainData
+from foldblend.members.base import FoldResult, TrainData
 from foldblend.members.cnn.models import (
     Arch,
     check_parts,
@@ -33,15 +34,7 @@ from foldblend.members.cnn.models import (
 from foldblend.members.cnn.optim import Fit, build_fit, epoch_seed, seed_everything, step_scheduler
 from foldblend.members.infer import autocast, infer, resolve_device
 from foldblend.members.loaders import eval_loader, train_loader, train_steps
-from foldblend.members.signatures import (
-    fold_seconds,
-    fold_signature,
-    is_fold_done,
-    is_trained,
-    predict_signature,
-    read_done,
-    record_seconds,
-)
+from foldblend.members.signatures import fold_seconds, fold_signature
 from foldblend.members.transforms import to_input
 from foldblend.metrics import classification_scores, softmax
 from foldblend.safety import remove
@@ -136,17 +129,17 @@ def _load_resume(path: Path, signature: dict) -> dict | None:
     return state if state.get("signature") == signature else None
 
 
-def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, progress: bool = True) -> dict:
-    """Train fold k (held-out = data.fold == k), predict its held-out images and the test set."""
+def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, previous: dict | None = None,
+               progress: bool = True) -> FoldResult:
+    """Train fold k (held-out = data.fold == k), predict its held-out images and the test set.
+
+    `previous`: the fold's done.json when its weights are current; best.pt then only predicts again."""
     out_dir = Path(out_dir)
     signature = fold_signature(cfg, data)
-    if is_trained(out_dir, signature):  # the weights are current: at most the predictions are not
-        done = read_done(out_dir)
-        if is_fold_done(out_dir, signature, predict_signature(cfg, data)):
-            return done
-        best = {"epoch": done["best_epoch"], "score": done["best_macro_f1"], "weights": done["weights"]}
-        return predict_fold(cfg, k, data, out_dir, signature, best, resolve_device(cfg.device),
-                            np.flatnonzero(data.fold == k), progress, fold_seconds(out_dir).get("train", 0.0))
+    if previous is not None:  # the weights are current: only the predictions are not
+        best = {"epoch": previous["best_epoch"], "score": previous["best_macro_f1"], "weights": previous["weights"]}
+        return predict_fold(cfg, k, data, out_dir, best, resolve_device(cfg.device), np.flatnonzero(data.fold == k),
+                            progress, fold_seconds(out_dir).get("train", 0.0))
     started = time.perf_counter()  # wall time spent on this fold is recorded (the summary reports it)
     last_path = out_dir / "last.pt"
     resume = _load_resume(last_path, signature)
@@ -187,7 +180,8 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
         seed_everything(seed)  # dropout, mixup: the same draws whether or not the run was resumed
         freeze_for_epoch(fit.model, cfg, epoch)
         loader = train_loader(data.images, train_idx, y_train, cfg, n_classes, seed, pin_memory=device.type == "cuda")
-        stats = train_one_epoch(fit, loader, f"{cfg.name} fold {k} epoch {epoch + 1}/{cfg.epochs}" if progress else None)
+        desc = f"{cfg.name} fold {k} epoch {epoch + 1}/{cfg.epochs}" if progress else None
+        stats = train_one_epoch(fit, loader, desc)
 
         candidates = {"model": fit.model} | ({"ema": fit.ema.module} if fit.ema is not None else {})
         results = {tag: evaluate(net, val_dl, fit, y_val) for tag, net in candidates.items()}
@@ -223,8 +217,7 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
         # last: written after best.pt and log.csv, so a kill between them only repeats this epoch
         write_torch(last_path, {"signature": signature, "run": run, "fit": fit.state_dict()})
 
-    return predict_fold(cfg, k, data, out_dir, signature, run["best"], device, val_idx, progress,
-                        time.perf_counter() - started)
+    return predict_fold(cfg, k, data, out_dir, run["best"], device, val_idx, progress, time.perf_counter() - started)
 
 
 def _record_prediction_settings(path: Path, cfg: ExperimentConfig) -> None:
@@ -238,10 +231,10 @@ def _record_prediction_settings(path: Path, cfg: ExperimentConfig) -> None:
     write_torch(path, ckpt)
 
 
-def predict_fold(cfg, k, data: TrainData, out_dir: Path, signature, best, device, val_idx, progress,
-                 train_seconds: float = 0.0) -> dict:
-    """The best checkpoint on its held-out fold, the test set and the held-out split, under every TTA view.
-    time.json records the wall seconds spent: training (`train_seconds`, resumed runs included) + this."""
+def predict_fold(cfg, k, data: TrainData, out_dir: Path, best, device, val_idx, progress,
+                 train_seconds: float = 0.0) -> FoldResult:
+    """The best checkpoint on its held-out fold, the test set and the held-out split, under every TTA view,
+    with the wall seconds spent: training (`train_seconds`, resumed runs included) and this."""
     started = time.perf_counter()
     model, ckpt = load_checkpoint(out_dir / "best.pt", device)
     channels_last = cfg.channels_last and device.type == "cuda"
@@ -258,11 +251,6 @@ def predict_fold(cfg, k, data: TrainData, out_dir: Path, signature, best, device
     val_logits = logits(data.images, val_idx)
     test_logits = logits(data.test_images, np.arange(len(data.test_images)))
     holdout_logits = logits(data.holdout_images, np.arange(len(data.holdout_images)))
-    write_npz(out_dir / "preds.npz", val_index=val_idx, val_logits=val_logits, test_logits=test_logits,
-              holdout_logits=holdout_logits, views=np.asarray(cfg.tta))
     _record_prediction_settings(out_dir / "best.pt", cfg)
-    summary = {"signature": signature, "predictions": predict_signature(cfg, data), "fold": k,
-               "best_epoch": best["epoch"], "best_macro_f1": best["score"], "weights": best.get("weights", "model")}
-    record_seconds(out_dir, train_seconds, time.perf_counter() - started)
-    write_json(out_dir / "done.json", summary)
-    return summary
+    return FoldResult(val_idx, val_logits, test_logits, holdout_logits, list(cfg.tta), best["epoch"], best["score"],
+                      best.get("weights", "model"), train_seconds, time.perf_counter() - started)

@@ -1,11 +1,11 @@
-"""One fold of an embedding member: `train_fold(cfg, k, data, out_dir)`, the kind's entry point.
+"""One fold of an embedding member: `train_fold(cfg, k, data, out_dir)`, the kind's `MemberKind.train_fold`.
 
 The frozen backbone's features of every train and test image come from the feature cache (extracted by
 the first fold that needs them, under the identity view and every TTA view); the head is fitted on the
 identity-view features of the other folds, then predicts fold k, the test set and the held-out
 rows under each view.
-Seconds per fold once the features exist. Writes `head.npz` (the fold's checkpoint), `config.yaml`,
-`preds.npz` and, last, `done.json`, like every kind.
+Seconds per fold once the features exist. Writes `head.npz` (the fold's checkpoint) and `config.yaml`, and
+returns the predictions (the runner writes `preds.npz`, `time.json` and, last, `done.json`, as for every kind).
 """
 from __future__ import annotations
 
@@ -14,16 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from foldblend.artifacts import write_json, write_npz, write_text
+from foldblend.artifacts import write_text
 from foldblend.config import ExperimentConfig, dump_config
-from foldblend.members.base import TrainData
+from foldblend.members.base import FoldResult, TrainData
 from foldblend.members.embedding.checkpoint import CHECKPOINT, save_head_checkpoint
 from foldblend.members.embedding.heads import fit_head, head_logits
 from foldblend.members.features import FeatureSpec, features_of, normalisation_of
 from foldblend.members.infer import resolve_device
-from foldblend.members.signatures import fold_signature, is_fold_done, predict_signature, read_done, record_seconds
 from foldblend.metrics import classification_scores, softmax
-from foldblend.safety import remove
 
 
 def member_features(cfg: ExperimentConfig, data: TrainData, progress: bool = True) -> tuple[dict, dict, dict]:
@@ -42,15 +40,13 @@ def member_features(cfg: ExperimentConfig, data: TrainData, progress: bool = Tru
     return train, test, holdout
 
 
-def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, progress: bool = True) -> dict:
-    """Fit the head on every fold but k; predict fold k and the test set under every TTA view."""
+def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, previous: dict | None = None,
+               progress: bool = True) -> FoldResult:
+    """Fit the head on every fold but k; predict fold k and the test set under every TTA view. A head refits
+    in seconds: current weights (`previous`) are fitted again rather than reloaded."""
     out_dir = Path(out_dir)
-    signature, predictions = fold_signature(cfg, data), predict_signature(cfg, data)
-    if is_fold_done(out_dir, signature, predictions):
-        return read_done(out_dir)
     started = time.perf_counter()  # features included: the fold that extracts them pays for them
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove(out_dir / "done.json", inside=out_dir)  # the fold is not done until it is written again
     write_text(out_dir / "config.yaml", dump_config(cfg))
     train_feats, test_feats, holdout_feats = member_features(cfg, data, progress)
 
@@ -68,15 +64,10 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
     val_logits = np.stack([head_logits(head, train_feats[v][val_idx]) for v in cfg.tta])
     test_logits = np.stack([head_logits(head, test_feats[v]) for v in cfg.tta])
     holdout_logits = np.stack([head_logits(head, holdout_feats[v]) for v in cfg.tta])  # never fitted on
-    write_npz(out_dir / "preds.npz", val_index=val_idx, val_logits=val_logits, test_logits=test_logits,
-              holdout_logits=holdout_logits, views=np.asarray(cfg.tta))
     score = classification_scores(data.labels[val_idx], softmax(val_logits[0]), n_classes)
     if progress:
         print(f"[{cfg.name} fold {k}] {cfg.embed.head} head on {len(train_idx)} images: val macro-F1 "
               f"{score['macro_f1']:.4f} acc {score['accuracy']:.4f} ({time.perf_counter() - t0:.1f}s)")
-    summary = {"signature": signature, "predictions": predictions, "fold": k, "checkpoint": CHECKPOINT,
-               "best_epoch": 0, "best_macro_f1": score["macro_f1"], "weights": cfg.embed.head}
-    record_seconds(out_dir, time.perf_counter() - started)
-    write_json(out_dir / "done.json", summary)
-    return summary
+    return FoldResult(val_idx, val_logits, test_logits, holdout_logits, list(cfg.tta), 0, score["macro_f1"],
+                      cfg.embed.head, time.perf_counter() - started)
 

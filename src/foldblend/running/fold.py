@@ -1,0 +1,50 @@
+"""One fold of any member kind: the done-check, the kind's `train_fold`, and the files every fold ends with.
+
+`run_fold` is what the executors run per fold job. A fold whose done.json has the current signatures is
+skipped; otherwise done.json is removed first (the fold is not done until it is written again), the
+kind trains or resumes (told by `previous` when its weights are current and only its predictions are
+not), and then `preds.npz`, `time.json` and, last, `done.json` are written: a kill at any point leaves a
+fold that is not done, and the next run resumes it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from foldblend.artifacts import write_json, write_npz
+from foldblend.config import ExperimentConfig
+from foldblend.members.base import TrainData
+from foldblend.members.registry import get_kind
+from foldblend.members.signatures import (
+    fold_signature,
+    is_fold_done,
+    is_trained,
+    predict_signature,
+    read_done,
+    record_seconds,
+)
+from foldblend.safety import remove
+
+DEFAULT_CHECKPOINT = "best.pt"  # done.json names the checkpoint only when it is another file
+
+
+def run_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: str | Path, progress: bool = True) -> dict:
+    """Train (or resume, or only predict) fold k of `cfg` into out_dir with its kind; returns its done.json."""
+    kind = get_kind(cfg.kind)
+    out_dir = Path(out_dir)
+    signature, predictions = fold_signature(cfg, data), predict_signature(cfg, data)
+    if is_fold_done(out_dir, signature, predictions):
+        return read_done(out_dir)
+    previous = read_done(out_dir) if is_trained(out_dir, signature) else None
+    if (out_dir / "done.json").exists():
+        remove(out_dir / "done.json", inside=out_dir)
+    result = kind.train_fold(cfg, k, data, out_dir, previous, progress=progress)
+    write_npz(out_dir / "preds.npz", val_index=result.val_index, val_logits=result.val_logits,
+              test_logits=result.test_logits, holdout_logits=result.holdout_logits, views=np.asarray(result.views))
+    summary = {"signature": signature, "predictions": predictions, "fold": k,
+               **({} if kind.checkpoint == DEFAULT_CHECKPOINT else {"checkpoint": kind.checkpoint}),
+               "best_epoch": result.best_epoch, "best_macro_f1": result.best_macro_f1, "weights": result.weights}
+    record_seconds(out_dir, result.train_seconds, result.predict_seconds)
+    write_json(out_dir / "done.json", summary)
+    return summary
