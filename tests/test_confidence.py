@@ -127,10 +127,10 @@ def test_each_fold_pipeline_predicts_the_test_with_its_own_fold_models():
     views = [v[None] for v in oof]
     for k in range(3):
         model = fit_blend([v[:, fold != k] for v in views], y[fold != k], fold[fold != k], opts)
-        np.testing.assert_allclose(fitted.fold_test_probs[k], apply_blend(model, [t[k][None] for t in tests], opts),
+        np.testing.assert_allclose(fitted.fold_test_probs[k], apply_blend(model, [t[k][None] for t in tests]),
                                    atol=1e-5)
-        np.testing.assert_allclose(fitted.oof_probs[fold == k], apply_blend(model, [v[:, fold == k] for v in views],
-                                                                            opts), atol=1e-6)
+        np.testing.assert_allclose(fitted.oof_probs[fold == k], apply_blend(model, [v[:, fold == k] for v in views]),
+                                   atol=1e-6)
     # no one-to-one fold models (the helper's members have 2 for 3 folds), or ranks: no per-fold test, and why
     odd = blend_arrays([member("c", oof[0], y, fold=fold)])
     assert odd.fold_test_probs is None and "c: test predictions from 2 fold models for 3 folds" in odd.no_confidence

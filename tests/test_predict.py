@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from foldblend.ensemble import methods as E
+from foldblend.ensemble.fitted import BlendOptions, FittedBlend
+from foldblend.errors import FoldblendError
 from foldblend.inference.load import load_predictor
-from foldblend.inference.predictor import combine_members, list_images, predict_images
+from foldblend.inference.predictor import list_images, predict_images
 from foldblend.members.cnn.models import Arch, checkpoint_payload, create_model
 from foldblend.paths import Project
 from foldblend.stages.predict import add_arguments, run
@@ -47,11 +49,16 @@ def make_labelled_folder(folder, per_class: int = 4, classes=CLASSES, size: int 
 
 
 def make_blend(project: Project, weights: dict, biases=None, method: str = "greedy") -> None:
+    """oof/_blend/blend.json of a blend with these member weights and decision biases (nothing else fitted)."""
     blend_dir = project.oof / "_blend"
     blend_dir.mkdir(parents=True, exist_ok=True)
+    fitted = FittedBlend.unfitted(list(weights), BlendOptions(method=method))
+    fitted.weights = np.array(list(weights.values()), dtype=np.float64)
+    fitted.biases = None if biases is None else np.asarray(biases, dtype=np.float64)
     (blend_dir / "blend.json").write_text(json.dumps({
         "method": method, "members": list(weights), "weights": weights, "biases": biases,
-        "cv_in_sample": {"macro_f1": 0.5}, "cv_nested": {"macro_f1": 0.4}, "classes": CLASSES}))
+        "cv_in_sample": {"macro_f1": 0.5}, "cv_nested": {"macro_f1": 0.4}, "classes": CLASSES,
+        "pipeline": fitted.to_json()}))
 
 
 @pytest.fixture()
@@ -102,11 +109,19 @@ def test_zero_weight_members_are_not_loaded(project):
     assert list(load_predictor(project, "blend").members) == ["exp_a"]
 
 
-def test_combine_members_without_biases_is_the_weighted_mean(project):
+def test_a_blend_without_its_pipeline_or_of_an_unknown_method_is_refused(project):
+    """No second way to combine members: a blend.json without the fitted pipeline is an error, not a guess."""
     make_blend(project, {"exp_a": 0.25, "exp_b": 0.75})
-    blend = load_predictor(project, "blend")
-    a, b = np.array([[0.6, 0.3, 0.1]]), np.array([[0.2, 0.2, 0.6]])
-    np.testing.assert_allclose(combine_members(blend, {"exp_a": a, "exp_b": b}), 0.25 * a + 0.75 * b)
+    path = project.oof / "_blend" / "blend.json"
+    meta = json.loads(path.read_text())
+    meta["pipeline"]["options"]["method"] = "median"
+    path.write_text(json.dumps(meta))
+    with pytest.raises(FoldblendError, match="method='median' is not one of"):
+        load_predictor(project, "blend")
+    del meta["pipeline"]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(FoldblendError, match="no fitted pipeline.*foldblend blend"):
+        load_predictor(project, "blend")
 
 
 def test_missing_blend_and_missing_experiment_are_clear_errors(project):
@@ -157,30 +172,38 @@ def test_predict_single_files_with_blend_default_out(project, tmp_path):
     assert df["id"].tolist() == [p.as_posix() for p in paths[:2]]
 
 
-@pytest.mark.parametrize("options", [dict(method="greedy", bias=True, fold_combine="logit_mean"),
-                                     dict(method="mean", tta="weighted", temperature=True, calibrate=True)])
-def test_blend_prediction_equals_the_blends_own_test_probabilities(project, tmp_path, options):
-    """Members' test logits come from the same checkpoints; run the real blend; predict must reproduce it."""
+def make_members(project: Project, exps, test_paths: list, n: int = 30, signal=None, batch_size: int = 4,
+                 seed: int = 0) -> None:
+    """oof/<exp>/ for checkpoints under models/: OOF logits made up (with `signal[i]` on the true class, 1.0
+    by default), test logits of `test_paths` by the checkpoints themselves, as `foldblend train` makes them."""
     from foldblend.artifacts import save_member
     from foldblend.data.cache import resize_square
     from foldblend.data.read import load_rgb
     from foldblend.inference.predictor import fold_model_logits
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    for i, exp in enumerate(exps):
+        models = load_predictor(project, exp).members[exp]
+        test_logits = np.stack([fold_model_logits(fm, np.stack([resize_square(load_rgb(p), fm.img_size)
+                                                                 for p in test_paths]), batch_size, "cpu", False)
+                                for fm in models])
+        views = models[0].views
+        oof = rng.normal(0, 1, (len(views), n, 3)).astype(np.float32)
+        oof[:, np.arange(n), labels] += 1.0 if signal is None else signal[i]
+        save_member(project.oof_dir(exp), classes=CLASSES, ids=[f"i{k}" for k in range(n)], labels=labels,
+                    fold=np.arange(n) % 2, views=views, oof_logits=oof, test_ids=[p.name for p in test_paths],
+                    test_logits=test_logits, scores={})
+
+
+@pytest.mark.parametrize("options", [dict(method="greedy", bias=True, fold_combine="logit_mean"),
+                                     dict(method="mean", tta="weighted", temperature=True, calibrate=True)])
+def test_blend_prediction_equals_the_blends_own_test_probabilities(project, tmp_path, options):
+    """Members' test logits come from the same checkpoints; run the real blend; predict must reproduce it."""
     from foldblend.stages.blend import run_blend
 
     paths = make_labelled_folder(tmp_path / "imgs", per_class=2)
-    rng = np.random.default_rng(0)
-    labels = np.arange(30) % 3
-    for exp in ("exp_a", "exp_b"):
-        models = load_predictor(project, exp).members[exp]
-        test_logits = np.stack([fold_model_logits(fm, np.stack([resize_square(load_rgb(p), fm.img_size)
-                                                                 for p in paths]), 4, "cpu", False)
-                                for fm in models])
-        views = models[0].views
-        oof = rng.normal(0, 1, (len(views), 30, 3)).astype(np.float32)
-        oof[:, np.arange(30), labels] += 1.0
-        save_member(project.oof_dir(exp), classes=CLASSES, ids=[f"i{n}" for n in range(30)], labels=labels,
-                    fold=np.arange(30) % 2, views=views, oof_logits=oof, test_ids=[p.name for p in paths],
-                    test_logits=test_logits, scores={})
+    make_members(project, ("exp_a", "exp_b"), paths)
     run_blend(project.oof, None, project.oof / "_blend", **options)
     with np.load(project.oof / "_blend" / "blend.npz") as z:
         expected = z["test_probs"]
@@ -209,16 +232,16 @@ def test_chunked_prediction_equals_one_pass(tmp_path, monkeypatch):
 def test_chunked_prediction_keeps_rank_blends_exact(tmp_path, monkeypatch):
     """Rank averaging ranks over all rows: chunks must not be combined one by one."""
     import foldblend.inference.predictor as inf
+    from foldblend.inference.predictor import Predictor
 
     project = Project.at(tmp_path / "proj")
     for name in ("exp_a", "exp_b"):
         make_experiment(project, name, folds=2, img_size=16)
     make_labelled_folder(tmp_path / "imgs", per_class=3)
     paths = list_images([tmp_path / "imgs"])
-    predictor = load_predictor(project, "exp_a")
-    predictor.members["exp_b"] = load_predictor(project, "exp_b").members["exp_b"]
-    predictor.weights = {"exp_a": 0.5, "exp_b": 0.5}
-    predictor.method = "rank"
+    predictor = Predictor("ranked", CLASSES, {name: load_predictor(project, name).members[name]
+                                              for name in ("exp_a", "exp_b")},
+                          FittedBlend.unfitted(["exp_a", "exp_b"], BlendOptions(method="rank")))
     whole = predict_images(predictor, paths, progress=False)
     monkeypatch.setattr(inf, "CHUNK", 2)
     np.testing.assert_allclose(predict_images(predictor, paths, progress=False).probs, whole.probs, atol=1e-12)

@@ -12,6 +12,7 @@ from sklearn.metrics import f1_score
 from test_predict import CLASSES, make_blend, make_experiment, make_labelled_folder
 
 from foldblend.ensemble import methods as E
+from foldblend.ensemble.fitted import FittedBlend
 from foldblend.inference import similar as neighbours
 from foldblend.inference.load import load_predictor
 from foldblend.inference.predictor import Predictor, predict_images, top_k_table
@@ -57,7 +58,7 @@ def test_classify_gives_predicts_top_k_and_each_members_view(project, images):
     readable = [p for p in images if p.name != "broken.png"]
     alone = {}
     for name in ("exp_a", "exp_b"):
-        single = Predictor(name, CLASSES, {name: predictor.members[name]}, {name: 1.0})
+        single = Predictor(name, CLASSES, {name: predictor.members[name]}, FittedBlend.unfitted([name]))
         alone[name] = predict_images(single, readable, progress=False).probs
     for row, image in enumerate(result["images"]):
         shown = {m["member"]: m for m in image["members"]}

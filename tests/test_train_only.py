@@ -117,7 +117,7 @@ def test_train_only_folder_runs_every_stage_with_an_honest_holdout(tmp_path, cap
     assert files == ["bundle.json", "weights/tiny/fold_0.safetensors", "weights/tiny/fold_1.safetensors"]
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["classes"] == NAMES and meta["members"][0]["kind"] == "cnn"
-    assert meta["combine"]["biases"] == pytest.approx(blend["biases"])
+    assert meta["blend"]["biases"] == pytest.approx(blend["biases"])
     holdout_folder = tmp_path / "holdout"
     for image, label in zip(held["image"], held["label"]):
         (holdout_folder / label).mkdir(parents=True, exist_ok=True)

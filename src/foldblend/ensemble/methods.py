@@ -294,3 +294,21 @@ def stacker_member_shares(model, k: int) -> np.ndarray:
     """Each member's share of the stacker's |coefficients|: a readable stand-in for a weight."""
     coef = np.abs(model.coef_).reshape(model.coef_.shape[0], k, -1).sum(axis=(0, 2))
     return coef / coef.sum() if coef.sum() > 0 else np.full(k, 1.0 / k)
+
+
+def stacker_to_json(model) -> dict:
+    """The fitted stacker as JSON types: its classes, coefficients and intercepts (all predict_proba reads)."""
+    return {"classes": [int(c) for c in model.classes_], "coef": model.coef_.tolist(),
+            "intercept": model.intercept_.tolist()}
+
+
+def stacker_from_json(data: dict):
+    """The stacker `stacker_to_json` wrote, predicting exactly as the fitted one did."""
+    model = _stacker()
+    model.classes_ = np.asarray(data["classes"], dtype=np.int64)
+    model.coef_ = np.asarray(data["coef"], dtype=np.float64)
+    model.intercept_ = np.asarray(data["intercept"], dtype=np.float64)
+    if model.coef_.ndim != 2 or model.intercept_.shape != model.coef_.shape[:1]:
+        raise ValueError(f"stacker coefficients of shape {model.coef_.shape} with {model.intercept_.shape} intercepts")
+    model.n_features_in_ = model.coef_.shape[1]
+    return model

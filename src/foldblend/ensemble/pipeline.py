@@ -17,50 +17,10 @@ import numpy as np
 
 from foldblend.artifacts import Member
 from foldblend.ensemble import methods as E
-from foldblend.metrics import HIGHER_IS_BETTER, METRICS, classification_scores, softmax
+from foldblend.ensemble.fitted import BlendOptions, FittedBlend
+from foldblend.metrics import HIGHER_IS_BETTER, classification_scores, softmax
 
 OVERFIT_WARNING_GAP = 0.01
-TTA_MODES = ("mean", "weighted")
-FOLD_COMBINES = ("prob_mean", "logit_mean")
-
-
-@dataclass(frozen=True)
-class BlendOptions:
-    method: str = "mean"
-    metric: str = "macro_f1"
-    tta: str = "mean"
-    fold_combine: str = "prob_mean"
-    temperature: bool = False
-    calibrate: bool = False
-    bias: bool = False
-    rounds: int = 100
-    power: float = 2.0
-    greedy_init: int = 5
-
-    def __post_init__(self):
-        choices = {"method": E.COMBINE_METHODS, "metric": tuple(HIGHER_IS_BETTER), "tta": TTA_MODES,
-                   "fold_combine": FOLD_COMBINES}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        if self.bias and self.metric not in METRICS:
-            raise ValueError(f"bias tuning needs a decision metric ({', '.join(METRICS)}), not {self.metric!r}")
-
-    @property
-    def is_fitted(self) -> bool:
-        """Whether anything is learned from labels (if not, in-sample already is the honest number)."""
-        return (self.method in ("scipy", "greedy", "stack") or self.tta == "weighted" or self.temperature
-                or self.calibrate or self.bias)
-
-
-@dataclass
-class FittedBlend:
-    identity_weights: list              # (K,) weight of view 0 against the others; None = plain mean
-    temperatures: np.ndarray            # (K,) per member, 1.0 = unchanged
-    weights: np.ndarray                 # (K,) member weights (stack: coefficient shares)
-    stacker: object | None = None
-    calibration: float = 1.0            # temperature after combining
-    biases: np.ndarray | None = None    # (C,) added to log-probabilities before argmax
 
 
 @dataclass
@@ -89,6 +49,7 @@ class BlendResult:
     confidence: dict | None = None              # the test score predicted from confidences (`confidence`)
     no_confidence: str = ""                     # why fold_test_probs (and so `confidence`) is missing
     member_confidence: dict | None = None       # {member: its own confidence estimate} (several members)
+    model: FittedBlend | None = None            # the pipeline fitted on all OOF rows (what predicted the test)
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -124,44 +85,57 @@ def _rows(views: list[np.ndarray], rows) -> list[np.ndarray]:
     return [v[:, rows] for v in views]
 
 
-def _combine(member_probs, model: FittedBlend, opts: BlendOptions) -> np.ndarray:
+def _combine(probs: np.ndarray, model: FittedBlend) -> np.ndarray:
+    opts = model.options
     if opts.method == "stack":
-        return E.stack_predict(model.stacker, member_probs)
+        return E.stack_predict(model.stacker, probs)
     if opts.method == "logit_mean":
-        return E.logit_mean(member_probs)
+        return E.logit_mean(probs)
     if opts.method == "rank":
-        return E.rank_average(member_probs)
+        return E.rank_average(probs)
     if opts.method == "power":
-        return E.power_mean(member_probs, opts.power)
-    return E.mean_probs(member_probs, model.weights)
+        return E.power_mean(probs, opts.power)
+    if opts.method in ("mean", "scipy", "greedy"):
+        return E.mean_probs(probs, model.weights)
+    raise ValueError(f"unknown blend method {opts.method!r} (methods: {', '.join(E.COMBINE_METHODS)})")
 
 
-def _member_probs(views, model: FittedBlend) -> np.ndarray:
+def member_views(fold_logits: np.ndarray, view_names: list[str], opts: BlendOptions) -> np.ndarray:
+    """(F, V, N, C) logits of one member's fold models under its TTA views -> the (V', N, C) view
+    probabilities the blend reads: folds combined (`opts.fold_combine`), the identity view first, and
+    with `--tta mean` the views already averaged (V' = 1)."""
+    views = E.combine_folds(fold_logits[:, E.identity_first(list(view_names))], opts.fold_combine)
+    return views.mean(axis=0, keepdims=True) if opts.tta == "mean" else views
+
+
+def member_probs(model: FittedBlend, views: list[np.ndarray]) -> np.ndarray:
+    """(K, N, C): each member's views combined by its identity weight, then its temperature applied."""
     probs = np.stack([E.combine_views(v, w) for v, w in zip(views, model.identity_weights)])
     if np.any(model.temperatures != 1.0):
         probs = np.stack([E.apply_temperature(p, t) for p, t in zip(probs, model.temperatures)])
     return probs
 
 
-def fit_blend(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray, opts: BlendOptions) -> FittedBlend:
-    """Fit every step on these rows, each on the output of the steps before it."""
+def fit_blend(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray, opts: BlendOptions,
+              names: list[str] | None = None) -> FittedBlend:
+    """Fit every step on these rows, each on the output of the steps before it (`names`: the members')."""
     k = len(views)
-    identity_weights = [E.fit_identity_weight(v, y) if opts.tta == "weighted" else None for v in views]
-    model = FittedBlend(identity_weights=identity_weights, temperatures=np.ones(k), weights=np.full(k, 1.0 / k))
-    member_probs = _member_probs(views, model)
+    model = FittedBlend.unfitted(names or [f"member_{i}" for i in range(k)], opts)
+    model.identity_weights = [E.fit_identity_weight(v, y) if opts.tta == "weighted" else None for v in views]
+    probs = member_probs(model, views)
     if opts.temperature:
-        model.temperatures = np.array([E.fit_temperature(E.safe_log(p), y) for p in member_probs])
-        member_probs = _member_probs(views, model)
+        model.temperatures = np.array([E.fit_temperature(E.safe_log(p), y) for p in probs])
+        probs = member_probs(model, views)
     if opts.method == "scipy":
-        model.weights = E.fit_scipy_weights(member_probs, y)
+        model.weights = E.fit_scipy_weights(probs, y)
     elif opts.method == "greedy":
-        model.weights = E.greedy_select(member_probs, y, opts.metric, opts.rounds, opts.greedy_init)
+        model.weights = E.greedy_select(probs, y, opts.metric, opts.rounds, opts.greedy_init)
     if opts.method == "stack":
         # downstream steps are tuned on the stacker's inner-CV output, never on its in-sample fit
-        model.stacker, combined = E.fit_stacker(member_probs, y, fold, inner_cv=opts.calibrate or opts.bias)
+        model.stacker, combined = E.fit_stacker(probs, y, fold, inner_cv=opts.calibrate or opts.bias)
         model.weights = E.stacker_member_shares(model.stacker, k)
     else:
-        combined = _combine(member_probs, model, opts)
+        combined = _combine(probs, model)
     if opts.calibrate:
         model.calibration = E.fit_temperature(E.safe_log(combined), y)
         combined = E.apply_temperature(combined, model.calibration)
@@ -170,10 +144,17 @@ def fit_blend(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray, opts: Bl
     return model
 
 
-def apply_blend(model: FittedBlend, views: list[np.ndarray], opts: BlendOptions) -> np.ndarray:
+def apply_blend(model: FittedBlend, views: list[np.ndarray]) -> np.ndarray:
+    """(N, C) blend probabilities of rows whose members' view probabilities (`member_views`, in
+    `model.members` order) are `views`; what the blend stage, predict, evaluate, serve and bundles run.
+
+    `--method rank` ranks within the rows given: the same rows in give the same output."""
+    if len(views) != len(model.members):
+        raise ValueError(f"the blend combines {len(model.members)} members ({', '.join(model.members)}), "
+                         f"given {len(views)}")
     if views[0].shape[1] == 0:  # no test set (a train-only task) or no held-out rows
         return np.zeros((0, views[0].shape[2]))
-    combined = _combine(_member_probs(views, model), model, opts)
+    combined = _combine(member_probs(model, views), model)
     if model.calibration != 1.0:
         combined = E.apply_temperature(combined, model.calibration)
     if model.biases is not None:
@@ -192,9 +173,9 @@ def nested_predictions(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray,
     for i, k in enumerate(np.unique(fold)):
         held_out = fold == k
         model = fit_blend(_rows(views, ~held_out), y[~held_out], fold[~held_out], opts)
-        out[held_out] = apply_blend(model, _rows(views, held_out), opts)
+        out[held_out] = apply_blend(model, _rows(views, held_out))
         if fold_test_views is not None:
-            tests.append(apply_blend(model, fold_test_views(i), opts))
+            tests.append(apply_blend(model, fold_test_views(i)))
     return out, (np.stack(tests) if fold_test_views is not None else None)
 
 
@@ -231,27 +212,26 @@ def _overfit_warnings(in_sample: dict, nested: dict, metric: str) -> list[str]:
             f"(gap {gap:.4f} > {OVERFIT_WARNING_GAP}): the fitted blend overfits the OOF rows; trust the nested number"]
 
 
-def blend_arrays(members: list[Member], method: str = "mean", metric: str = "macro_f1", tta: str = "mean",
-                 fold_combine: str = "prob_mean", temperature: bool = False, bias: bool = False,
-                 rounds: int = 100, calibrate: bool = False, power: float = 2.0,
-                 greedy_init: int = 5) -> BlendResult:
+def blend_arrays(members: list[Member], **options) -> BlendResult:
+    """`blend` with the options as keywords (`BlendOptions`' fields)."""
+    return blend(members, BlendOptions(**options))
+
+
+def blend(members: list[Member], opts: BlendOptions) -> BlendResult:
     """Blend aligned members; report in-sample and nested-CV scores side by side."""
     check_alignment(members)
-    opts = BlendOptions(method=method, metric=metric, tta=tta, fold_combine=fold_combine, temperature=temperature,
-                        calibrate=calibrate, bias=bias, rounds=rounds, power=power, greedy_init=greedy_init)
     ref, c = members[0], members[0].n_classes
+    names = [m.name for m in members]
     y, fold = np.asarray(ref.labels), np.asarray(ref.fold)
     oof_views = [softmax(m.oof_logits[E.identity_first(m.views)]) for m in members]
-    test_views = [E.combine_folds(m.test_logits[:, E.identity_first(m.views)], fold_combine) for m in members]
-    holdout_views = [E.combine_folds(m.holdout_logits[:, E.identity_first(m.views)], fold_combine) for m in members]
     member_scores = {m.name: classification_scores(y, v.mean(axis=0), c) for m, v in zip(members, oof_views)}
-    if tta == "mean":  # nothing to fit across views: collapse them once
+    if opts.tta == "mean":  # nothing to fit across views: collapse them once
         oof_views = [v.mean(axis=0, keepdims=True) for v in oof_views]
-        test_views = [v.mean(axis=0, keepdims=True) for v in test_views]
-        holdout_views = [v.mean(axis=0, keepdims=True) for v in holdout_views]
+    test_views = [member_views(m.test_logits, m.views, opts) for m in members]
+    holdout_views = [member_views(m.holdout_logits, m.views, opts) for m in members]
 
-    model = fit_blend(oof_views, y, fold, opts)
-    in_sample_probs = apply_blend(model, oof_views, opts)
+    model = fit_blend(oof_views, y, fold, opts, names)
+    in_sample_probs = apply_blend(model, oof_views)
     warnings: list[str] = []
     if opts.is_fitted and len(np.unique(fold)) < 2:
         warnings.append("only one fold: no nested CV possible, the reported CV is in-sample")
@@ -261,24 +241,24 @@ def blend_arrays(members: list[Member], method: str = "mean", metric: str = "mac
     else:  # nothing fitted: one pipeline predicted every fold
         nested_probs = in_sample_probs
         fold_test_probs = (None if per_fold_test is None else
-                           np.stack([apply_blend(model, per_fold_test(i), opts) for i in range(len(np.unique(fold)))]))
+                           np.stack([apply_blend(model, per_fold_test(i)) for i in range(len(np.unique(fold)))]))
     if fold_test_probs is not None:
         fold_test_probs = fold_test_probs.astype(np.float32)
     cv_in_sample = classification_scores(y, in_sample_probs, c)
     cv_nested = classification_scores(y, nested_probs, c)
-    warnings += _overfit_warnings(cv_in_sample, cv_nested, metric)
-    names = [m.name for m in members]
-    holdout_probs = apply_blend(model, holdout_views, opts)
+    warnings += _overfit_warnings(cv_in_sample, cv_nested, opts.metric)
+    holdout_probs = apply_blend(model, holdout_views)
     return BlendResult(
         holdout_ids=ref.holdout_ids, holdout_labels=np.asarray(ref.holdout_labels), holdout_probs=holdout_probs,
         holdout_scores=holdout_scores(members, holdout_probs),
-        oof_probs=nested_probs, test_probs=apply_blend(model, test_views, opts), fold_test_probs=fold_test_probs,
+        oof_probs=nested_probs, test_probs=apply_blend(model, test_views), fold_test_probs=fold_test_probs,
         no_confidence=no_confidence,
         weights={n: float(w) for n, w in zip(names, model.weights)}, member_scores=member_scores,
         cv_in_sample=cv_in_sample, cv_nested=cv_nested, warnings=warnings, biases=model.biases,
-        classes=list(ref.classes), ids=ref.ids, labels=y, test_ids=ref.test_ids, method=method,
-        options=asdict(opts),
-        fitted={"identity_weights": {n: (None if w is None else float(w)) for n, w in zip(names, model.identity_weights)},
+        classes=list(ref.classes), ids=ref.ids, labels=y, test_ids=ref.test_ids, method=opts.method,
+        options=asdict(opts), model=model,
+        fitted={"identity_weights": {n: (None if w is None else float(w))
+                                     for n, w in zip(names, model.identity_weights)},
                 "temperatures": {n: float(t) for n, t in zip(names, model.temperatures)},
                 "calibration": float(model.calibration)})
 

@@ -3,10 +3,13 @@
 A bundle is what "an image folder plus trained weights" needs, on any machine, without models/ or
 oof/: every fold model's weights as safetensors (tensors only, nothing unpickled on load) and a
 `bundle.json` that says how to turn them into class probabilities - classes in index order, per fold
-model its kind, architecture, image size, normalisation, TTA views and mixed precision; per member
-its weight, fold combination, identity-view weight and temperature; the blend's method, calibration
-and class biases. `load_predictor(project, "path/to/bundle")` reads it into the same `Predictor` that
-`evaluate`, `predict` (and a web app) use for the project's own models, so the predictions are the same.
+model its kind, architecture, image size, normalisation, TTA views and mixed precision; and under
+`blend` the fitted blend (`ensemble.fitted.FittedBlend.to_json`: options, member weights, TTA and
+temperatures, a stacker's coefficients, calibration, class biases; an experiment: one member, its folds
+and views averaged). `load_predictor(project, "path/to/bundle")` reads it into the same `Predictor` that
+`evaluate`, `predict` (and a web app) use for the project's own models, and the blend is applied by the
+function that made the blend's test predictions, so the predictions are the same. A bundle of another
+format (an older foldblend's) is refused: export it again.
 
 Members carry a `kind` (`members.registry`), which says what is written and rebuilds the fold models:
 `cnn` (a network rebuilt from `members.cnn.models.Arch`, one safetensors file per fold) or `embedding`
@@ -23,16 +26,15 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from foldblend.artifacts import changed_members, write_json
+from foldblend.ensemble.fitted import FittedBlend
 from foldblend.errors import FoldblendError
 from foldblend.inference.predictor import BLEND, FoldModel, Predictor, load_project_predictor, read_blend
 from foldblend.members.registry import get_kind, kind_names
 from foldblend.safety import remove
 
 BUNDLE_FILE = "bundle.json"
-FORMAT = "foldblend-bundle/1"
+FORMAT = "foldblend-bundle/2"  # /2: the fitted blend (`blend`) replaced the approximate `combine`
 
 
 class BundleError(FoldblendError):
@@ -54,18 +56,14 @@ def bundle_metadata(predictor: Predictor, weight_files: dict[str, str], provenan
     members = []
     for name, models in predictor.members.items():
         members.append({
-            "name": name, "kind": models[0].kind, "weight": float(predictor.weights[name]),
-            "identity_weight": predictor.identity_weights.get(name),
-            "temperature": float(predictor.temperatures.get(name, 1.0) or 1.0),
+            "name": name, "kind": models[0].kind,
             "folds": [{"name": fm.name, "weights": weight_files[fm.name], "arch": fm.arch, "img_size": fm.img_size,
                        "mean": list(fm.mean), "std": list(fm.std), "tta": list(fm.views), "amp": fm.amp,
                        **get_kind(fm.kind).fold_settings(fm)}
                       for fm in models]})
     return {"format": FORMAT, "name": predictor.name, "classes": list(predictor.classes),
-            "combine": {"method": predictor.method, "fold_combine": predictor.fold_combine,
-                        "power": predictor.power, "calibration": predictor.calibration,
-                        "biases": None if predictor.biases is None else [float(b) for b in predictor.biases]},
-            "members": members, "notes": list(predictor.notes), "provenance": provenance}
+            "blend": predictor.blend.to_json(), "members": members, "notes": list(predictor.notes),
+            "provenance": provenance}
 
 
 def _bundled_kinds() -> list[str]:
@@ -170,10 +168,15 @@ def load_bundle(folder: str | Path, device="cpu") -> Predictor:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise BundleError(f"{path}: unreadable ({e}); export the bundle again") from None
-    if meta.get("format") != FORMAT:
-        raise BundleError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}; export it again with this "
-                          f"foldblend")
-    classes, members, weights = list(meta["classes"]), {}, {}
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != FORMAT:
+        raise BundleError(f"{path}: bundle format {found!r}, this foldblend reads {FORMAT!r}; export it again "
+                          f"(`foldblend export --exp NAME OUT`) with this foldblend")
+    try:
+        fitted = FittedBlend.from_json(meta.get("blend"))
+    except ValueError as e:
+        raise BundleError(f"{path}: {e}; export the bundle again") from None
+    classes, members = list(meta["classes"]), {}
     for m in meta["members"]:
         if m["kind"] not in kind_names() or not get_kind(m["kind"]).bundles:
             raise BundleError(f"{path}: member {m['name']!r} is of kind {m['kind']!r}, which this foldblend cannot "
@@ -190,15 +193,12 @@ def load_bundle(folder: str | Path, device="cpu") -> Predictor:
             models.append(FoldModel(f"{m['name']}/{Path(f['weights']).stem}", model.to(torch.device(device)).eval(),
                                     classes, int(f["img_size"]), list(f["tta"]), list(f["mean"]), list(f["std"]),
                                     str(f["amp"]), arch=dict(f["arch"]), kind=m["kind"]))
-        members[m["name"]], weights[m["name"]] = models, float(m["weight"])
-    combine = meta["combine"]
-    return Predictor(
-        meta["name"], classes, members, weights, method=combine["method"],
-        temperatures={m["name"]: m["temperature"] for m in meta["members"]},
-        identity_weights={m["name"]: m["identity_weight"] for m in meta["members"]},
-        fold_combine=combine["fold_combine"], calibration=float(combine["calibration"]),
-        biases=None if combine["biases"] is None else np.asarray(combine["biases"], dtype=np.float64),
-        power=float(combine["power"]), notes=list(meta.get("notes") or []))
+        members[m["name"]] = models
+    try:
+        fitted = fitted.only(list(members))
+    except ValueError as e:
+        raise BundleError(f"{path}: {e}, which the bundle does not hold; export the bundle again") from None
+    return Predictor(meta["name"], classes, members, fitted, notes=list(meta.get("notes") or []))
 
 
 def _bundled(folder: Path, rel: str, path: Path, member: str) -> Path:

@@ -1,10 +1,11 @@
 """Predicting new images with trained models: one experiment's fold models, or the last blend.
 
 An experiment predicts as the mean of its fold models' probabilities, each averaged over the TTA views
-its checkpoint names. The blend (`oof/_blend/blend.json`) combines its members' probabilities the way
-it was fitted: fold combination, TTA identity weights, per-member temperatures, member weights and
-the combination method, a calibration temperature and per-class decision biases (added to
-log-probabilities), whichever it recorded; the result equals the blend's own test predictions.
+its checkpoint names. The blend (`oof/_blend/blend.json`) is the fitted pipeline it saved
+(`ensemble.fitted.FittedBlend`): each member's fold models give its TTA-view probabilities here
+(`ensemble.pipeline.member_views`), and `ensemble.pipeline.apply_blend`, the function that made the
+blend's own test predictions, combines them, for every method (a stacker included); fed the test
+images, it gives the blend's test predictions. `--method rank` ranks within the images predicted together.
 Images are decoded once with `data.read.load_rgb` and resized per model size with `data.cache.resize_square`;
 unreadable files are reported and left out, never fatal.
 """
@@ -22,7 +23,9 @@ import torch
 from foldblend.artifacts import changed_members
 from foldblend.data.cache import resize_square
 from foldblend.data.read import ImageReadError, is_image_name, load_rgb
-from foldblend.ensemble import methods as E
+from foldblend.ensemble.fitted import FittedBlend
+from foldblend.ensemble.pipeline import apply_blend, member_probs, member_views
+from foldblend.errors import FoldblendError
 from foldblend.members.base import MemberKind
 from foldblend.members.infer import infer
 from foldblend.members.loaders import eval_loader
@@ -49,24 +52,35 @@ class FoldModel:
 
 @dataclass
 class Predictor:
-    """Everything that turns images into class probabilities: groups of fold models and how to combine them."""
+    """Everything that turns images into class probabilities: groups of fold models and the fitted blend
+    that combines them (one experiment: an unfitted blend of one member, its folds and views averaged)."""
 
     name: str
     classes: list[str]
     members: dict[str, list[FoldModel]]
-    weights: dict[str, float]
-    method: str = "mean"
-    temperatures: dict[str, float] = field(default_factory=dict)
-    identity_weights: dict[str, float | None] = field(default_factory=dict)
-    fold_combine: str = "prob_mean"
-    calibration: float = 1.0
-    biases: np.ndarray | None = None
-    power: float = 2.0
+    blend: FittedBlend                  # its `members` are this predictor's, in this order
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if list(self.members) != list(self.blend.members):
+            raise ValueError(f"{self.name}: fold models of {', '.join(self.members)} for a blend of "
+                             f"{', '.join(self.blend.members)}")
 
     @property
     def sizes(self) -> list[int]:
         return sorted({m.img_size for models in self.members.values() for m in models})
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {n: float(w) for n, w in zip(self.blend.members, self.blend.weights)}
+
+    @property
+    def method(self) -> str:
+        return self.blend.options.method
+
+    @property
+    def biases(self) -> np.ndarray | None:
+        return self.blend.biases
 
 
 @dataclass
@@ -168,6 +182,14 @@ def _check_same_classes(classes_by_name: dict[str, list[str]]) -> list[str]:
     return first
 
 
+def blend_notes(fitted: FittedBlend) -> list[str]:
+    """What a person predicting with this blend should know."""
+    if fitted.options.method == "rank":
+        return ["the blend ranks (--method rank) within the images predicted together: an image's probabilities "
+                "depend on the others predicted with it"]
+    return []
+
+
 def read_blend(project) -> dict:
     path = project.oof / "_blend" / "blend.json"
     if not path.exists():
@@ -230,38 +252,16 @@ def _kind_member_logits(models: list[FoldModel], images: dict[int, np.ndarray], 
     return get_kind(models[0].kind).member_logits(models, images, batch_size, device, progress)
 
 
-def member_probs(predictor: Predictor, name: str, images: dict[int, np.ndarray], batch_size: int, device,
-                 progress: bool) -> np.ndarray:
-    """(N, C): the member's fold models combined, then its views, exactly as the blend combined its test set."""
+def predict_member_views(predictor: Predictor, name: str, images: dict[int, np.ndarray], batch_size: int, device,
+                         progress: bool) -> np.ndarray:
+    """(V', N, C): the member's view probabilities as the blend reads them (`member_views`), from its fold
+    models' logits, exactly as the blend read its test set."""
     models = predictor.members[name]
     logits = _kind_member_logits(models, images, batch_size, device, progress)
     if logits is None:
         logits = np.stack([fold_model_logits(fm, images[fm.img_size], batch_size, device, progress)
                            for fm in models])                                     # (F, V, N, C)
-    views = E.combine_folds(logits[:, E.identity_first(models[0].views)], predictor.fold_combine)
-    probs = E.combine_views(views, predictor.identity_weights.get(name))
-    t = float(predictor.temperatures.get(name, 1.0) or 1.0)
-    return E.apply_temperature(probs, t) if t != 1.0 else probs
-
-
-def combine_members(predictor: Predictor, probs: dict[str, np.ndarray]) -> np.ndarray:
-    """The blend's combination of (N, C) member probabilities, then calibration and decision biases."""
-    names = list(probs)
-    stacked = np.stack([probs[n] for n in names])
-    weights = np.array([predictor.weights[n] for n in names])
-    if predictor.method == "logit_mean":
-        combined = E.logit_mean(stacked)
-    elif predictor.method == "rank":
-        combined = E.rank_average(stacked)
-    elif predictor.method == "power":
-        combined = E.power_mean(stacked, predictor.power)
-    else:  # mean, scipy, greedy (and stack, approximated by its weight shares)
-        combined = E.mean_probs(stacked, weights)
-    if predictor.calibration != 1.0:
-        combined = E.apply_temperature(combined, predictor.calibration)
-    if predictor.biases is not None:
-        combined = E.apply_biases(combined, predictor.biases)
-    return combined
+    return member_views(logits, models[0].views, predictor.blend.options)
 
 
 CHUNK = 4096  # images decoded and held in memory at once by predict_images
@@ -284,11 +284,13 @@ def predict_images(predictor: Predictor, paths: list[Path], batch_size: int = 64
         if ok[part].any():
             readable = {s: a[ok[part]] for s, a in images.items()}
             for n in predictor.members:
-                chunks[n].append(member_probs(predictor, n, readable, batch_size, device, progress))
+                chunks[n].append(predict_member_views(predictor, n, readable, batch_size, device, progress))
     probs = np.full((len(paths), len(predictor.classes)), np.nan)
-    members = {n: np.concatenate(c) for n, c in chunks.items()} if ok.any() else {}
+    members = {}
     if ok.any():  # members combine once, over every image: rank averaging depends on all the rows
-        probs[ok] = combine_members(predictor, members)
+        views = [np.concatenate(chunks[n], axis=1) for n in predictor.blend.members]
+        probs[ok] = apply_blend(predictor.blend, views)
+        members = dict(zip(predictor.blend.members, member_probs(predictor.blend, views)))
     return Prediction(paths, ok, probs, predictor.classes, failures, members)
 
 
@@ -322,26 +324,20 @@ def load_project_predictor(project, name: str, device="cpu") -> Predictor:
     """An experiment under models/ (or checkpoint file(s)), or `blend`: the project's last blend."""
     if name != BLEND:
         models = load_experiment(project, name, device)
-        return Predictor(name, models[0].classes, {name: models}, {name: 1.0})
+        return Predictor(name, models[0].classes, {name: models}, FittedBlend.unfitted([name]))
     blend = read_blend(project)
-    weights = {k: float(v) for k, v in (blend.get("weights") or {}).items()}
-    names = list(blend.get("members") or weights)
-    if not names:
-        raise ValueError("blend.json lists no members")
-    weights = {n: weights.get(n, 1.0 / len(names)) for n in names}
-    members = {n: load_experiment(project, n, device) for n in names if weights[n] > 0}
+    path = project.oof / "_blend" / "blend.json"
+    if not blend.get("pipeline"):
+        raise FoldblendError(f"{path}: no fitted pipeline in it (written by an older foldblend); "
+                             f"run `foldblend blend` again")
+    try:
+        fitted = FittedBlend.from_json(blend["pipeline"])
+    except ValueError as e:
+        raise FoldblendError(f"{path}: {e}; run `foldblend blend` again") from None
+    fitted = fitted.only(fitted.used_members())  # a member the blend gives no weight is not loaded
+    members = {n: load_experiment(project, n, device) for n in fitted.members}
     classes = _check_same_classes({n: models[0].classes for n, models in members.items()})
-    fitted, options = blend.get("fitted") or {}, blend.get("options") or {}
-    biases = blend.get("biases")
-    predictor = Predictor(BLEND, classes, members, {n: weights[n] for n in members},
-                          method=blend.get("method", "mean"), temperatures=fitted.get("temperatures") or {},
-                          identity_weights=fitted.get("identity_weights") or {},
-                          fold_combine=options.get("fold_combine", "prob_mean"),
-                          calibration=float(fitted.get("calibration", 1.0) or 1.0),
-                          biases=None if biases is None else np.asarray(biases, dtype=np.float64),
-                          power=float(options.get("power", 2.0)))
-    if predictor.method == "stack":
-        predictor.notes.append("the blend's stacker is not saved: members are combined by its weight shares")
+    predictor = Predictor(BLEND, classes, members, fitted, notes=blend_notes(fitted))
     changed = changed_members(project.oof, blend.get("member_digests") or {})
     if changed:
         predictor.notes.append(f"oof/{changed[0]}/ changed after the last blend: its weights were fitted on older "

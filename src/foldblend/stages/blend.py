@@ -5,6 +5,7 @@ probabilities with their ids). The arrays-in, arrays-out pipeline is `ensemble.p
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,10 @@ import numpy as np
 from foldblend.artifacts import load_member, member_digest, write_json, write_npz
 from foldblend.ensemble import confidence as C
 from foldblend.ensemble import matched as M
-from foldblend.ensemble import methods as E
-from foldblend.ensemble.pipeline import FOLD_COMBINES, TTA_MODES, BlendResult, blend_arrays, format_table
+from foldblend.ensemble.fitted import BlendOptions
+from foldblend.ensemble.pipeline import BlendResult, blend, format_table
 from foldblend.ensemble.store import discover_members, split_members
-from foldblend.metrics import HIGHER_IS_BETTER, METRICS, softmax
+from foldblend.metrics import METRICS, softmax
 from foldblend.safety import check_plain_name, remove, say_swept, sweep_temporaries
 
 
@@ -37,12 +38,15 @@ def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str
         "test_matched": result.test_matched, "confidence": result.confidence,
         "member_confidence": result.member_confidence,
         "classes": result.classes,
-        "member_digests": member_digests or {}})
+        "member_digests": member_digests or {},
+        "pipeline": None if result.model is None else result.model.to_json()})
 
 
 def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir: Path | None = None,
-              **kwargs) -> BlendResult:
+              options: BlendOptions | None = None, **option_values) -> BlendResult:
     """Load the named members (default: every finished one under oof_root), blend, print, save.
+
+    `options`, or `BlendOptions(**option_values)` (its fields as keywords).
 
     With a test set, the test score is also estimated from the fold pipelines' confidence (`confidence`),
     the blend's and, with several members, each member's; with `folds_dir` (folds.csv, similarity.npz),
@@ -52,7 +56,9 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
     if not names:
         raise ValueError(f"no ensemble members under {oof_root} (each needs oof.npz; run `foldblend train`)")
     members = [load_member(oof_root / name) for name in names]
-    result = blend_arrays(members, **kwargs)
+    if options is not None and option_values:
+        raise TypeError(f"run_blend: options given twice ({', '.join(option_values)} beside options=)")
+    result = blend(members, options or BlendOptions(**option_values))
     print(format_table(result, result.options["metric"] if result.options["metric"] in METRICS else "macro_f1"))
     if folds_dir is not None:
         inputs, why = M.load_similarity(Path(folds_dir) / "similarity.npz", Path(folds_dir) / "folds.csv", result.ids)
@@ -68,9 +74,10 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
                                                len(result.classes))
         if len(members) > 1:  # each member alone, as `submit --exp NAME` would submit it (views averaged)
             result.member_confidence = {
-                m.name: C.confidence_score(result.labels, softmax(m.oof_logits).mean(axis=0), fold,
-                                           np.stack([softmax(t).mean(axis=0).astype(np.float32) for t in m.test_logits]),
-                                           groups, len(result.classes), n_boot=C.MEMBER_BOOTSTRAP) for m in members}
+                m.name: C.confidence_score(
+                    result.labels, softmax(m.oof_logits).mean(axis=0), fold,
+                    np.stack([softmax(t).mean(axis=0).astype(np.float32) for t in m.test_logits]),
+                    groups, len(result.classes), n_boot=C.MEMBER_BOOTSTRAP) for m in members}
     else:
         print(f"confidence estimate: not computed ({result.no_confidence})")
     estimates = C.describe_estimates(result.test_matched, result.confidence)
@@ -87,19 +94,19 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="mean", choices=E.COMBINE_METHODS, help="how members are combined")
-    parser.add_argument("--metric", default="macro_f1", choices=tuple(HIGHER_IS_BETTER),
-                        help="what greedy selection, bias tuning and the overfit warning optimise")
-    parser.add_argument("--tta", default="mean", choices=TTA_MODES,
-                        help="mean of view probabilities, or the identity view's weight tuned on OOF")
-    parser.add_argument("--fold-combine", default="prob_mean", choices=FOLD_COMBINES,
-                        help="how the fold models' test predictions are averaged")
-    parser.add_argument("--temperature", action="store_true", help="temperature-scale each member on OOF")
-    parser.add_argument("--calibrate", action="store_true", help="temperature-scale the blend on OOF")
-    parser.add_argument("--bias", action="store_true", help="tune per-class decision biases for --metric")
-    parser.add_argument("--rounds", type=int, default=100, help="greedy selection rounds")
-    parser.add_argument("--power", type=float, default=2.0, help="exponent of --method power")
+    for f in fields(BlendOptions):  # one option per field: its default, help and choices
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            action = "store_true" if not f.default else argparse.BooleanOptionalAction
+            parser.add_argument(flag, action=action, default=f.default, help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, choices=f.metadata["choices"],
+                                help=f.metadata["help"])
     parser.add_argument("--members", nargs="+", metavar="NAME", help="experiments to blend (default: all)")
+
+
+def options_from_args(args: argparse.Namespace) -> BlendOptions:
+    return BlendOptions(**{f.name: getattr(args, f.name) for f in fields(BlendOptions)})
 
 
 def run(args: argparse.Namespace, project) -> BlendResult:
@@ -115,8 +122,6 @@ def run(args: argparse.Namespace, project) -> BlendResult:
                   f"(retrain it with `foldblend train`, or delete oof/{name}/)")
         if not members:
             raise ValueError(f"no ensemble member matches {project.rel(project.folds_csv)}: run `foldblend train`")
-    result = run_blend(project.oof, members, out_dir, folds_dir=project.folds_dir, method=args.method,
-                       metric=args.metric, tta=args.tta, fold_combine=args.fold_combine, temperature=args.temperature,
-                       calibrate=args.calibrate, bias=args.bias, rounds=args.rounds, power=args.power)
+    result = run_blend(project.oof, members, out_dir, folds_dir=project.folds_dir, options=options_from_args(args))
     print(f"wrote {project.rel(out_dir / 'blend.json')} and blend.npz")
     return result
