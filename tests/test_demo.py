@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -10,6 +11,8 @@ from PIL import Image
 
 from foldblend.data.demo import BUILDING_MARKER, COMPLETE_MARKER, build_demo, is_empty_input
 from foldblend.data.find import load_competition
+from foldblend.paths import Project
+from foldblend.stages.summary import print_summary
 
 
 def digest(folder):
@@ -32,6 +35,7 @@ def test_demo_is_a_detectable_competition(demo):
     assert comp.classes == [str(d) for d in range(10)]
     assert comp.layout.startswith("folder per class: train/<class>/")
     assert comp.test_labels_path == demo / "demo_test_labels.csv"
+    assert comp.configured == {"test_labels"}  # named in the demo's competition.yaml, not known to the core
     total = len(comp.train) + len(comp.test)
     assert 1200 <= total <= 1800
     assert abs(len(comp.test) / total - 0.25) < 0.01
@@ -102,3 +106,29 @@ def test_user_data_is_never_overwritten(demo, tmp_path):
     with pytest.raises(ValueError, match="already holds files"):
         build_demo(user)
     assert (user / "train.csv").read_text() == "id,label\n"
+
+
+def test_summary_prints_the_true_test_score_from_test_labels(demo, tmp_path, capsys):
+    from sklearn.metrics import f1_score
+
+    project = Project(tmp_path)
+    shutil.copytree(demo, project.input)
+    truth = pd.read_csv(demo / "demo_test_labels.csv", dtype=str)
+    guess = truth.assign(Expected=["0" if i % 7 == 0 else e for i, e in enumerate(truth["Expected"])])
+    project.submissions.mkdir()
+    guess.to_csv(project.submissions / "sub.csv", index=False)
+    (project.submissions / "log.csv").write_text("file,time,cv,lb,format,status\nsub.csv,t,0.9,,label,written\n")
+    print_summary(project)
+    score = f1_score(truth["Expected"], guess["Expected"], average="macro")
+    assert f"demo only - true test macro-F1 of that file (held-back labels): {score:.4f}" in capsys.readouterr().out
+    (project.input / "competition.yaml").write_text("n_splits: 5\n")  # no test_labels: no test score
+    print_summary(project)
+    assert "true test macro-F1" not in capsys.readouterr().out
+
+
+def test_a_demo_built_before_competition_yaml_gets_it(demo, tmp_path):
+    other = tmp_path / "input"
+    shutil.copytree(demo, other)
+    (other / "competition.yaml").unlink()
+    build_demo(other, seed=0)
+    assert digest(other) == digest(demo)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from foldblend.data.competition_config import CompetitionConfig
 from foldblend.data.find import CompetitionError, load_competition
 
 _PNG = io.BytesIO()
@@ -155,14 +156,19 @@ def test_no_training_data(tmp_path):
         load_competition(tmp_path)
 
 
-def test_demo_labels_file_is_not_a_train_csv(tmp_path):
+def test_test_labels_are_named_in_competition_yaml_not_guessed(tmp_path):
     touch(tmp_path, "train/0/a.png", "train/1/b.png", "testset/img_0001.png")
     sample(tmp_path, ["img_0001.png"])
-    write(tmp_path, "demo_test_labels.csv", "Id,Expected\nimg_0001.png,1\n")
+    write(tmp_path, "truth.csv", "Id,Expected\nimg_0001.png,1\n")
+    assert load_competition(tmp_path).test_labels_path is None  # no file name is special
+    write(tmp_path, "competition.yaml", "test_labels: truth.csv\n")
     comp = load_competition(tmp_path)
     assert comp.layout.startswith("folder per class")
-    assert comp.test_labels_path == tmp_path / "demo_test_labels.csv"
+    assert comp.test_labels_path == tmp_path / "truth.csv"
     assert len(comp.train) == 2
+    write(tmp_path, "competition.yaml", "test_labels: nothing.csv\n")
+    with pytest.raises(CompetitionError, match="competition.yaml: test_labels 'nothing.csv' is not a file"):
+        load_competition(tmp_path)
 
 
 def _base(tmp_path):
@@ -173,36 +179,81 @@ def _base(tmp_path):
 def test_yaml_overrides_and_defaults(tmp_path):
     _base(tmp_path)
     comp = load_competition(tmp_path)
-    assert comp.settings == {"n_splits": 5, "fold_seed": 42, "dedup": "auto", "dedup_distance": 4,
-                             "ood": "report", "ood_threshold": None, "holdout": 0.0, "semantic_threshold": None,
-                             "embeddings": True}
-    assert comp.submission_format is None and comp.test_labels_path is None
+    assert comp.settings == CompetitionConfig()
+    s = comp.settings
+    assert (s.n_splits, s.fold_seed, s.dedup, s.dedup_distance, s.ood, s.ood_threshold, s.holdout,
+            s.semantic_threshold, s.embeddings) == (5, 42, "auto", 4, "report", None, 0.0, None, True)
+    assert comp.submission_format is None and comp.test_labels_path is None and comp.configured == set()
     write(tmp_path, "competition.yaml", "classes: [c, a, b]\nn_splits: 3\nsubmission_format: probs\n"
                                         "dedup: off\nood_threshold: 0.5\n")
     comp = load_competition(tmp_path)
     assert comp.classes == ["c", "a", "b"]
-    assert comp.settings["n_splits"] == 3
-    assert comp.settings["dedup"] == "off"  # regression: YAML reads a bare `off` as False
-    assert comp.settings["ood_threshold"] == 0.5
+    assert comp.settings.n_splits == 3
+    assert comp.settings.dedup == "off"  # regression: YAML reads a bare `off` as False
+    assert comp.settings.ood_threshold == 0.5
     assert comp.submission_format == "probs"
+    assert comp.configured == {"classes", "n_splits", "submission_format", "dedup", "ood_threshold"}
+
+
+def test_every_competition_yaml_key_loads(tmp_path):
+    """Each key users write keeps its meaning: every one set at once, read back as typed values."""
+    touch(tmp_path, "pics/u.png", "pics/v.png", "pics/w.png", "tests/t.png")
+    write(tmp_path, "meta.csv", "key,file,tag,batch\n1,u.png,cat,g1\n2,v.png,dog,g1\n3,w.png,dog,g2\n")
+    sample(tmp_path, ["t"], name="sub.csv")
+    write(tmp_path, "truth.csv", "Id,Expected\nt,cat\n")
+    write(tmp_path, "competition.yaml", "\n".join([
+        "train_dir: pics", "train_csv: meta.csv", "id_column: key", "label_column: tag", "image_column: file",
+        "group_column: batch", "test_dir: tests", "sample_submission: sub.csv", "test_labels: truth.csv",
+        "classes: [dog, cat]", "class_order: natural", "submission_format: label", "n_splits: 2",
+        "fold_seed: 7", "dedup: off", "dedup_distance: 0", "ood: drop", "ood_threshold: 3", "holdout: 0.25",
+        "semantic_threshold: 1", "embeddings: off", ""]))
+    comp = load_competition(tmp_path)
+    assert comp.configured == {f for f in CompetitionConfig.__dataclass_fields__}
+    assert comp.classes == ["dog", "cat"] and comp.class_order.startswith("explicit")
+    assert comp.train["image"].tolist() == ["pics/u.png", "pics/v.png", "pics/w.png"]
+    assert comp.train["group"].tolist() == ["g1", "g1", "g2"]
+    assert comp.test["image"].tolist() == ["tests/t.png"] and comp.sample_path == tmp_path / "sub.csv"
+    assert comp.test_labels_path == tmp_path / "truth.csv" and comp.submission_format == "label"
+    s = comp.settings
+    assert (s.n_splits, s.fold_seed, s.dedup, s.dedup_distance, s.ood, s.ood_threshold, s.holdout,
+            s.semantic_threshold, s.embeddings) == (2, 7, "off", 0, "drop", 3.0, 0.25, 1.0, False)
+
+
+def test_integer_class_names_in_competition_yaml(tmp_path):
+    touch(tmp_path, "train/0/a.png", "train/1/b.png", "test/t.png")
+    sample(tmp_path, ["t"])
+    write(tmp_path, "competition.yaml", "classes: [1, 0]\n")
+    assert load_competition(tmp_path).classes == ["1", "0"]
 
 
 @pytest.mark.parametrize("text,pattern", [
-    ("n_split: 3\n", "unknown key 'n_split'"),
-    ("n_splits: three\n", "'n_splits' must be an integer"),
-    ("n_splits: true\n", "'n_splits' must be an integer"),
+    # an unknown key: the valid keys are listed
+    ("n_split: 3\n", r"competition\.yaml: unknown key 'n_split' \(known keys: .*n_splits"),
+    # a wrong type: the key and the expected type (the fold configs' machinery)
+    ("n_splits: three\n", "competition.yaml: key 'n_splits': expected int, got 'three'"),
+    ("n_splits: true\n", "key 'n_splits': expected int, got True"),
+    ("semantic_threshold: true\n", "key 'semantic_threshold': expected float or null, got True"),
+    ("ood_threshold: high\n", "key 'ood_threshold': expected float or null, got 'high'"),
+    ("embeddings: no_thanks\n", "key 'embeddings': expected bool, got 'no_thanks'"),
+    ("group_column: 3\n", "key 'group_column': expected str, got 3"),
+    ("train_dir: null\n", "key 'train_dir': expected str, got None"),
+    ("classes: a\n", "key 'classes': expected a list of str or null, got 'a'"),
+    ("classes: [a, 1.5]\n", r"key 'classes': expected a list of str or null, got \['a', 1.5\]"),
+    # a bad value: what it must be
+    ("n_splits: 1\n", "key 'n_splits' must be an integer >= 2, got 1"),
+    ("dedup_distance: -1\n", "key 'dedup_distance' must be an integer >= 0"),
     ("dedup: maybe\n", "'dedup' must be one of auto, group, semantic"),
     ("semantic_threshold: 1.5\n", "'semantic_threshold' must be a cosine similarity in \\(0, 1\\]"),
-    ("semantic_threshold: true\n", "'semantic_threshold' must be"),
-    ("embeddings: no_thanks\n", "'embeddings' must be true or false"),
-    ("group_column: 3\n", "'group_column' must be a string"),
+    ("group_column: ''\n", r"'group_column' must be a string \(a path or column name\), got ''"),
     ("submission_format: csv\n", "'submission_format' must be one of"),
     ("classes: [a, b]\n", r"missing \['c'\]"),
     ("classes: [a, b, c, d]\n", r"unknown \['d'\]"),
     ("- a\n- b\n", "expected `key: value`"),
+    ("n_splits: [2\n", "not valid YAML"),
     ("test_dir: nowhere\n", "test_dir 'nowhere' is not a folder"),
     ("holdout: 1.5\n", "'holdout' must be a fraction in \\[0, 1\\)"),
     ("class_order: alphabetical\n", "'class_order' must be one of lexical, natural"),
+    ("class_order: null\n", "key 'class_order': expected str, got None"),
     ("ood: remove\n", "'ood' must be one of report, drop"),
 ])
 def test_yaml_errors_name_key_and_file(tmp_path, text, pattern):
@@ -211,6 +262,7 @@ def test_yaml_errors_name_key_and_file(tmp_path, text, pattern):
     with pytest.raises(CompetitionError, match=pattern) as err:
         load_competition(tmp_path)
     assert "competition.yaml" in str(err.value)
+    assert "\n" not in str(err.value)  # one line
 
 
 def test_yaml_train_csv_with_custom_columns(tmp_path):
@@ -266,12 +318,12 @@ def test_an_id_matching_two_files_is_an_error_naming_both(tmp_path):
 def test_an_exact_relative_path_is_never_ambiguous(tmp_path):
     from PIL import Image
 
-    from foldblend.data.find import _FileIndex
+    from foldblend.data.files import FileIndex
 
     (tmp_path / "imgs" / "extra").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "extra" / "a.png")
-    index = _FileIndex(tmp_path / "imgs", tmp_path, "train")
+    index = FileIndex(tmp_path / "imgs", tmp_path, "train")
     assert index.find("a.png") == "imgs/a.png" and index.find("extra/a.png") == "imgs/extra/a.png"
     with pytest.raises(CompetitionError, match="train id 'a' matches several files"):
         index.find("a")

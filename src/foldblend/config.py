@@ -145,7 +145,12 @@ class ConfigError(FoldblendError):
 
 
 def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    """The type as an error message says it: `int`, `float or null`, `a list of str`."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _coerce(value: Any, tp, where: str) -> Any:
@@ -192,6 +197,12 @@ def _build(cls, data: dict, where: str):
     values = {k: _coerce(v, hints[k], f"{where}: key '{k}'") for k, v in data.items()}
     obj = cls(**{**{f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}, **values})
     return obj
+
+
+def build_config(cls, data: dict, where: str):
+    """A config dataclass from a YAML mapping (fold configs, input/competition.yaml): an unknown key or a
+    value of the wrong type is a ConfigError naming the key and `where`."""
+    return _build(cls, data, where)
 
 
 def _get(cfg: ExperimentConfig, key: str):

@@ -2,7 +2,8 @@
 
 It exists so `run.sh` works on a fresh machine with no data and no internet: ~1800 images, mixed sizes
 and intensities, a mildly imbalanced class distribution, the Simpsons layout (`train/<class>/`,
-`testset/`, `sample_submission.csv`), plus held-back test labels so the demo can print a test score.
+`testset/`, `sample_submission.csv`), plus held-back test labels, named by `test_labels` in its
+`competition.yaml`, so the summary can print the true test score beside the CV.
 
 The build is written into a temporary folder and moved in; `input/.demo_complete` is written last, so
 an interrupted build is simply rebuilt on the next call. The demo's fold configs belong to the demo: they
@@ -22,11 +23,14 @@ import pandas as pd
 from PIL import Image
 
 from foldblend.artifacts import write_csv, write_text
+from foldblend.data.competition_config import CONFIG_NAME
 from foldblend.safety import remove
 
 COMPLETE_MARKER = ".demo_complete"
 BUILDING_MARKER = ".demo_building"
-DEMO_ENTRIES = ("train", "testset", "sample_submission.csv", "demo_test_labels.csv")
+TEST_LABELS = "demo_test_labels.csv"
+DEMO_CONFIG = f"test_labels: {TEST_LABELS}\n"  # the demo's competition.yaml: everything else is detected
+DEMO_ENTRIES = ("train", "testset", "sample_submission.csv", TEST_LABELS, CONFIG_NAME)
 UNDERSAMPLED_FRACTION = 0.5  # some classes keep half their images, so the demo is imbalanced like real data
 N_UNDERSAMPLED = 3
 
@@ -55,6 +59,8 @@ def build_demo(input_dir: str | Path, seed: int = 0, test_fraction: float = 0.25
     params = {"source": "sklearn.datasets.load_digits", "seed": int(seed), "test_fraction": float(test_fraction)}
     marker = input_dir / COMPLETE_MARKER
     if marker.is_file() and _read_json(marker) == params:
+        if not (input_dir / CONFIG_NAME).exists():  # a demo built before competition.yaml named its labels
+            write_text(input_dir / CONFIG_NAME, DEMO_CONFIG)
         return
     ours = marker.is_file() or (input_dir / BUILDING_MARKER).is_file()
     if not ours and not is_empty_input(input_dir):
@@ -131,7 +137,8 @@ def _write_demo(out: Path, seed: int, test_fraction: float) -> None:
         _render(images[i], rng).save(out / "testset" / ids[-1])
     placeholder = "0"  # the first class, like the constant guess a real sample submission holds
     write_csv(out / "sample_submission.csv", pd.DataFrame({"Id": ids, "Expected": placeholder}))
-    write_csv(out / "demo_test_labels.csv", pd.DataFrame({"Id": ids, "Expected": targets[test_idx].astype(str)}))
+    write_csv(out / TEST_LABELS, pd.DataFrame({"Id": ids, "Expected": targets[test_idx].astype(str)}))
+    write_text(out / CONFIG_NAME, DEMO_CONFIG)
 
 
 def _render(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:

@@ -2,28 +2,26 @@
 
 Competitions arrive in a handful of real layouts (folder per class, possibly nested one level; or a
 labels CSV next to an image folder), so the pipeline detects the layout instead of asking for a config.
-Anything detected can be overridden in `input/competition.yaml`; an unknown key or a wrong type there is
-an error naming the key and the file, never silently ignored.
+Anything detected can be overridden in `input/competition.yaml`, a typed config (`data.competition_config`):
+an unknown key, a wrong type or a bad value there is an error naming the key and the file.
 
 A labelled folder alone is a competition too (album covers, illustration classes): without a sample
 submission and an unlabelled test folder the test set is empty (M = 0 rows), and every stage runs on it.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from foldblend.data.classes import CLASS_ORDERS, ClassOrderError, order_classes
-from foldblend.data.read import is_image_name, resolves_inside
+from foldblend.data.classes import ClassOrderError, order_classes
+from foldblend.data.competition_config import CONFIG_NAME, CompetitionConfig, CompetitionError, read_competition_config
+from foldblend.data.files import FileIndex, direct_images, pick, relpath, subdirs, walk
+from foldblend.data.read import resolves_inside
 from foldblend.data.tables import read_table
-from foldblend.errors import FoldblendError
 
-CONFIG_NAME = "competition.yaml"
 SAMPLE_NAMES = ("sample_submission.csv", "samplesubmission.csv")
 TRAIN_CSV_NAMES = ("train.csv", "train_labels.csv", "labels.csv", "trainlabels.csv")
 IMAGE_DIR_NAMES = ("train", "train_images", "images")
@@ -31,48 +29,12 @@ TRAIN_DIR_NAMES = ("train", "training", "train_images", "train_set", "trainset")
 TEST_DIR_NAMES = ("test", "testset", "test_images", "test_set")
 ID_NAMES = ("id", "image", "image_id", "filename", "file_name", "file", "image_name", "img", "name", "path")
 LABEL_NAMES = ("label", "labels", "class", "category", "target", "class_name", "species", "breed", "genre")
-SUBMISSION_FORMATS = ("label", "probs", "class_id", "positive_prob")
-DEDUP_MODES = ("auto", "group", "semantic", "keep_one", "off")
 GROUP_NAMES = ("group", "group_id")
-OOD_MODES = ("report", "drop")
-SETTINGS_DEFAULTS = {"n_splits": 5, "fold_seed": 42, "dedup": "auto", "dedup_distance": 4, "ood": "report",
-                     "ood_threshold": None, "holdout": 0.0, "semantic_threshold": None, "embeddings": True}
 
 
 def _looks_like_test(name: str) -> bool:
     """test, testset, kaggle_simpson_testset, but not latest/ or contest/."""
     return re.search(r"(^|[^a-z])test", name.lower()) is not None
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-_STR = ("a string (a path or column name)", lambda v: isinstance(v, str) and v != "")
-# key -> (what it must be, check). One table, so the error message and the check cannot drift apart.
-CONFIG_RULES = {
-    **{k: _STR for k in ("train_dir", "train_csv", "id_column", "label_column", "image_column", "test_dir",
-                         "sample_submission", "group_column")},
-    "classes": ("a list of class names", lambda v: isinstance(v, list) and all(
-        isinstance(c, str) or _is_int(c) for c in v)),
-    "submission_format": (f"one of {', '.join(SUBMISSION_FORMATS)}", lambda v: v is None or v in SUBMISSION_FORMATS),
-    "n_splits": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
-    "fold_seed": ("an integer", _is_int),
-    "dedup": (f"one of {', '.join(DEDUP_MODES)}", lambda v: v in DEDUP_MODES),
-    "dedup_distance": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
-    "ood": (f"one of {', '.join(OOD_MODES)}", lambda v: v in OOD_MODES),
-    "ood_threshold": ("a number or null", lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))),
-    "holdout": ("a fraction in [0, 1) (0 = no held-out test split)",
-                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1),
-    "class_order": (f"one of {', '.join(CLASS_ORDERS)}", lambda v: v in CLASS_ORDERS),
-    "semantic_threshold": ("a cosine similarity in (0, 1], or null (chosen from the data)",
-                           lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1)),
-    "embeddings": ("true or false", lambda v: isinstance(v, bool)),
-}
-
-
-class CompetitionError(FoldblendError):
-    """input/ does not hold a competition we can read; the message names the folder and the fix."""
 
 
 @dataclass
@@ -86,8 +48,8 @@ class Competition:
     id_column: str | None           # the sample's first column
     target_columns: list[str]       # the sample's other columns
     submission_format: str | None   # from competition.yaml, else None (the writer detects it)
-    test_labels_path: Path | None   # demo only: held-back test labels (id,label)
-    settings: dict                  # n_splits, fold_seed, dedup, dedup_distance, ood, ood_threshold, holdout
+    test_labels_path: Path | None   # true test labels (id,label): competition.yaml's test_labels, when set
+    settings: CompetitionConfig     # input/competition.yaml, defaults filled in
     ignored: list[str] = field(default_factory=list)  # non-image files skipped (relative paths)
     layout: str = ""                # how train/test were found, for humans
     class_order: str = ""           # how the class indices were chosen, for humans
@@ -118,7 +80,7 @@ def load_competition(input_dir: str | Path) -> Competition:
     if not root.is_dir():
         raise CompetitionError(f"{root}/: folder not found; download the competition data into it "
                                "(or run `foldblend demo` for the built-in demo)")
-    cfg = read_config(root)
+    cfg, configured = read_competition_config(root)
     sample_path = _find_sample(root, cfg)
     if sample_path is None:  # train-only: no test set, unless an unlabelled test folder says one is missing
         sample, id_column, test_dir, labelled_test = None, None, None, _train_only_test_folder(root, cfg)
@@ -133,9 +95,9 @@ def load_competition(input_dir: str | Path) -> Competition:
             dup = sample[id_column][sample[id_column].duplicated()].tolist()[:5]
             raise CompetitionError(f"{sample_path}: duplicated ids in column {id_column!r}: {dup}")
         test_dir = labelled_test = _find_test_dir(root, cfg)
-    if "train_csv" in cfg or (found := _folder_layout(root, cfg, labelled_test)) is None:
+    if cfg.train_csv or (found := _folder_layout(root, cfg, labelled_test)) is None:
         found = _csv_layout(root, cfg)
-    if found is None and sample is None and "train_dir" not in cfg:
+    if found is None and sample is None and not cfg.train_dir:
         found = _classes_in_root(root)
     if found is None:
         _explain_single_class(root, cfg, test_dir)
@@ -151,94 +113,33 @@ def load_competition(input_dir: str | Path) -> Competition:
         test, test_ignored = pd.DataFrame({"id": pd.Series(dtype=str), "image": pd.Series(dtype=str)}), []
         layout += "; no test set (no sample submission)"
         if labelled_test is not None:
-            layout += (f"; {_rel(labelled_test, root)}/ is a labelled folder: score it with "
-                       f"`foldblend evaluate --data {root.name}/{_rel(labelled_test, root)} --exp blend`")
+            layout += (f"; {relpath(labelled_test, root)}/ is a labelled folder: score it with "
+                       f"`foldblend evaluate --data {root.name}/{relpath(labelled_test, root)} --exp blend`")
     else:
         test, test_ignored = _match_test(root, test_dir, sample[id_column].tolist())
-        layout += f"; test: {_rel(test_dir, root)}/"
+        layout += f"; test: {relpath(test_dir, root)}/"
     _refuse_folders_outside(root, list(train["image"]) + list(test["image"]))
     try:
-        classes = order_classes(train["label"].unique().tolist(), cfg.get("class_order"), cfg.get("classes"),
+        classes = order_classes(train["label"].unique().tolist(), cfg.class_order or None, cfg.classes,
                                 str(root / CONFIG_NAME))
     except ClassOrderError as e:
         raise CompetitionError(str(e)) from None
-    labels_path = root / "demo_test_labels.csv"
+    labels_path = _configured(root, cfg, "test_labels", want_dir=False) if cfg.test_labels else None
     return Competition(
         root=root, classes=classes, train=train, test=test, sample=sample, sample_path=sample_path,
         id_column=id_column, target_columns=[] if sample is None else list(sample.columns[1:]),
-        submission_format=cfg.get("submission_format"),
-        test_labels_path=labels_path if labels_path.is_file() else None,
-        settings={k: cfg.get(k, v) for k, v in SETTINGS_DEFAULTS.items()},
-        ignored=sorted(ignored + test_ignored), layout=layout, configured=set(cfg),
-        class_order=("explicit (classes in competition.yaml)" if "classes" in cfg else cfg.get("class_order")
+        submission_format=cfg.submission_format, test_labels_path=labels_path, settings=cfg,
+        ignored=sorted(ignored + test_ignored), layout=layout, configured=configured,
+        class_order=("explicit (classes in competition.yaml)" if cfg.classes is not None else cfg.class_order
                      or "lexical (numeric when every name is an integer)"))
 
 
-def read_config(input_dir: Path) -> dict:
-    """The validated overrides in input/competition.yaml ({} when there is none)."""
-    path = Path(input_dir) / CONFIG_NAME
-    if not path.is_file():
-        return {}
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError:
-        raise CompetitionError(f"{path}: not UTF-8 text; save it as UTF-8") from None
-    except yaml.YAMLError as e:
-        raise CompetitionError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
-    if not isinstance(raw, dict):
-        raise CompetitionError(f"{path}: expected `key: value` lines, got a {type(raw).__name__}")
-    if raw.get("dedup") is False:  # YAML 1.1 reads a bare `off` as false
-        raw["dedup"] = "off"
-    for key, value in raw.items():
-        if key not in CONFIG_RULES:
-            raise CompetitionError(f"{path}: unknown key {key!r} (known: {', '.join(CONFIG_RULES)})")
-        what, ok = CONFIG_RULES[key]
-        if not ok(value):
-            raise CompetitionError(f"{path}: {key!r} must be {what}, got {value!r}")
-    if "classes" in raw:
-        raw["classes"] = [str(c) for c in raw["classes"]]
-    return raw
-
-
-# ----------------------------------------------------------------------------- file-system helpers
-
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__MACOSX"
-
-
-def _subdirs(d: Path) -> list[Path]:
-    return sorted(p for p in d.iterdir() if p.is_dir() and not _hidden(p.name))
-
-
-def _direct_images(d: Path) -> list[Path]:
-    return [p for p in d.iterdir() if p.is_file() and is_image_name(p.name) and not _hidden(p.name)]
-
-
-def _walk(d: Path) -> tuple[list[Path], list[Path]]:
-    """All visible files under d, split into (images, other files), in sorted order."""
-    images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(d):
-        dirnames[:] = sorted(n for n in dirnames if not _hidden(n))
-        for name in sorted(filenames):
-            if not _hidden(name):
-                (images if is_image_name(name) else others).append(Path(dirpath) / name)
-    return images, others
-
-
-def _pick(root: Path, names: tuple[str, ...], want_dir: bool = False) -> Path | None:
-    """The entry of root whose lower-cased name comes first in `names` (Kaggle capitalises freely)."""
-    entries = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() == want_dir and not _hidden(p.name)}
-    return next((entries[n] for n in names if n in entries), None)
-
-
-def _rel(p: Path, root: Path) -> str:
-    return Path(os.path.relpath(p, root)).as_posix()
-
+# ----------------------------------------------------------------------------- paths inside input/
 
 def _refuse_outside(root: Path, path: Path, what: str) -> None:
     """Inputs are read from inside input/ only: a link out of it is an error naming the fix."""
     if not resolves_inside(path, root):
-        raise CompetitionError(f"{_rel(path, root)}: {what} resolves to {path.resolve()}, outside {root.name}/ "
+        raise CompetitionError(f"{relpath(path, root)}: {what} resolves to {path.resolve()}, outside {root.name}/ "
                                f"(a symbolic link); copy it into {root.name}/, or make {root.name}/ itself a link "
                                f"to the folder holding the whole competition")
 
@@ -250,27 +151,29 @@ def _refuse_folders_outside(root: Path, images: list[str]) -> None:
         _refuse_outside(root, root / folder, "the image folder")
 
 
-def _configured(root: Path, cfg: dict, key: str, want_dir: bool) -> Path:
-    p = root / cfg[key]
+def _configured(root: Path, cfg: CompetitionConfig, key: str, want_dir: bool) -> Path:
+    value = getattr(cfg, key)
+    p = root / value
     if not resolves_inside(p, root):
-        raise CompetitionError(f"{root / CONFIG_NAME}: {key} {cfg[key]!r} points outside {root.name}/ "
+        raise CompetitionError(f"{root / CONFIG_NAME}: {key} {value!r} points outside {root.name}/ "
                                f"({p.resolve()}); name a path inside {root.name}/ (move the files there, or make "
                                f"{root.name}/ itself a link to the folder holding the whole competition)")
     if not (p.is_dir() if want_dir else p.is_file()):
-        raise CompetitionError(f"{root / CONFIG_NAME}: {key} {cfg[key]!r} is not a "
+        raise CompetitionError(f"{root / CONFIG_NAME}: {key} {value!r} is not a "
                                f"{'folder' if want_dir else 'file'} in {root}/; fix the path")
     return p
 
 
 # ----------------------------------------------------------------------------- detection
 
-def _find_sample(root: Path, cfg: dict) -> Path | None:
+def _find_sample(root: Path, cfg: CompetitionConfig) -> Path | None:
     """The sample submission, or None when there is none (a train-only competition)."""
-    if "sample_submission" in cfg:
+    if cfg.sample_submission:
         return _configured(root, cfg, "sample_submission", want_dir=False)
-    if (p := _pick(root, SAMPLE_NAMES)) is not None:
+    if (p := pick(root, SAMPLE_NAMES)) is not None:
         return p
-    matches = sorted(p for p in root.iterdir() if p.is_file() and re.fullmatch(r"sample_?submission.*\.csv", p.name, re.I))
+    matches = sorted(p for p in root.iterdir()
+                     if p.is_file() and re.fullmatch(r"sample_?submission.*\.csv", p.name, re.I))
     if len(matches) == 1:
         return matches[0]
     if matches:
@@ -279,37 +182,37 @@ def _find_sample(root: Path, cfg: dict) -> Path | None:
     return None
 
 
-def _train_only_test_folder(root: Path, cfg: dict) -> Path | None:
+def _train_only_test_folder(root: Path, cfg: CompetitionConfig) -> Path | None:
     """Without a sample: a labelled test folder (test/<class>/) is fine and returned; an unlabelled one
     means the sample is missing (its ids and format are needed to predict it), which is an error."""
-    if "test_dir" in cfg:
+    if cfg.test_dir:
         raise CompetitionError(f"{root / CONFIG_NAME}: test_dir is set but no sample submission was found; put the "
                                f"competition's sample CSV in {root}/ or set sample_submission (a train-only task "
                                f"needs neither: remove test_dir)")
     d = _find_test_dir(root, cfg, required=False)
     if d is None or _class_root(d) is not None:
         return d
-    raise CompetitionError(f"{root}/: {_rel(d, root)}/ holds unlabelled test images, but no sample submission found "
+    raise CompetitionError(f"{root}/: {relpath(d, root)}/ holds unlabelled test images, but no sample submission found "
                            f"(looked for sample_submission.csv, sampleSubmission.csv, sample_submission*.csv); "
                            f"put the competition's sample CSV there or set sample_submission in {root / CONFIG_NAME}. "
-                           f"For a train-only task move {_rel(d, root)}/ out of {root.name}/ (and predict it later "
+                           f"For a train-only task move {relpath(d, root)}/ out of {root.name}/ (and predict it later "
                            f"with `foldblend predict --images`)")
 
 
-def _find_test_dir(root: Path, cfg: dict, required: bool = True) -> Path | None:
-    if "test_dir" in cfg:
+def _find_test_dir(root: Path, cfg: CompetitionConfig, required: bool = True) -> Path | None:
+    if cfg.test_dir:
         d = _configured(root, cfg, "test_dir", want_dir=True)
     else:
-        d = _pick(root, TEST_DIR_NAMES, want_dir=True)
-        fuzzy = [s for s in _subdirs(root) if _looks_like_test(s.name)]
+        d = pick(root, TEST_DIR_NAMES, want_dir=True)
+        fuzzy = [s for s in subdirs(root) if _looks_like_test(s.name)]
         d = d or (fuzzy[0] if len(fuzzy) == 1 else None)
         if d is None and not required:
             return None
         if d is None:
             raise CompetitionError(f"{root}/: no test image folder found (looked for {', '.join(TEST_DIR_NAMES)}); "
                                    f"put the test images there or set test_dir in {root / CONFIG_NAME}")
-    subs = _subdirs(d)  # testset/testset/*.png: the zip's own folder inside ours
-    return subs[0] if len(subs) == 1 and not _direct_images(d) else d
+    subs = subdirs(d)  # testset/testset/*.png: the zip's own folder inside ours
+    return subs[0] if len(subs) == 1 and not direct_images(d) else d
 
 
 def _class_root(d: Path) -> tuple[Path, dict[str, list[Path]], list[Path]] | None:
@@ -320,15 +223,15 @@ def _class_root(d: Path) -> tuple[Path, dict[str, list[Path]], list[Path]] | Non
     return d, per_class, others + loose
 
 
-def _explain_single_class(root: Path, cfg: dict, test_dir: Path | None) -> None:
+def _explain_single_class(root: Path, cfg: CompetitionConfig, test_dir: Path | None) -> None:
     """A folder-per-class layout with one class folder: say that, not "no training data found"."""
-    if "train_csv" in cfg or _pick(root, TRAIN_CSV_NAMES) is not None:
+    if cfg.train_csv or pick(root, TRAIN_CSV_NAMES) is not None:
         return
     skip = set() if test_dir is None else {test_dir, *test_dir.parents}
-    for s in ([root / cfg["train_dir"]] if "train_dir" in cfg else [s for s in _subdirs(root) if s not in skip]):
+    for s in ([root / cfg.train_dir] if cfg.train_dir else [s for s in subdirs(root) if s not in skip]):
         d, per_class, _, loose = _class_folders(s)
         if len(per_class) == 1 and len(loose) < sum(map(len, per_class.values())):
-            raise CompetitionError(f"{_rel(d, root)}/: only one class folder ({next(iter(per_class))}/) holds "
+            raise CompetitionError(f"{relpath(d, root)}/: only one class folder ({next(iter(per_class))}/) holds "
                                    f"images; a classifier needs at least two classes: add the other classes' "
                                    f"folders next to it")
 
@@ -336,38 +239,39 @@ def _explain_single_class(root: Path, cfg: dict, test_dir: Path | None) -> None:
 def _class_folders(d: Path) -> tuple[Path, dict[str, list[Path]], list[Path], list[Path]]:
     """(the folder whose sub-folders look like classes, images per sub-folder, other files, loose images)."""
     for _ in range(3):  # descend train/simpsons_dataset/<class>, train/train/<class>
-        subs = _subdirs(d)
-        if len(subs) == 1 and not _direct_images(subs[0]) and _subdirs(subs[0]):
+        subs = subdirs(d)
+        if len(subs) == 1 and not direct_images(subs[0]) and subdirs(subs[0]):
             d = subs[0]
         else:
             break
     per_class, others = {}, []
-    for s in _subdirs(d):
-        images, rest = _walk(s)
+    for s in subdirs(d):
+        images, rest = walk(s)
         others += rest
         if images:
             per_class[s.name] = images
-    return d, per_class, others, _direct_images(d)
+    return d, per_class, others, direct_images(d)
 
 
-def _folder_layout(root: Path, cfg: dict, test_dir: Path | None):
-    if "train_dir" in cfg:
+def _folder_layout(root: Path, cfg: CompetitionConfig, test_dir: Path | None):
+    if cfg.train_dir:
         d = _configured(root, cfg, "train_dir", want_dir=True)
         if (found := _class_root(d)) is None:
-            if _pick(root, TRAIN_CSV_NAMES) is not None:
+            if pick(root, TRAIN_CSV_NAMES) is not None:
                 return None  # train_dir is the image folder of a labels-CSV layout
             raise CompetitionError(f"{d}: train_dir holds no class sub-folders with images; put images in "
                                    f"{d.name}/<class>/ or set train_csv in {root / CONFIG_NAME}")
     else:
         skip = {test_dir, *test_dir.parents} if test_dir is not None else set()
-        candidates = [s for s in _subdirs(root) if s not in skip and not _looks_like_test(s.name)]
+        candidates = [s for s in subdirs(root) if s not in skip and not _looks_like_test(s.name)]
         preferred = sorted((s for s in candidates if s.name.lower() in TRAIN_DIR_NAMES),
                            key=lambda s: TRAIN_DIR_NAMES.index(s.name.lower()))
         found = next((hit for s in preferred if (hit := _class_root(s)) is not None), None)
         if found is None:  # an unusual name such as simpsons_dataset/: accept it when it is the only one
             hits = [hit for s in candidates if s not in preferred and (hit := _class_root(s)) is not None]
             if len(hits) > 1:
-                raise CompetitionError(f"{root}/: class folders found in {', '.join(_rel(h[0], root) for h in hits)}; "
+                found_in = ", ".join(relpath(h[0], root) for h in hits)
+                raise CompetitionError(f"{root}/: class folders found in {found_in}; "
                                        f"set train_dir in {root / CONFIG_NAME}")
             if not hits:
                 return None
@@ -382,10 +286,10 @@ def _classes_in_root(root: Path):
 
 
 def _per_class_table(root: Path, d: Path, per_class: dict[str, list[Path]], others: list[Path]):
-    rows = [(_rel(p, root), label) for label, images in per_class.items() for p in images]
+    rows = [(relpath(p, root), label) for label, images in per_class.items() for p in images]
     train = pd.DataFrame(rows, columns=["image", "label"])
-    where = "." if d == root else _rel(d, root)
-    return f"folder per class: {where}/<class>/", train, [_rel(p, root) for p in others]
+    where = "." if d == root else relpath(d, root)
+    return f"folder per class: {where}/<class>/", train, [relpath(p, root) for p in others]
 
 
 def _guess(columns: list[str], names: tuple[str, ...], exclude: tuple[str, ...] = ()) -> str | None:
@@ -393,17 +297,17 @@ def _guess(columns: list[str], names: tuple[str, ...], exclude: tuple[str, ...] 
     return next((lower[n] for n in names if n in lower), None)
 
 
-def _csv_layout(root: Path, cfg: dict):
-    csv = _configured(root, cfg, "train_csv", False) if "train_csv" in cfg else _pick(root, TRAIN_CSV_NAMES)
+def _csv_layout(root: Path, cfg: CompetitionConfig):
+    csv = _configured(root, cfg, "train_csv", False) if cfg.train_csv else pick(root, TRAIN_CSV_NAMES)
     if csv is None:
         return None
     _refuse_outside(root, csv, "the labels CSV")
     df = read_table(csv, "labels CSV", "fix the file or set train_csv in " + str(root / CONFIG_NAME))
     cols = list(df.columns)
-    id_col = cfg.get("id_column") or _guess(cols, ID_NAMES) or cols[0]
-    image_col = cfg.get("image_column") or id_col
-    group_col = cfg.get("group_column") or _guess(cols, GROUP_NAMES, exclude=(id_col, image_col))
-    label_col = cfg.get("label_column") or _guess(cols, LABEL_NAMES, exclude=(id_col, image_col, group_col))
+    id_col = cfg.id_column or _guess(cols, ID_NAMES) or cols[0]
+    image_col = cfg.image_column or id_col
+    group_col = cfg.group_column or _guess(cols, GROUP_NAMES, exclude=(id_col, image_col))
+    label_col = cfg.label_column or _guess(cols, LABEL_NAMES, exclude=(id_col, image_col, group_col))
     rest = [c for c in cols if c not in (id_col, image_col, group_col)]
     if label_col is None and len(rest) == 1:
         label_col = rest[0]
@@ -422,64 +326,30 @@ def _csv_layout(root: Path, cfg: dict):
     if (labels == "").any():
         rows = (df.index[labels == ""] + 2).tolist()[:5]  # +2: header line and 1-based lines
         raise CompetitionError(f"{csv}: empty label on line(s) {rows}; fill them in or drop those rows")
-    image_dir = _configured(root, cfg, "train_dir", True) if "train_dir" in cfg else _pick(root, IMAGE_DIR_NAMES, True)
+    image_dir = _configured(root, cfg, "train_dir", True) if cfg.train_dir else pick(root, IMAGE_DIR_NAMES, True)
     if image_dir is None:
         raise CompetitionError(f"{root}/: {csv.name} found but no image folder ({', '.join(IMAGE_DIR_NAMES)}); "
                                f"set train_dir in {root / CONFIG_NAME}")
-    index = _FileIndex(image_dir, root, "train")
+    index = FileIndex(image_dir, root, "train")
     images = [index.find(v) for v in df[image_col]]
     _raise_missing(df[image_col], images, image_dir, root, "train_dir")
     train = pd.DataFrame({"image": images, "label": labels.to_numpy()})
     if group_col is not None:  # the user's groups (same patient, scene, product): they win over any dedup
         groups = df[group_col].str.strip()
         train["group"] = groups.where(groups != "", None).to_numpy(dtype=object)
-    return f"labels CSV: {csv.name} ({image_col} -> {_rel(image_dir, root)}/)", train, index.others
-
-
-class _FileIndex:
-    """Looks ids up as a relative path first, then as a file name, a stem, or id + any image extension."""
-
-    def __init__(self, folder: Path, root: Path, what: str = "test"):
-        images, others = _walk(folder)
-        self.what = what
-        self.others = [_rel(p, root) for p in others]
-        self.exact: dict[str, str] = {}           # paths name exactly one file
-        self.loose: dict[str, set[str]] = {}      # names and stems may name several
-        for p in images:
-            rel = _rel(p, root)
-            inner = _rel(p, folder)
-            for key in (inner, rel):
-                self.exact[_norm(key)] = rel
-            for key in (p.name, inner[: -len(p.suffix)], p.stem):
-                self.loose.setdefault(_norm(key), set()).add(rel)
-
-    def find(self, id_: str) -> str | None:
-        """The one file an id names; an id that names several (a.jpg and a.png for id `a`) is an error."""
-        key = _norm(id_.strip().replace("\\", "/"))
-        if key in self.exact:
-            return self.exact[key]
-        files = self.loose.get(key)
-        if files and len(files) > 1:
-            raise CompetitionError(f"{self.what} id {id_!r} matches several files: {', '.join(sorted(files)[:5])}; "
-                                   f"remove the extra files or make the ids name one file each")
-        return next(iter(files)) if files else None
-
-
-def _norm(key: str) -> str:
-    suffix = Path(key).suffix
-    return key[: -len(suffix)] + suffix.lower() if suffix and is_image_name(key) else key
+    return f"labels CSV: {csv.name} ({image_col} -> {relpath(image_dir, root)}/)", train, index.others
 
 
 def _raise_missing(ids, found, folder: Path, root: Path, key: str) -> None:
     missing = [i for i, f in zip(ids, found) if f is None]
     if missing:
         raise CompetitionError(
-            f"{_rel(folder, root)}/: no image file for {len(missing)} id(s), e.g. {missing[:5]} (matched as file "
+            f"{relpath(folder, root)}/: no image file for {len(missing)} id(s), e.g. {missing[:5]} (matched as file "
             f"name, stem, id + image extension, or relative path); add the files or set {key} in {root / CONFIG_NAME}")
 
 
 def _match_test(root: Path, test_dir: Path, ids: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    index = _FileIndex(test_dir, root)
+    index = FileIndex(test_dir, root)
     images = [index.find(i) for i in ids]
     _raise_missing(ids, images, test_dir, root, "test_dir")
     return pd.DataFrame({"id": ids, "image": images}), index.others

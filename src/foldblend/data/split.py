@@ -257,7 +257,7 @@ def holdout_setting(comp: Competition, folds_csv: Path, override: float | None =
             raise FoldsError(f"--holdout must be a fraction in [0, 1), got {override}")
         return float(override)
     if "holdout" in comp.configured:
-        return float(comp.settings["holdout"])
+        return float(comp.settings.holdout)
     return recorded_holdout(folds_csv)
 
 

@@ -33,7 +33,7 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
     n_train = len(comp.train)
     table["split"] = ["train"] * n_train + ["test"] * len(comp.test)
     table["label"] = list(comp.train["label"]) + [None] * len(comp.test)
-    table["group"] = duplicate_groups(table, comp.settings["dedup_distance"])
+    table["group"] = duplicate_groups(table, comp.settings.dedup_distance)
     is_train = (table["split"] == "train").to_numpy()
     ok_train = is_train & table["ok"].to_numpy(bool)
     stats = table[STAT_COLUMNS].to_numpy(np.float64)
@@ -47,22 +47,22 @@ def run_scan(project: Project, comp: Competition | None = None, workers: int | N
     _print_imbalance(comp)
     report = duplicate_report(table, table["group"].to_numpy(), table["label"], ~is_train)
     write_json(project.folds_dir / "duplicates.json", report)
-    _print_duplicates(report, comp.settings["dedup"])
-    flagged, threshold, how = ood_flags(scores, comp.settings["ood_threshold"])
+    _print_duplicates(report, comp.settings.dedup)
+    flagged, threshold, how = ood_flags(scores, comp.settings.ood_threshold)
     if ok_train.sum() >= 3:
         suspects = ood_report(table, scores, top=10, stats=stats)
         print("most out-of-domain train images (score):")
         for row in suspects.itertuples():
             print(f"  {row.score:.3f}  {row.image}  ({row.stands_out})")
-        drop = comp.settings["ood"] == "drop"
+        drop = comp.settings.ood == "drop"
         print(f"out-of-domain threshold {threshold:.3f} ({how}): {int(flagged.sum())} train image(s) above it, "
               + ("left out by `foldblend folds` (ood: drop)" if drop else
                  f"kept (ood: report; set ood: drop in {comp.root.name}/competition.yaml to leave them out)"))
     shift, shift_arrays = run_shift_check(project, comp, table, progress=progress)
     eda = write_eda(table, table["group"].to_numpy(), scores, table["label"], project.folds_dir / "eda.html",
                     comp.root, ood_flagged={"mask": flagged, "threshold": threshold, "how": how,
-                                            "mode": comp.settings["ood"]},
-                    shift={"result": shift, "arrays": shift_arrays, "mode": comp.settings["dedup"],
+                                            "mode": comp.settings.ood},
+                    shift={"result": shift, "arrays": shift_arrays, "mode": comp.settings.dedup,
                            "train_images": table.loc[is_train, "image"].tolist()} if shift else None)
     print(f"data report: {eda.relative_to(project.root)}")
     return table

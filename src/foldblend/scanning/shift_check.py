@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from foldblend.artifacts import read_json, write_json, write_npz
+from foldblend.data.competition_config import CompetitionConfig
 from foldblend.data.dedup import duplicate_groups
 from foldblend.data.find import Competition
 from foldblend.data.groups import user_groups, with_user_groups
@@ -63,12 +64,12 @@ def _stats(rows: pd.DataFrame) -> np.ndarray:
     return np.concatenate([rows[STAT_COLUMNS].to_numpy(np.float64), size], axis=1)
 
 
-def _search_mode(settings: dict, has_user_groups: bool) -> str:
-    if has_user_groups or settings["dedup"] not in ("auto", "semantic"):
+def _search_mode(settings: CompetitionConfig, has_user_groups: bool) -> str:
+    if has_user_groups or settings.dedup not in ("auto", "semantic"):
         return "never"  # the user's groups win; other modes only report
-    if settings["semantic_threshold"] is not None:
+    if settings.semantic_threshold is not None:
         return "never"
-    return "always" if settings["dedup"] == "semantic" else "if_optimistic"
+    return "always" if settings.dedup == "semantic" else "if_optimistic"
 
 
 def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, progress: bool = True,
@@ -79,9 +80,9 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
     train = table[table["split"] == "train"].reset_index(drop=True)
     test = table[table["split"] == "test"].reset_index(drop=True)
     n_train, n_test = int(train["ok"].sum()), int(test["ok"].sum())
-    semantic_only = n_test == 0 and settings["dedup"] == "semantic" and settings["semantic_threshold"] is not None
+    semantic_only = n_test == 0 and settings.dedup == "semantic" and settings.semantic_threshold is not None
     why = ("embeddings: off (competition.yaml): no semantic groups, no train/test neighbour check"
-           if not settings["embeddings"] else
+           if not settings.embeddings else
            f"train/test shift: not checked ({n_train} readable train images; it needs {MIN_TRAIN})"
            if n_train < MIN_TRAIN else
            "train/test shift: no test set to compare with" if n_test == 0 and not semantic_only else
@@ -90,8 +91,8 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
     if why:
         return _not_checked(project, why, quiet_if_current)
     user = user_groups(comp)
-    key = _digest(VERSION, spec_key(), *(settings[k] for k in ("n_splits", "fold_seed", "dedup", "dedup_distance",
-                                                                "semantic_threshold")),
+    key = _digest(VERSION, spec_key(), settings.n_splits, settings.fold_seed, settings.dedup, settings.dedup_distance,
+                  settings.semantic_threshold,
                   *train["image"], *train["md5"], *train["ok"], *train["label"], *test["image"], *test["md5"],
                   *test["ok"], *([] if user is None else user))
     cached = read_shift(project)
@@ -99,7 +100,7 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
         with np.load(project.folds_dir / "shift.npz", allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         if not quiet_if_current:
-            print("\n".join(describe_shift(cached, settings["dedup"])))
+            print("\n".join(describe_shift(cached, settings.dedup)))
         return cached, arrays
 
     train_feats, train_ok = features_of_files(project, comp.root, train["image"].tolist(), progress)
@@ -110,28 +111,28 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
         return _not_checked(project, f"train/test shift: not checked ({len(rows)} train images the backbone could "
                                      f"read; it needs {MIN_TRAIN})", quiet_if_current)
     kept = train.iloc[rows].reset_index(drop=True)
-    phash = duplicate_groups(kept, settings["dedup_distance"])
+    phash = duplicate_groups(kept, settings.dedup_distance)
     base = with_user_groups(phash, None if user is None else user[rows])
     labels = kept["label"].astype(str).to_numpy()
 
     feats = train_feats[rows]
     try:
-        fold = assign_folds(labels, base, settings["n_splits"], settings["fold_seed"])
+        fold = assign_folds(labels, base, settings.n_splits, settings.fold_seed)
     except ValueError as e:  # the folds stage will say the same, with its fix
         return _not_checked(project, f"train/test shift: not checked ({e})", quiet_if_current)
     result, arrays = check_shift(feats, test_feats[test_rows] if len(test_rows) else np.zeros((0, feats.shape[1])),
-                                 base, fold, settings["n_splits"], search=_search_mode(settings, user is not None),
+                                 base, fold, settings.n_splits, search=_search_mode(settings, user is not None),
                                  train_stats=_stats(kept), test_stats=_stats(test.iloc[test_rows]),
-                                 seed=settings["fold_seed"])
+                                 seed=settings.fold_seed)
     result["user_groups"] = user is not None
-    result["dedup"] = settings["dedup"]
+    result["dedup"] = settings.dedup
     result["semantic"] = _semantic_summary(result, arrays, feats, phash, settings, user is not None)
     arrays["rows"] = rows
     arrays["phash_groups"] = phash
     result["key"] = key
     write_npz(project.folds_dir / "shift.npz", **{k: np.asarray(v) for k, v in arrays.items()})
     write_json(shift_json(project), result)
-    print("\n".join(describe_shift(result, settings["dedup"])))
+    print("\n".join(describe_shift(result, settings.dedup)))
     return result, arrays
 
 
@@ -152,10 +153,10 @@ def _tree(arrays: dict, feats: np.ndarray) -> GroupTree:
     return GroupTree(len(feats), np.asarray(arrays["tree_children"]), np.asarray(arrays["tree_similarity"]))
 
 
-def _semantic_summary(result: dict, arrays: dict, feats: np.ndarray, phash: np.ndarray, settings: dict,
-                      has_user_groups: bool) -> dict | None:
+def _semantic_summary(result: dict, arrays: dict, feats: np.ndarray, phash: np.ndarray,
+                      settings: CompetitionConfig, has_user_groups: bool) -> dict | None:
     """The semantic groups the folds would use (or would with `dedup: auto`), and what they add to pHash."""
-    threshold, how = settings["semantic_threshold"], "semantic_threshold in competition.yaml"
+    threshold, how = settings.semantic_threshold, "semantic_threshold in competition.yaml"
     if threshold is None and result.get("match"):
         threshold, how = result["match"]["threshold"], "matched to the test's neighbour similarities"
     if threshold is None:
@@ -166,7 +167,7 @@ def _semantic_summary(result: dict, arrays: dict, feats: np.ndarray, phash: np.n
         groups = union_groups(phash, _tree(arrays, feats).cut(threshold))
     arrays["semantic_groups"] = groups
     added = groups_added(phash, groups)
-    mode = settings["dedup"]
+    mode = settings.dedup
     applied = not has_user_groups and (mode == "semantic" or (mode == "auto" and result["optimistic"]))
     return {"threshold": threshold, "how": how, "groups_added": added["n_groups"],
             "images_in_added": added["n_images"], "largest_group": added["largest"], "applied": applied}
@@ -221,14 +222,14 @@ def describe_shift(result: dict | None, mode: str) -> list[str]:
 def semantic_threshold(comp: Competition, shift: dict | None) -> float | None:
     """The similarity at which the folds join semantic groups, or None (pHash only)."""
     s = comp.settings
-    if s["dedup"] not in ("auto", "semantic") or not s["embeddings"]:
+    if s.dedup not in ("auto", "semantic") or not s.embeddings:
         return None
-    if s["dedup"] == "auto" and not (shift or {}).get("optimistic"):
+    if s.dedup == "auto" and not (shift or {}).get("optimistic"):
         return None
-    if s["semantic_threshold"] is not None:
-        return float(s["semantic_threshold"])
+    if s.semantic_threshold is not None:
+        return float(s.semantic_threshold)
     threshold = ((shift or {}).get("match") or {}).get("threshold")
-    if threshold is None and s["dedup"] == "semantic":
+    if threshold is None and s.dedup == "semantic":
         raise FoldsError(f"{comp.root / 'competition.yaml'}: dedup: semantic needs a threshold and none was matched "
                          f"to the test (no test set, too few images, or embeddings: false); set semantic_threshold "
                          f"(a cosine similarity such as 0.85)")
@@ -252,13 +253,13 @@ def fold_groups(project: Project, comp: Competition, kept: pd.DataFrame, automat
             tree = group_tree(feats[index])
         semantic = tree.cut(threshold)
         groups = union_groups(semantic if groups is None else groups, semantic)
-        print(f"semantic groups at similarity {threshold:.4f} (dedup: {comp.settings['dedup']}): "
+        print(f"semantic groups at similarity {threshold:.4f} (dedup: {comp.settings.dedup}): "
               f"{int(groups.max()) + 1} groups over {len(kept)} images")
     if user is not None:
         groups = with_user_groups(np.arange(len(kept)) if groups is None else groups, user)
         print(f"user groups: {int(pd.notna(user).sum())} of {len(kept)} images in "
               f"{len(set(user[pd.notna(user)]))} groups (they win over duplicate and semantic groups)")
-    return groups, {"dedup": comp.settings["dedup"], "semantic_threshold": threshold,
+    return groups, {"dedup": comp.settings.dedup, "semantic_threshold": threshold,
                     "user_groups": int(pd.notna(user).sum()) if user is not None else 0}
 
 
@@ -277,7 +278,7 @@ def _saved_tree(project: Project, index: np.ndarray) -> GroupTree | None:
 def write_similarity(project: Project, comp: Competition, folds: pd.DataFrame, progress: bool = True) -> None:
     """folds/similarity.npz for the split `folds` (a no-op while split, test set and backbone are unchanged)."""
     path = similarity_npz(project)
-    if not comp.settings["embeddings"] or read_shift(project) is None:  # no check, no weights (too few images)
+    if not comp.settings.embeddings or read_shift(project) is None:  # no check, no weights (too few images)
         remove(path, project.folds_dir)
         return
 

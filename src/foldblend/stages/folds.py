@@ -32,31 +32,31 @@ def run_folds(project: Project, comp: Competition | None = None, progress: bool 
     train = table[table["split"] == "train"].reset_index(drop=True)
     keep = train["ok"].to_numpy(bool).copy()  # pandas may hand out a read-only view
     reasons = np.where(keep, "", "unreadable").astype(object)
-    flagged, threshold, how = ood_flags(train["ood"].to_numpy(float), comp.settings.get("ood_threshold"))
-    ood = {"mode": comp.settings["ood"], "threshold": threshold if np.isfinite(threshold) else None, "how": how,
+    flagged, threshold, how = ood_flags(train["ood"].to_numpy(float), comp.settings.ood_threshold)
+    ood = {"mode": comp.settings.ood, "threshold": threshold if np.isfinite(threshold) else None, "how": how,
            "above_threshold": int((flagged & keep).sum())}
-    if comp.settings["ood"] == "drop":
+    if comp.settings.ood == "drop":
         reasons[flagged & keep] = "out_of_domain"
         keep &= ~flagged
-    mode = comp.settings["dedup"]
+    mode = comp.settings.dedup
     if mode == "keep_one":
-        one = keep_one_per_group(train, duplicate_groups(train, comp.settings["dedup_distance"]))
+        one = keep_one_per_group(train, duplicate_groups(train, comp.settings.dedup_distance))
         reasons[keep & ~one] = "duplicate"
         keep &= one
     kept = train[keep].reset_index(drop=True)
     # regrouped here: scan.csv's groups may come from another dedup_distance
-    groups = duplicate_groups(kept, comp.settings["dedup_distance"]) if mode in ("group", "auto", "semantic") else None
+    groups = duplicate_groups(kept, comp.settings.dedup_distance) if mode in ("group", "auto", "semantic") else None
     run_shift_check(project, comp, table, progress=progress, quiet_if_current=True)  # current: a no-op
     groups, grouping = fold_groups(project, comp, kept, groups, progress=progress)
     counts = pd.Series(reasons[~keep]).value_counts()
     print("left out of training: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "none")
-          + (f" (out-of-domain threshold {threshold:.3f}, {how})" if comp.settings["ood"] == "drop" else ""))
+          + (f" (out-of-domain threshold {threshold:.3f}, {how})" if comp.settings.ood == "drop" else ""))
     left_out = [{"image": r.image, "label": r.label, "reason": why}
                 | ({"ood": round(float(r.ood), 4)} if why == "out_of_domain" else {})
                 for r, why in zip(train.itertuples(), reasons) if why]
     fraction = holdout_setting(comp, project.folds_csv, holdout)
-    folds, _ = ensure_folds(kept[["image", "label"]], project.folds_csv, comp.settings["n_splits"],
-                            comp.settings["fold_seed"], groups, holdout=fraction,
+    folds, _ = ensure_folds(kept[["image", "label"]], project.folds_csv, comp.settings.n_splits,
+                            comp.settings.fold_seed, groups, holdout=fraction,
                             record={"ood": ood, "grouping": grouping, "left_out": left_out})
     _write_holdout_list(project, comp, folds)
     write_similarity(project, comp, folds, progress=progress)
@@ -81,8 +81,9 @@ def _warn_unseen_classes(folds: pd.DataFrame) -> None:
     unseen = classes_unseen_in_training(folds)
     if unseen:
         listed = ", ".join(f"{c} (fold {k})" for c, k in list(unseen.items())[:10])
-        print(f"WARNING: {len(unseen)} class(es) have every image in one fold (usually one duplicate group holds them all) "
-              f": {listed}{' ...' if len(unseen) > 10 else ''}. That fold's model never trains on "
+        print(f"WARNING: {len(unseen)} class(es) have every image in one fold "
+              f"(usually one duplicate group holds them all) : {listed}{' ...' if len(unseen) > 10 else ''}. "
+              f"That fold's model never trains on "
               f"them and its CV counts them as misses. If these are not true duplicates, lower dedup_distance "
               f"in input/competition.yaml (or set dedup: keep_one / off)")
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pandas as pd
 
 from foldblend.artifacts import read_json
-from foldblend.data.find import load_competition
+from foldblend.data.find import Competition, load_competition
 from foldblend.data.split import settings_path
 from foldblend.ensemble.confidence import describe_estimates, member_note
 from foldblend.ensemble.store import split_members
@@ -77,12 +78,17 @@ def shift_lines(project: Project, blend: dict | None = None) -> list[str]:
     return lines
 
 
-def competition_line(project: Project) -> str | None:
-    """Which layout was found, and whether there is a test set (None when input/ cannot be read)."""
-
+def read_competition(project: Project) -> Competition | None:
+    """The competition in input/, or None when it cannot be read."""
     try:
-        comp = load_competition(project.input)
+        return load_competition(project.input)
     except (OSError, ValueError):
+        return None
+
+
+def competition_line(comp: Competition | None) -> str | None:
+    """Which layout was found, and whether there is a test set (None when input/ cannot be read)."""
+    if comp is None:
         return None
     line = f"input: {comp.layout}"
     if not comp.has_test:
@@ -100,25 +106,27 @@ def latest_submission(project: Project) -> pd.Series | None:
     return df.iloc[-1] if len(df) else None
 
 
-def demo_test_score(project: Project, submission_file) -> float | None:
-    """Only for the demo: the true test macro-F1 of a submission, from the held-back labels."""
+def true_test_score(comp: Competition | None, submission: Path) -> float | None:
+    """The true test macro-F1 of a label submission, from the labels competition.yaml's `test_labels` names
+    (a finished competition, or the demo); None without them or for a submission of probabilities."""
     from sklearn.metrics import f1_score
 
-    labels_path = project.input / "demo_test_labels.csv"
-    sub_path = project.submissions / str(submission_file)
-    if not (labels_path.exists() and sub_path.exists()):
+    if comp is None or comp.test_labels_path is None or not submission.exists():
         return None
-    truth = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
-    sub = pd.read_csv(sub_path, dtype=str, keep_default_na=False)
-    merged = truth.merge(sub, on=truth.columns[0], suffixes=("_true", "_pred"))
-    col = truth.columns[1]
-    return float(f1_score(merged[f"{col}_true"], merged[f"{col}_pred"], average="macro"))
+    truth = pd.read_csv(comp.test_labels_path, dtype=str, keep_default_na=False)
+    sub = pd.read_csv(submission, dtype=str, keep_default_na=False)
+    if truth.shape[1] < 2 or sub.shape[1] != 2:
+        return None
+    truth, sub = truth.iloc[:, :2].set_axis(["id", "label"], axis=1), sub.set_axis(["id", "label"], axis=1)
+    merged = truth.merge(sub, on="id", suffixes=("_true", "_pred"))
+    return float(f1_score(merged["label_true"], merged["label_pred"], average="macro"))
 
 
 def print_summary(project: Project) -> None:
     exps = experiment_rows(project)
     print("\n=== foldblend summary ===")
-    line = competition_line(project)
+    comp = read_competition(project)
+    line = competition_line(comp)
     if line:
         print(line)
     blend = blend_row(project)
@@ -149,7 +157,7 @@ def print_summary(project: Project) -> None:
     sub = latest_submission(project)
     if sub is not None:
         print(f"submission: {project.submissions.name}/{sub['file']}  (CV {sub.get('cv')})")
-        test_f1 = demo_test_score(project, sub["file"])
+        test_f1 = true_test_score(comp, project.submissions / str(sub["file"]))
         if test_f1 is not None:
             print(f"demo only - true test macro-F1 of that file (held-back labels): {test_f1:.4f}")
 
