@@ -3,7 +3,7 @@
 #   bash run.sh              set up .venv, build the demo competition (and its fold configs) if input/ is empty,
 #                            then scan -> folds -> [init, when folds/ holds no fold config] -> train every
 #                            folds/*.yaml -> blend -> submit -> summary -> report
-#   bash run.sh test         set up .venv with the dev extras and run the test suite
+#   bash run.sh test         set up .venv with the dev extras, lint (ruff) and run the test suite
 #   bash run.sh <stage> ...  any single stage, e.g. `bash run.sh train folds/cnn_small.yaml --folds 0`
 # PRESET=fast|medium|best and TIME_LIMIT=2h choose what `foldblend init` writes (only when folds/ holds no config).
 # GPUS=0,1 bash run.sh picks the devices folds train on (default: every GPU when there are several).
@@ -51,6 +51,6 @@ main() {
 
 case "${1:-}" in
   "") main ;;
-  test) shift; setup; exec "$PY" -m pytest -q "$@" ;;
+  test) shift; setup; "$PY" -m ruff check src tests bench; exec "$PY" -m pytest -q "$@" ;;
   *) setup; foldblend "$@" ;;
 esac
