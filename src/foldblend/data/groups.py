@@ -64,7 +64,8 @@ def read_groups_file(path: Path, train_images: list[str]) -> dict[int, str]:
         raise GroupsError(f"{path}: {len(unknown)} image(s) are not train images, e.g. {', '.join(unknown[:5])}; name "
                           f"each by its path inside input/ (as folds/scan.csv lists it), or drop the line")
     if ambiguous:
-        raise GroupsError(f"{path}: {len(ambiguous)} name(s) match several train images, e.g. {', '.join(ambiguous[:5])}; "
+        raise GroupsError(f"{path}: {len(ambiguous)} name(s) match several train images, "
+                          f"e.g. {', '.join(ambiguous[:5])}; "
                           f"use the path inside input/")
     if conflicts:
         raise GroupsError(f"{path}: image(s) listed in two groups: {', '.join(conflicts[:5])}; keep one line per image")

@@ -106,7 +106,8 @@ def describe(matched: dict) -> str:
 def load_similarity(similarity_npz, folds_csv, ids: np.ndarray) -> tuple[dict | None, str]:
     """({oof_sim, test_sim, groups} aligned with the blend's OOF `ids`, "") or (None, why not)."""
     if not similarity_npz.exists():
-        return None, "no folds/similarity.npz (embeddings: false, or folds made before it existed: rerun `foldblend folds`)"
+        return None, ("no folds/similarity.npz (embeddings: false, or folds made before it existed: "
+                      "rerun `foldblend folds`)")
     with np.load(similarity_npz, allow_pickle=False) as z:
         sim_ids, oof_sim, test_sim = z["ids"].astype(str), z["oof_similarity"], z["test_similarity"]
     if len(sim_ids) != len(ids) or (sim_ids != np.asarray(ids).astype(str)).any():

@@ -1,7 +1,8 @@
 """Assembling a member: every fold's predictions (models/<exp>/fold_<k>/preds.npz) into the contract.
 
 `assemble_member` writes oof/<exp>/{oof.npz, test.npz, holdout.npz, scores.json} and scores every fold
-and every view on its out-of-fold rows (the held-out split is scored only after the blend). Any member kind whose folds write `preds.npz` is assembled the same way.
+and every view on its out-of-fold rows (the held-out split is scored only after the blend). Any member kind
+whose folds write `preds.npz` is assembled the same way.
 """
 from __future__ import annotations
 

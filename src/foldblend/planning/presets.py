@@ -211,7 +211,8 @@ def embedding(head: str, model: str, weights, tag: str, profile: DataProfile, hw
                                                       f"(extracted once, shared by every head)")
     c.set("kind", "embedding", "a head on frozen features: seconds per fold once the features exist")
     c.set("model", model, "the frozen backbone")
-    c.set("pretrained", weights, "ImageNet weights (" + ("timm's hub" if weights is True else "packaged, offline") + ")")
+    c.set("pretrained", weights,
+          "ImageNet weights (" + ("timm's hub" if weights is True else "packaged, offline") + ")")
     c.set("img_size", size, f"the weights' native size {native} px" if size == native else
           f"ImageNet features want objects near {native} px; {size} px is what a {preset} CPU run affords")
     c.set("tta", ["identity", "hflip"], "features of the mirrored image too; the blend weighs the view by evidence")

@@ -125,7 +125,8 @@ def _dup_section(scan_df, groups, labels, root) -> list[str]:
         rows = np.flatnonzero(groups == g)
         tags = [] if lab is None else [str(lab.iloc[r]) for r in rows]
         conflict = lab is not None and len({t for t in tags if t not in ("nan", "None")}) > 1
-        figs = "".join(_thumb(root, scan_df["image"].iloc[r], scan_df["image"].iloc[r] + (f" [{tags[k]}]" if tags else ""))
+        figs = "".join(_thumb(root, scan_df["image"].iloc[r],
+                              scan_df["image"].iloc[r] + (f" [{tags[k]}]" if tags else ""))
                        for k, r in enumerate(rows[:8]))
         note = " <span class='warn'>labels disagree</span>" if conflict else ""
         out.append(f"<div class='grp'>group {int(g)}: {len(rows)} images{note}<br>{figs}</div>")
@@ -151,7 +152,8 @@ def _flagged_section(scan_df, ood_scores, flagged: dict | None, root) -> list[st
         return []
     mask = np.asarray(flagged["mask"], bool)
     drop = flagged["mode"] == "drop"
-    out = [f"<h2 id='ood-dropped'>{'Dropped' if drop else 'Would be dropped'} as out-of-domain ({int(mask.sum())})</h2>",
+    out = [f"<h2 id='ood-dropped'>{'Dropped' if drop else 'Would be dropped'} "
+           f"as out-of-domain ({int(mask.sum())})</h2>",
            f"<p>Threshold {flagged['threshold']:.3f} ({html.escape(flagged['how'])}). "
            + ("These images are left out of the folds (<code>ood: drop</code>); folds/folds.json lists them."
               if drop else "Kept: <code>ood: report</code>. Set <code>ood: drop</code> in competition.yaml to "
@@ -175,7 +177,8 @@ def similarity_png(distributions: dict[str, np.ndarray], title: str = "", dpi: i
     bins = np.linspace(lo, hi + 1e-6, 40)
     for (name, _), v in zip(distributions.items(), finite):
         if len(v):
-            ax.hist(v, bins=bins, density=True, histtype="stepfilled", alpha=0.35, label=f"{name} (median {np.median(v):.3f})")
+            ax.hist(v, bins=bins, density=True, histtype="stepfilled", alpha=0.35,
+                    label=f"{name} (median {np.median(v):.3f})")
             ax.hist(v, bins=bins, density=True, histtype="step", linewidth=1.2)
     ax.set_xlabel("cosine similarity to the nearest training image")
     ax.set_ylabel("density")
@@ -219,12 +222,14 @@ def _semantic_section(shift: dict | None, root: Path) -> list[str]:
     added = groups_added(phash, groups)["groups"]
     sizes = np.bincount(groups)
     out.append(f"<p>{len(added)} groups join images pHash does not (threshold {semantic['threshold']:.4f}, "
-               f"{html.escape(semantic['how'])}; {'used by the folds' if semantic['applied'] else 'not used by the folds'}"
+               f"{html.escape(semantic['how'])}; "
+               f"{'used by the folds' if semantic['applied'] else 'not used by the folds'}"
                f"). The largest first, up to {MAX_DUP_GROUPS}; each keeps its images in one fold.</p>")
     for g in added[np.argsort(-sizes[added], kind="stable")][:MAX_DUP_GROUPS]:
         rows = np.flatnonzero(groups == g)
         figs = "".join(_thumb(root, images[r], images[r]) for r in rows[:8])
-        out.append(f"<div class='grp'>group of {len(rows)} images, {len(np.unique(phash[rows]))} pHash groups<br>{figs}</div>")
+        out.append(f"<div class='grp'>group of {len(rows)} images, "
+                   f"{len(np.unique(phash[rows]))} pHash groups<br>{figs}</div>")
     return out
 
 

@@ -26,7 +26,8 @@ def scan_spec():
     return default_spec(SIZE)
 
 
-def features_of_files(project: Project, root: Path, images: list[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def features_of_files(project: Project, root: Path, images: list[str],
+                      progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """((N, D) float32 L2-normalised features, ok (N,)) of image files named relative to `root`."""
 
     if not images:

@@ -25,7 +25,8 @@ from foldblend.data.read import ImageReadError, inspect_bytes, read_bytes
 
 # The out-of-domain statistics ride along: the file is decoded here anyway, so nothing decodes it again.
 # mtime_ns with bytes: later stages notice a file changed after the scan (data/freshness.py)
-COLUMNS = ["image", "ok", "why", "format", "mode", "width", "height", "bytes", "mtime_ns", "md5", "phash"] + STAT_COLUMNS
+COLUMNS = (["image", "ok", "why", "format", "mode", "width", "height", "bytes", "mtime_ns", "md5", "phash"]
+           + STAT_COLUMNS)
 _CACHE_KEY = ["image", "bytes", "mtime_ns"]
 # Perceptual hashes only look at a 32x32 thumbnail; decoding large JPEGs at reduced scale is ~4x faster.
 PHASH_DRAFT = 256
