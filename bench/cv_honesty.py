@@ -66,7 +66,7 @@ embed:
   C: 0.1
 """,
     # a network trained from scratch; at 6 epochs on ~1,000 images it stays near chance (OOF accuracy
-    # 0.19-0.30 on 8 classes, README "Can I trust the CV?"): the regime where no estimate holds
+    # 0.19-0.30 on 8 classes, docs/cv-honesty.md): the regime where no estimate holds
     "cnn": """\
 model: cnn_small
 img_size: 64

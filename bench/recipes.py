@@ -8,7 +8,7 @@
 - `init --preset medium --time-limit` set to 5x the plain network's wall time (the issue's compute target);
 - each member of the medium run alone: the embedding heads, the pretrained fine-tune, the networks from scratch.
 
-Each blend's row shows its nested CV and its confidence estimate (README, "Can I trust the CV?") beside
+Each blend's row shows its nested CV and its confidence estimate (docs/cv-honesty.md) beside
 its test score.
 
 The data is `styles.py`'s: 10 shape and 6 glyph classes at 28-120 px, imbalanced (--imbalance), train

@@ -1,4 +1,4 @@
-"""`foldblend export`: an experiment or the blend as one self-contained folder, and loading it back.
+"""The bundle format: an experiment or the blend as one self-contained folder, written and loaded back.
 
 A bundle is what "an image folder plus trained weights" needs, on any machine, without models/ or
 oof/: every fold model's weights as safetensors (tensors only, nothing unpickled on load) and a

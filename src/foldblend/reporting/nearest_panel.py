@@ -47,7 +47,7 @@ def neighbours_section(project: Project, thumbnail, missing) -> str:
     """The panel's HTML (`thumbnail(path)` and `missing(text)` are the report's helpers)."""
     found = embedding_member(project)
     if found is None:
-        return missing("no embedding member yet: a fold config with `kind: embedding` (see README) gives its "
+        return missing("no embedding member yet: a fold config with `kind: embedding` (see docs/configs.md) gives its "
                        "features to this panel")
     name, config = found
 

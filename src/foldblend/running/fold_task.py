@@ -27,7 +27,7 @@ from foldblend.running.jobs import FoldJob
 
 PROBE = ".executor_probe"   # models/<this>: a token the driver writes and every worker must read back
 SHARED_FS = ("the Ray executor needs the project folder on a file system that every node mounts at the "
-             "same path (see README, 'More than one machine')")
+             "same path (see docs/scale-out.md)")
 
 
 class ProjectNotVisible(RuntimeError):

@@ -1,5 +1,6 @@
-"""The scan stage: every image read once before training (readable or not and why, size, mode, content and
-perceptual hash), then duplicate groups, out-of-domain scores, the train/test shift check and the EDA page.
+"""Every image read once before training: readable or not and why, size, mode, content and perceptual hash
+(the rows of folds/scan.csv; `scanning.run` adds duplicate groups, out-of-domain scores, the shift check
+and the EDA page).
 
 Finding a truncated JPEG at epoch 3 of fold 4 costs a run; finding it here costs a line in a table.
 The table is cached by (relative path, file size, mtime_ns), so rescanning a 25k-image folder after

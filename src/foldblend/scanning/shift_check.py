@@ -1,4 +1,5 @@
-"""The shift check in the pipeline: run by the scan, used by the folds stage, read by blend, summary, report.
+"""The train/test shift check with its files: run by the scan, used by the folds stage, read by blend, summary,
+report.
 
 - scan: `run_shift_check` extracts (or reads cached) embeddings, compares train with test (`shift`),
   searches the matching semantic threshold when CV looks optimistic, prints the verdict and writes

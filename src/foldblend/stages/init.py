@@ -50,7 +50,7 @@ def _header(c: Candidate, command: str, profile: DataProfile, hw: Hardware, seco
             f"  data: {profile.describe()}",
             f"  machine: {hw.describe()}",
             f"  {estimate}",
-            "Edit freely (keys: README's fold-config table); `foldblend init --force` writes init's files again."]
+            "Edit freely (keys: docs/configs.md); `foldblend init --force` writes init's files again."]
 
 
 def _command(preset: str, time_limit: str | None, device: str) -> str:
