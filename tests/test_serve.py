@@ -1,26 +1,33 @@
 """The web app's model: predictions identical to `foldblend predict`, member breakdown, model card,
 similar images from the feature index, the page's HTML, and its HTTP API (Gradio, in-process)."""
+import io
 import json
 import socket
 import urllib.request
+import zipfile
+from pathlib import Path
 
 import imagegen as gen
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from sklearn.metrics import f1_score
 from test_predict import CLASSES, make_blend, make_experiment, make_labelled_folder
 
+from foldblend.data.read import ImageReadError
 from foldblend.ensemble import methods as E
 from foldblend.ensemble.fitted import FittedBlend
+from foldblend.inference import predictor as predictor_module
 from foldblend.inference import similar as neighbours
 from foldblend.inference.load import load_predictor
 from foldblend.inference.predictor import Predictor, predict_images, top_k_table
 from foldblend.paths import Project
 from foldblend.serve import model as served_module
-from foldblend.serve.app import upload_folder_for
+from foldblend.serve.app import classify_uploads, upload_folder_for
 from foldblend.serve.model import classify, load_served
 from foldblend.serve.page import card_html, results_html
+from foldblend.serve.uploads import UploadLimits
 
 
 @pytest.fixture()
@@ -193,6 +200,47 @@ def test_uploads_never_go_into_the_project(project, monkeypatch, tmp_path):
     folder, ours = upload_folder_for(project)
     assert ours and folder.is_dir() and not folder.is_relative_to(project.root)
     folder.rmdir()
+
+
+def test_pixel_bombs_are_refused_from_their_headers_and_a_request_decodes_a_bounded_number_of_pixels(
+        project, images, tmp_path, monkeypatch):
+    """A 6 kB PNG declaring 7000x7000 pixels (just under the per-image guard) decodes to ~0.6 GB: a zip of
+    them may only cost what the request's pixel budget allows; the rest are refused, one line each, from
+    their headers, never decoded, and the ordinary images in the same zip are classified."""
+    bomb = io.BytesIO()
+    Image.new("1", (7000, 7000)).save(bomb, "PNG")
+    archive = tmp_path / "bombs.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(8):  # 392 megapixels declared in all
+            z.writestr(f"bombs/huge_{i}.png", bomb.getvalue())
+        for i in range(2):
+            z.writestr(f"bombs/ok_{i}.png", images[i].read_bytes())
+    assert archive.stat().st_size < 20_000
+
+    decoded = {}  # the decoder's calls: file -> the pixels its header declares
+    real_load = predictor_module.load_rgb
+
+    def load_rgb(path, **kwargs):
+        with Image.open(path) as im:
+            w, h = im.size
+        decoded[Path(path).name] = w * h
+        if w * h > 1_000_000:  # what it would cost is counted; a test machine does not pay it
+            raise ImageReadError(f"{path}: not decoded in this test")
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "load_rgb", load_rgb)
+    (tmp_path / "gradio").mkdir()
+    result, _ = classify_uploads(load_served(project, "blend"), [str(archive)], None, 3, tmp_path / "gradio",
+                                 UploadLimits(), html=False)
+
+    assert sum(decoded.values()) <= 300_000_000, "a request decodes a few hundred megapixels at most"
+    accepted = UploadLimits().max_pixels // 49_000_000
+    assert 1 <= accepted < 8 and sum(n > 1_000_000 for n in decoded.values()) == accepted
+    refused = [e for e in result["errors"] if "--max-megapixels" in e]
+    assert len(refused) == 8 - accepted and len(decoded) == accepted + 2  # the refused ones were never decoded
+    assert refused[0].startswith(f"bombs.zip/bombs/huge_{accepted}.png: left out, 7000x7000 is 49 megapixels "
+                                 "and this request has")
+    assert [i["file"] for i in result["images"]] == ["bombs.zip/bombs/ok_0.png", "bombs.zip/bombs/ok_1.png"]
 
 
 def free_port() -> int:

@@ -91,3 +91,19 @@ def test_at_most_max_images_per_request(files):
     assert got.names == ["a.png", "many.zip/img_0.png", "many.zip/img_1.png"]
     assert "only the first 3 images" in got.problems[0] and "(3 left out)" in got.problems[0]
     assert got.problems[1].startswith("B photo.JPG: left out, only 3 images")
+
+
+def test_pixels_are_budgeted_per_request_from_the_headers(files):
+    """Images (files and zip members alike) pass while the pixels their headers declare fit what is left;
+    the others are one line each, and a refused zip member is not kept on disk."""
+    png = gen.encode(gen.shapes(8, 32))  # 1024 pixels
+    archive = _zip(files["root"] / "more.zip", {"x.png": png, "y.png": png, "z.png": gen.encode(gen.shapes(9, 16))})
+    files["work"].mkdir()
+    got = gather_uploads([files["a"], archive, files["b"]], files["work"], UploadLimits(max_pixels=2500))
+    assert got.names == ["a.png", "more.zip/x.png", "more.zip/z.png"] and got.pixels == 1024 * 2 + 256
+    assert got.problems == [
+        "more.zip/y.png: left out, 32x32 is 0.00102 megapixels and this request has 0.000452 of its 0.0025 "
+        "megapixels left to decode; send it in another request (or raise --max-megapixels)",
+        "B photo.JPG: left out, 32x32 is 0.00102 megapixels and this request has 0.000196 of its 0.0025 "
+        "megapixels left to decode; send it in another request (or raise --max-megapixels)"]
+    assert len([p for p in files["work"].rglob("*") if p.is_file()]) == 2

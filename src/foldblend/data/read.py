@@ -34,6 +34,16 @@ def is_image_name(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, no pixel decoded; None when it is not an image Pillow
+    can identify (decoding it would then fail the same way, before allocating anything)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # UnidentifiedImageError, DecompressionBombError, OSError, a decoder plugin's bug
+        return None
+
+
 @dataclass(frozen=True)
 class ImageCheck:
     """What `check_image` learnt about one file; `why` is "" when `ok`."""

@@ -3,7 +3,10 @@
 An upload is an image file, or a `.zip` of a folder of images. Zip members are copied (never by their
 own names, so `../` in an archive cannot escape) into a work folder the caller owns, outside the
 project; sizes are checked while copying, not trusted from the archive's header, so a zip bomb costs at
-most the limit. Nothing here decodes pixels: `predict_images` does that, as for `foldblend predict`.
+most the limit. Nothing here decodes pixels: `predict_images` does that, as for `foldblend predict`. But
+each image's header is read first, and an image is passed on only while the pixels it declares fit what
+is left of the request's pixel budget, so a request never decodes more than `max_pixels` in all, however
+many images it holds and however many threads decode them (a few-kB PNG can declare 49 megapixels).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from foldblend.data.read import IMAGE_EXTENSIONS, is_image_name
+from foldblend.data.read import IMAGE_EXTENSIONS, MAX_PIXELS, header_size, is_image_name
 from foldblend.safety import remove
 
 ACCEPTED = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
@@ -20,10 +23,12 @@ ACCEPTED = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
 
 @dataclass(frozen=True)
 class UploadLimits:
-    """Bounds on one request: bytes of any uploaded file (and of a zip's images together), image count."""
+    """Bounds on one request: bytes of any uploaded file (and of a zip's images together), image count,
+    and pixels its images declare in all (what decoding them can cost, about 10-20 bytes a pixel at its peak)."""
 
     max_bytes: int = 200 * 2**20
     max_images: int = 1000
+    max_pixels: int = 200_000_000
 
     @property
     def max_mb(self) -> str:
@@ -37,10 +42,29 @@ class Uploads:
     paths: list[Path] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    pixels: int = 0  # what the images passed on declare in their headers, together
 
     def add(self, path: Path, name: str) -> None:
         self.paths.append(path)
         self.names.append(name)
+
+
+def _fits_pixels(path: Path, name: str, limits: UploadLimits, found: Uploads) -> bool:
+    """Whether the image's header leaves it within the request's pixel budget (then charged to it), else one
+    line. A header that cannot be read, or one over the per-image guard, is passed on uncharged: the decoder
+    refuses it from that same header, before allocating a pixel."""
+    size = header_size(path)
+    if size is None or size[0] * size[1] > MAX_PIXELS:
+        return True
+    pixels = size[0] * size[1]
+    left = limits.max_pixels - found.pixels
+    if pixels > left:
+        found.problems.append(f"{name}: left out, {size[0]}x{size[1]} is {pixels / 1e6:.3g} megapixels and this "
+                              f"request has {max(left, 0) / 1e6:.3g} of its {limits.max_pixels / 1e6:.3g} megapixels "
+                              f"left to decode; send it in another request (or raise --max-megapixels)")
+        return False
+    found.pixels += pixels
+    return True
 
 
 def _skipped_member(name: str) -> bool:
@@ -99,7 +123,10 @@ def _add_zip(path: Path, name: str, workdir: Path, limits: UploadLimits, found: 
                                       f"archive (or raise --max-upload-mb)")
                 return
             budget -= copied
-            found.add(dst, shown)
+            if _fits_pixels(dst, shown, limits, found):
+                found.add(dst, shown)
+            else:
+                remove(dst, inside=folder)
 
 
 def gather_uploads(files: list[str | Path], workdir: Path, limits: UploadLimits = UploadLimits()) -> Uploads:
@@ -127,7 +154,7 @@ def gather_uploads(files: list[str | Path], workdir: Path, limits: UploadLimits 
         elif len(found.paths) >= limits.max_images:
             found.problems.append(f"{name}: left out, only {limits.max_images} images are classified at once "
                                   f"(raise --max-images)")
-        else:
+        elif _fits_pixels(path, name, limits, found):
             found.add(path, name)
     return found
 

@@ -20,10 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=200,
                         help="largest file accepted, and most a zip may unpack to (MB)")
     parser.add_argument("--max-images", type=int, default=1000, help="most images classified in one request")
+    parser.add_argument("--max-megapixels", type=float, default=200,
+                        help="most pixels the images of one request may declare in all (checked from each "
+                        "header before decoding; decoding costs about 10-20 bytes a pixel at its peak)")
 
 
 def run(args: argparse.Namespace, project) -> None:
-    if args.max_upload_mb <= 0 or args.max_images < 1 or args.top_k < 1:
-        raise ValueError("--max-upload-mb, --max-images and --top-k must be positive")
+    if args.max_upload_mb <= 0 or args.max_images < 1 or args.top_k < 1 or args.max_megapixels <= 0:
+        raise ValueError("--max-upload-mb, --max-images, --max-megapixels and --top-k must be positive")
     serve(project, args.exp, args.host, args.port, args.device, args.batch_size,
-          UploadLimits(int(args.max_upload_mb * 2**20), args.max_images), args.top_k)
+          UploadLimits(int(args.max_upload_mb * 2**20), args.max_images, int(args.max_megapixels * 1e6)), args.top_k)
