@@ -251,7 +251,7 @@ def test_integer_class_names_in_competition_yaml(tmp_path):
     ("- a\n- b\n", "expected `key: value`"),
     ("n_splits: [2\n", "not valid YAML"),
     ("test_dir: nowhere\n", "test_dir 'nowhere' is not a folder"),
-    ("holdout: 1.5\n", "'holdout' must be a fraction in \\[0, 1\\)"),
+    ("holdout: 1.5\n", "'holdout' must be a fraction in \\[0, 0.5\\]"),
     ("class_order: alphabetical\n", "'class_order' must be one of lexical, natural"),
     ("class_order: null\n", "key 'class_order': expected str, got None"),
     ("ood: remove\n", "'ood' must be one of report, drop"),

@@ -6,9 +6,11 @@ The resolved config is written next to the models it produced (models/<exp>/fold
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -160,7 +162,9 @@ def _coerce(value: Any, tp, where: str) -> Any:
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, where)
-            except ConfigError:
+            except ConfigError as e:
+                if "finite" in str(e):  # nan or inf: a float, but not a usable one
+                    raise
                 continue
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if tp is type(None):
@@ -180,9 +184,11 @@ def _coerce(value: Any, tp, where: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str):  # YAML reads 3e-4 as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
@@ -203,6 +209,45 @@ def build_config(cls, data: dict, where: str):
     """A config dataclass from a YAML mapping (fold configs, input/competition.yaml): an unknown key or a
     value of the wrong type is a ConfigError naming the key and `where`."""
     return _build(cls, data, where)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (yaml keeps the last one silently)."""
+    where = "<yaml>"
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:  # (an unhashable key: yaml reports it)
+                raise ConfigError(f"{self.where}: key '{key}' is given twice (line {key_node.start_mark.line + 1}); "
+                                  f"keep one")
+            seen.add(key if isinstance(key, (str, int, float, bool)) else id(key_node))
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """YAML as `yaml.safe_load` reads it, but a key given twice is a ConfigError naming the key and `where`."""
+    loader = _UniqueKeyLoader(text)
+    loader.where = where
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _kind_refuses(data: dict, key: str, where: str) -> str | None:
+    """The kind whose key rules refuse `key` (set by `--set`), or None when it applies (or another error stands,
+    which `validate` then reports)."""
+    top = key.split(".")[0]
+    if top in ("kind", "name"):
+        return None
+    cfg = None
+    try:
+        cfg = _build(ExperimentConfig, data, where)
+        _check_kind(cfg, where, {top})
+    except ConfigError as e:
+        return cfg.kind if cfg is not None and f"key '{top}'" in str(e) and "appl" in str(e) else None
 
 
 def _get(cfg: ExperimentConfig, key: str):
@@ -309,7 +354,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if not path.exists():
         raise ConfigError(f"{path}: fold config not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(data, dict):
@@ -319,7 +364,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
             key, value = parse_override(text)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
-        _set_dotted(data, key, value)
+        trial = copy.deepcopy(data)
+        _set_dotted(trial, key, value)
+        kind = _kind_refuses(trial, key, str(path))
+        if kind is not None:  # `train --set epochs=1` over every config: an embedding member has no epochs
+            print(f"{path}: --set {key} does not apply to kind: {kind}; skipped for this config")
+            continue
+        data = trial
     cfg = _build(ExperimentConfig, data, str(path))
     if not cfg.name:
         cfg.name = path.stem

@@ -12,14 +12,16 @@ from typing import Optional
 
 import yaml
 
-from foldblend.config import ConfigError, build_config
+from foldblend.config import ConfigError, build_config, load_yaml
 from foldblend.data.classes import CLASS_ORDERS
+from foldblend.data.read import resolves_inside
 from foldblend.errors import FoldblendError
 
 CONFIG_NAME = "competition.yaml"
 SUBMISSION_FORMATS = ("label", "probs", "class_id", "positive_prob")
 DEDUP_MODES = ("auto", "group", "semantic", "keep_one", "off")
 OOD_MODES = ("report", "drop")
+MAX_HOLDOUT = 0.5  # of the train images, held out of every fold
 PATH_KEYS = ("train_dir", "train_csv", "id_column", "label_column", "image_column", "test_dir",
              "sample_submission", "group_column", "test_labels")
 
@@ -63,10 +65,12 @@ VALUE_CHECKS = {
     "class_order": (f"one of {', '.join(CLASS_ORDERS)}", lambda v: v in CLASS_ORDERS),
     "submission_format": (f"one of {', '.join(SUBMISSION_FORMATS)}", lambda v: v is None or v in SUBMISSION_FORMATS),
     "n_splits": ("an integer >= 2", lambda v: v >= 2),
+    "fold_seed": ("an integer in [0, 2**32) (a random seed)", lambda v: 0 <= v < 2**32),
     "dedup": (f"one of {', '.join(DEDUP_MODES)}", lambda v: v in DEDUP_MODES),
     "dedup_distance": ("an integer >= 0", lambda v: v >= 0),
     "ood": (f"one of {', '.join(OOD_MODES)}", lambda v: v in OOD_MODES),
-    "holdout": ("a fraction in [0, 1) (0 = no held-out test split)", lambda v: 0 <= v < 1),
+    "holdout": (f"a fraction in [0, {MAX_HOLDOUT}] (0 = no held-out test split; more would test on more images "
+                f"than the folds train on)", lambda v: 0 <= v <= MAX_HOLDOUT),
     "semantic_threshold": ("a cosine similarity in (0, 1], or null (chosen from the data)",
                            lambda v: v is None or 0 < v <= 1),
 }
@@ -77,8 +81,14 @@ def read_competition_config(input_dir: str | Path) -> tuple[CompetitionConfig, s
     path = Path(input_dir) / CONFIG_NAME
     if not path.is_file():
         return CompetitionConfig(), set()
+    if not resolves_inside(path, input_dir):  # everything is read from inside input/ (docs/data.md)
+        raise CompetitionError(f"{path}: resolves to {path.resolve()}, outside {Path(input_dir).name}/ (a symbolic "
+                               f"link); copy it into {Path(input_dir).name}/, or make {Path(input_dir).name}/ "
+                               f"itself a link to the folder holding the whole competition")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    except ConfigError as e:  # a key given twice
+        raise CompetitionError(str(e)) from None
     except UnicodeDecodeError:
         raise CompetitionError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as e:

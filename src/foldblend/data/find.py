@@ -105,6 +105,10 @@ def load_competition(input_dir: str | Path) -> Competition:
             f"{root}/: no training data found (looked for class folders such as train/<class>/*.jpg and for "
             f"{', '.join(TRAIN_CSV_NAMES)} with an image folder); set train_dir or train_csv in {root / CONFIG_NAME}")
     layout, train, ignored = found
+    if cfg.group_column and not layout.startswith("labels CSV"):
+        raise CompetitionError(f"{root / CONFIG_NAME}: group_column {cfg.group_column!r} names a column of a labels "
+                               f"CSV, and this competition has none ({layout}); remove the key, and list the groups "
+                               f"in {root.name}/groups.csv (columns image,group) instead")
     if train["label"].nunique() < 2:
         found_labels = f"every train image has the label {train['label'].iloc[0]!r}" if len(train) else "no train rows"
         raise CompetitionError(f"{root}/: {found_labels} ({layout}); a classifier needs at least two classes: "

@@ -59,7 +59,7 @@ def require_current_scan(scan_csv: Path, root: Path, images: list[str], then: st
         return
     if not Path(scan_csv).is_file():
         raise StaleError(f"{scan_csv}: not found; run `foldblend scan` and `foldblend folds` before {then}")
-    raise StaleError(f"{len(changed)} input file(s) changed since the scan ({Path(scan_csv).name}), e.g. "
+    raise StaleError(f"{len(changed)} input file(s) changed or added since the scan ({Path(scan_csv).name}), e.g. "
                      f"{', '.join(changed[:3])}: run `foldblend scan` and `foldblend folds`, then {then} again")
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from foldblend.data.find import Competition
+from foldblend.data.read import resolves_inside
 from foldblend.data.tables import TableError, read_table
 
 GROUPS_FILE = "groups.csv"
@@ -83,6 +84,10 @@ def user_groups(comp: Competition) -> np.ndarray | None:
         groups[listed] = column[listed]
         given = bool(listed.any())
     path = comp.root / GROUPS_FILE
+    if path.is_file() and not resolves_inside(path, comp.root):  # everything is read from inside input/
+        raise GroupsError(f"{path}: resolves to {path.resolve()}, outside {comp.root.name}/ (a symbolic link); copy "
+                          f"it into {comp.root.name}/, or make {comp.root.name}/ itself a link to the folder "
+                          f"holding the whole competition")
     if path.is_file():
         for row, group in read_groups_file(path, comp.train["image"].astype(str).tolist()).items():
             groups[row] = group

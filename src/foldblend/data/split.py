@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from foldblend.artifacts import read_json, write_csv, write_json
+from foldblend.data.competition_config import MAX_HOLDOUT
 from foldblend.data.find import Competition
 from foldblend.errors import FoldblendError
 
@@ -253,8 +254,8 @@ def holdout_setting(comp: Competition, folds_csv: Path, override: float | None =
     plain `foldblend folds` included) until another value is given here or in competition.yaml.
     """
     if override is not None:
-        if not 0 <= override < 1:
-            raise FoldsError(f"--holdout must be a fraction in [0, 1), got {override}")
+        if not 0 <= override <= MAX_HOLDOUT:
+            raise FoldsError(f"--holdout must be a fraction in [0, {MAX_HOLDOUT}], got {override}")
         return float(override)
     if "holdout" in comp.configured:
         return float(comp.settings.holdout)

@@ -26,9 +26,24 @@ def predict_signature(cfg: ExperimentConfig, data) -> dict:
     return {"tta": list(cfg.tta), "amp": cfg.amp, "test": data.test_fingerprint}
 
 
+_SAID_UNREADABLE: set[str] = set()  # done.json files already reported unreadable, in this process
+
+
 def read_done(out_dir: Path) -> dict:
+    """The fold's done.json; {} (not done) when it is missing, or unreadable (said once: training rewrites it)."""
     done = Path(out_dir) / "done.json"
-    return json.loads(done.read_text()) if done.exists() else {}
+    if not done.exists():
+        return {}
+    try:
+        record = json.loads(done.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError(f"a {type(record).__name__}, not a mapping")
+        return record
+    except (ValueError, OSError) as e:  # hand-edited or cut short: the fold is simply trained again
+        if str(done) not in _SAID_UNREADABLE:
+            _SAID_UNREADABLE.add(str(done))
+            print(f"{done}: unreadable ({str(e).splitlines()[0]}); the fold counts as not done and is trained again")
+        return {}
 
 
 def is_trained(out_dir: Path, signature: dict) -> bool:

@@ -46,7 +46,9 @@ def load_train_data(cfg: ExperimentConfig, project: Project, comp: Competition |
     folds = read_folds(project.folds_csv)
     # the training signature holds the scan's content hashes: a file replaced since the scan would
     # otherwise leave its fold "finished earlier" with the old pixels
-    require_current_scan(project.scan_csv, comp.root, list(folds["image"]), then="`foldblend train`")
+    # an image added to input/ since (not in folds.csv) is one the scan lacks: it counts too
+    added = sorted(set(comp.train["image"]) - set(folds["image"]))
+    require_current_scan(project.scan_csv, comp.root, list(folds["image"]) + added, then="`foldblend train`")
     unknown = sorted(set(folds["label"]) - set(comp.classes))
     if unknown:
         raise ValueError(f"{project.folds_csv}: labels {unknown[:5]} are not classes of {project.input}; "
@@ -211,8 +213,8 @@ def _remove_folds_of_an_older_split(project: Project, exp: str, n_folds: int) ->
     for d in sorted(project.models.glob(f"{exp}/fold_*")):
         suffix = d.name.split("_", 1)[1]
         if suffix.isdigit() and int(suffix) >= n_folds:
-            print(f"[{exp}] removing {project.rel(d)}: folds.csv now has {n_folds} folds")
-            remove(d, inside=project.models)
+            remove(d, inside=project.models)  # said only once done: a refused deletion raises first
+            print(f"[{exp}] removed {project.rel(d)}: folds.csv now has {n_folds} folds")
 
 
 def _file_digest(path: Path) -> str:

@@ -71,6 +71,8 @@ def run_init(project: Project, preset: str = DEFAULT_PRESET, time_limit: str | N
              hardware: Hardware | None = None, progress: bool = True) -> dict:
     """Write fold configs for this data and machine; returns the record written to folds/init.json."""
     budget = parse_duration(time_limit) if time_limit is not None else None
+    if budget is not None:  # read back as understood: 1h30 is 1h30m
+        print(f"time limit: {format_duration(budget)} ({budget:.0f} s) from --time-limit {time_limit}")
     present = existing_configs(project)
     if present and not force:
         raise ValueError(f"{project.rel(project.folds_dir)}/ already holds fold configs ({', '.join(present)}): "
