@@ -1,10 +1,11 @@
 """Fuzzing the readers of files people hand us or edit by hand: every failure is a foldblend error with a
 message (one line in the CLI), never another exception. Random bytes, truncated rows, odd encodings,
 quotes and separators in odd places, for the sample submission, the labels CSV, competition.yaml,
-folds.csv and submissions/log.csv."""
+folds.csv, submissions/log.csv and a bundle's bundle.json."""
 from __future__ import annotations
 
 import codecs
+import json
 import shutil
 from pathlib import Path
 
@@ -12,11 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from test_predict import make_experiment
 
 from foldblend.data.find import load_competition
 from foldblend.data.freshness import changed_since_scan
 from foldblend.data.split import read_folds
 from foldblend.errors import FoldblendError
+from foldblend.inference.bundle import export_bundle, load_bundle
+from foldblend.paths import Project
 from foldblend.submission.log import record_lb
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -129,3 +133,66 @@ def test_a_broken_scan_table_only_means_rescanning(folder_layout, data):
     scan = folder_layout.parent / "scan.csv"
     scan.write_bytes(data)
     assert changed_since_scan(scan, folder_layout, ["train/a/a0.png"]) == ["train/a/a0.png"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    project = Project.at(tmp_path_factory.mktemp("fuzz_bundle") / "proj")
+    make_experiment(project, "exp_a", folds=1, img_size=8, tta=("identity",), seed=0)
+    return export_bundle(project, "exp_a", project.root / "export" / "a")
+
+
+@pytest.fixture(scope="module")
+def valid_bundle_json(bundle) -> str:
+    return (bundle / "bundle.json").read_text()
+
+
+def test_bundle_json_reader(bundle, valid_bundle_json):
+    @FUZZ
+    @given(data=contents(valid_bundle_json))
+    def fuzz(data):
+        (bundle / "bundle.json").write_bytes(data)
+        _loads_or_says_why(load_bundle, bundle)
+
+    try:
+        fuzz()
+    finally:
+        (bundle / "bundle.json").write_text(valid_bundle_json)
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                        max_size=3), max_leaves=6)
+
+
+def _replace_somewhere(doc, choices: list[int], value):
+    """`doc` with one value (picked by `choices`, level by level) replaced by `value`, or deleted if None."""
+    node, parents = doc, []
+    for c in choices:
+        if not isinstance(node, (dict, list)) or not node:
+            break
+        key = list(node)[c % len(node)] if isinstance(node, dict) else c % len(node)
+        parents.append((node, key))
+        node = node[key]
+    if parents:
+        holder, key = parents[-1]
+        if value is None and isinstance(holder, dict):
+            del holder[key]
+        else:
+            holder[key] = value
+    return doc
+
+
+def test_bundle_json_schema(bundle, valid_bundle_json):
+    """Valid JSON with one value anywhere changed, retyped or deleted: loads, or a foldblend error says why."""
+    @FUZZ
+    @given(choices=st.lists(st.integers(0, 50), min_size=1, max_size=6), value=JSON_VALUES)
+    def fuzz(choices, value):
+        doc = _replace_somewhere(json.loads(valid_bundle_json), choices, value)
+        (bundle / "bundle.json").write_text(json.dumps(doc))
+        _loads_or_says_why(load_bundle, bundle)
+
+    try:
+        fuzz()
+    finally:
+        (bundle / "bundle.json").write_text(valid_bundle_json)

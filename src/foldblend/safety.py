@@ -5,9 +5,11 @@
 - `remove`: every file or folder foldblend deletes goes through it; it refuses a path that does not
   resolve strictly inside the generated folder the caller names, so no name, symlink or `..` can
   point a deletion elsewhere.
-- `create_temporary` / `sweep_temporaries`: a temporary file carries its writer's pid and host in
-  its name and the mode a plain `open(path, "w")` gives (umask applied); the next run of the stage
-  that owns a folder removes the temporaries of writers that are gone (a SIGKILL leaves them).
+- `resolve_inside`: where a write really goes (every link resolved), if that is inside the project.
+- `create_temporary` / `create_temporary_dir` / `sweep_temporaries`: a temporary file (or folder) carries
+  its writer's pid and host in its name and the mode a plain `open(path, "w")` gives (umask applied); the
+  next run of the stage that owns a folder removes the temporaries of writers that are gone (a SIGKILL
+  leaves them).
 """
 from __future__ import annotations
 
@@ -59,6 +61,13 @@ def is_inside(path: str | Path, root: str | Path) -> bool:
     target = _target(path)
     root = Path(os.path.realpath(root))
     return target is not None and target != root and target.is_relative_to(root)
+
+
+def resolve_inside(path: str | Path, root: str | Path) -> Path | None:
+    """`path` with every link and `..` resolved (realpath), if that lies strictly inside `root` (resolved too);
+    else None. What a write goes to: a link anywhere on the way cannot lead it out of `root`."""
+    real, root = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    return real if real != root and real.is_relative_to(root) else None
 
 
 def remove(path: str | Path, inside: str | Path | Iterable[str | Path]) -> bool:
@@ -115,13 +124,30 @@ TEMP_NAME = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\
 LEGACY_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^./]*)?")
 
 
+def _temporary_name(path: Path, suffix: str) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}@{host_name()}.{secrets.token_hex(4)}.tmp{suffix}")
+
+
 def create_temporary(path: str | Path) -> Path:
     """Create an empty temporary file next to `path`, named for this process, with open()'s mode."""
     path = Path(path)
     while True:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}@{host_name()}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        tmp = _temporary_name(path, path.suffix)
         try:  # 0o666 and the kernel applies the umask: the mode a plain open(path, "w") gives
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def create_temporary_dir(path: str | Path, suffix: str = "") -> Path:
+    """Create an empty temporary folder next to `path`, named for this process (as `create_temporary`), with
+    the mode a plain mkdir gives (umask applied; mkdtemp's is 0700)."""
+    path = Path(path)
+    while True:
+        tmp = _temporary_name(path, suffix)
+        try:
+            os.mkdir(tmp, 0o777)
             return tmp
         except FileExistsError:
             continue
@@ -156,8 +182,9 @@ def is_stale_temporary(path: Path, before: float | None = None) -> bool:
     return False
 
 
-def sweep_temporaries(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """Remove the stale temporaries in `folder` (and below it with `recursive`); returns them."""
+def sweep_temporaries(folder: str | Path, recursive: bool = False, folders: bool = False) -> list[Path]:
+    """Remove the stale temporaries in `folder` (and below it with `recursive`; temporary folders too with
+    `folders`); returns them."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -165,7 +192,8 @@ def sweep_temporaries(folder: str | Path, recursive: bool = False) -> list[Path]
     gone = []
     started = process_started()
     for p in sorted(candidates):
-        if (p.is_file() or p.is_symlink()) and is_stale_temporary(p, started) and remove(p, inside=folder):
+        if (p.is_file() or p.is_symlink() or (folders and p.is_dir())) and is_stale_temporary(p, started) \
+                and remove(p, inside=folder):
             gone.append(p)
     return gone
 

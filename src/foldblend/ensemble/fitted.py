@@ -112,11 +112,20 @@ class FittedBlend:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"fitted blend format {found!r} is not {FORMAT!r}")
+        extra = sorted(set(data) - JSON_KEYS)
+        if extra:
+            raise ValueError(f"fitted blend: unknown key {extra[0]!r} (keys: {', '.join(sorted(JSON_KEYS))})")
         try:
             options = dict(data["options"])
             unknown = sorted(set(options) - {f.name for f in fields(BlendOptions)})
             if unknown:
                 raise ValueError(f"unknown blend option {unknown[0]!r}")
+            _check_option_types(options)
+            for key in ("members", "identity_weights", "temperatures", "weights", "biases"):
+                if not isinstance(data[key], list) and not (key == "biases" and data[key] is None):
+                    raise ValueError(f"fitted blend: {key!r} must be a list, got {type(data[key]).__name__}")
+            if not all(isinstance(n, str) for n in data["members"]):
+                raise ValueError("fitted blend: 'members' must be a list of names")
             model = cls(BlendOptions(**options), [str(n) for n in data["members"]],
                         [None if w is None else float(w) for w in data["identity_weights"]],
                         np.asarray(data["temperatures"], dtype=np.float64),
@@ -129,9 +138,49 @@ class FittedBlend:
         except (TypeError, AttributeError) as e:
             raise ValueError(f"fitted blend unreadable ({e})") from None
         k = len(model.members)
-        if not k or {len(model.identity_weights), len(model.temperatures), len(model.weights)} != {k}:
+        if not k or {len(model.identity_weights), len(model.temperatures), len(model.weights)} != {k} or \
+                model.temperatures.ndim != 1 or model.weights.ndim != 1 or (model.biases is not None
+                                                                             and model.biases.ndim != 1):
             raise ValueError(f"fitted blend: {k} members but per-member values of other lengths")
         if (model.options.method == "stack") != (model.stacker is not None):
             raise ValueError(f"fitted blend: method {model.options.method!r} "
                              f"{'without' if model.stacker is None else 'with'} a stacker")
+        _check_values(model)
         return model
+
+
+JSON_KEYS = {"format", "options", "members", "identity_weights", "temperatures", "weights", "stacker",
+             "calibration", "biases"}
+
+
+def _check_option_types(options: dict) -> None:
+    """Each option of the type its default has (an int where a float is expected is fine)."""
+    for f in fields(BlendOptions):
+        if f.name not in options:
+            continue
+        value, want = options[f.name], type(f.default)
+        ok = (isinstance(value, bool) if want is bool else
+              isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) if want is float
+              else isinstance(value, want) and not isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"blend option {f.name!r} must be a {want.__name__}, got {value!r}")
+
+
+def _check_values(model: FittedBlend) -> None:
+    """Numbers a blend can apply: finite weights >= 0 (not all 0), temperatures > 0, view weights in [0, 1]."""
+    def bad(values, ok) -> str | None:
+        found = [v for v in np.asarray(values, dtype=np.float64).ravel() if not (np.isfinite(v) and ok(v))]
+        return None if not found else repr(float(found[0]))
+
+    checks = [("member weight", model.weights, lambda v: v >= 0, "finite and >= 0"),
+              ("temperature", model.temperatures, lambda v: v > 0, "finite and > 0"),
+              ("calibration temperature", [model.calibration], lambda v: v > 0, "finite and > 0"),
+              ("identity view weight", [w for w in model.identity_weights if w is not None], lambda v: 0 <= v <= 1,
+               "in [0, 1]"),
+              ("class bias", [] if model.biases is None else model.biases, lambda v: True, "finite")]
+    for what, values, ok, rule in checks:
+        found = bad(values, ok)
+        if found is not None:
+            raise ValueError(f"fitted blend: {what} {found} (each must be {rule})")
+    if model.options.method in WEIGHTED_METHODS and not model.weights.sum() > 0:
+        raise ValueError(f"fitted blend: every member weight is 0 (method {model.options.method})")

@@ -160,11 +160,18 @@ def load_experiment(project, exp: str, device="cpu") -> list[FoldModel]:
         kind = fold_kind(path)
         model, ckpt = kind.load_fold(path, device, shared.setdefault(kind.name, {}))
         label = path.parent.name if path.name == kind.checkpoint else path.stem
-        views, amp = _prediction_settings(path, ckpt)
-        out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]),
-                             int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp,
-                             arch=dict(ckpt.get("arch") or {"model": ckpt.get("model")}),
-                             kind=kind.name))
+        try:
+            views, amp = _prediction_settings(path, ckpt)
+            out.append(FoldModel(label if exp_dir == as_path else f"{exp}/{label}", model, list(ckpt["classes"]),
+                                 int(ckpt["img_size"]), views, list(ckpt["mean"]), list(ckpt["std"]), amp,
+                                 arch=dict(ckpt.get("arch") or {"model": ckpt.get("model")}),
+                                 kind=kind.name))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a checkpoint foldblend did not write
+            if isinstance(e, FoldblendError):
+                raise
+            raise FoldblendError(f"{path}: not a foldblend fold checkpoint ({type(e).__name__}: "
+                                 f"{(str(e).strip().splitlines() or [''])[0][:160]}); name one written by "
+                                 f"`foldblend train`") from None
     _check_same_classes({m.name: m.classes for m in out})
     if len({tuple(m.views) for m in out}) > 1:
         raise ValueError(f"{exp}: its folds were last predicted with different TTA views "

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from foldblend.inference.bundle import BUNDLE_FILE, export_bundle
+from foldblend.inference.bundle import BUNDLE_FILE, export_bundle, sweep_export_temporaries
+from foldblend.safety import say_swept
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, project) -> Path:
-    out = export_bundle(project, args.exp, args.out or project.root / "export" / args.exp)
+    out = args.out or project.root / "export" / args.exp
+    say_swept(sweep_export_temporaries(project, out), project)  # what killed exports left beside it
+    out = export_bundle(project, args.exp, out)
     meta = json.loads((out / BUNDLE_FILE).read_text(encoding="utf-8"))
     n = sum(len(m["folds"]) for m in meta["members"])
     print(f"exported {args.exp}: {len(meta['members'])} member(s), {n} fold model(s), {len(meta['classes'])} classes "

@@ -8,6 +8,7 @@ head), a module from images to logits, so `predict` and `evaluate` treat it like
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,14 @@ import torch
 import torch.nn as nn
 
 from foldblend.artifacts import write_npz
+from foldblend.errors import FoldblendError
 from foldblend.members.embedding.heads import head_arrays, head_from_arrays
 from foldblend.members.features import FeatureSpec, load_backbone
 from foldblend.members.infer import infer
+from foldblend.pretrained import CheckpointError
 
 CHECKPOINT = "head.npz"
+META_KEYS = ("model", "pretrained", "img_size", "classes", "mean", "std")  # what rebuilding and predicting read
 
 
 class EmbeddingClassifier(nn.Module):
@@ -39,14 +43,34 @@ def save_head_checkpoint(path: Path, head: nn.Module, meta: dict) -> None:
 
 
 def load_head_checkpoint(path: str | Path, device="cpu", backbones: dict | None = None) -> tuple[nn.Module, dict]:
-    """(EmbeddingClassifier in eval mode, meta). `backbones` shares one loaded backbone between folds."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        head = head_from_arrays(z)
-    spec = FeatureSpec(meta["model"], meta["pretrained"], int(meta["img_size"]))
+    """(EmbeddingClassifier in eval mode, meta). `backbones` shares one loaded backbone between folds.
+    A file foldblend did not write (no `meta`, object arrays, another head) is a CheckpointError naming it."""
+    fix = "name a head.npz written by `foldblend train` (or a folder of them)"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files") or "meta" not in z.files:
+                raise CheckpointError(f"{path}: not a foldblend embedding head (no 'meta' in it); {fix}")
+            meta = json.loads(str(z["meta"]))
+            missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+            if missing:
+                raise CheckpointError(f"{path}: not a foldblend embedding head (its meta lacks {missing[0]!r}); "
+                                      f"{fix}")
+            head = head_from_arrays(z)
+        spec = FeatureSpec(str(meta["model"]), meta["pretrained"], int(meta["img_size"]))
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"{path}: not a foldblend embedding head ({reason}); {fix}") from None
     cache = backbones if backbones is not None else {}
     if spec not in cache:
-        cache[spec] = load_backbone(spec)[0]
+        try:
+            cache[spec] = load_backbone(spec)[0]
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:
+            if isinstance(e, FoldblendError):  # its own message (e.g. pretrained weights not found)
+                raise
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointError(f"{path}: its backbone {spec.model!r} cannot be built ({reason})") from None
     return EmbeddingClassifier(cache[spec], head).to(device).eval(), meta
 
 
