@@ -1,3 +1,5 @@
-"""From input/ to the split: finding the competition (`find`), reading images (`read`), the scan stage
-(`scan`: readability, hashes, duplicates (`dedup`), out-of-domain suspects (`ood`), the EDA page
-(`eda`)), the folds stage (`folds`), the decode-once image cache (`cache`) and the demo (`demo`)."""
+"""From input/ to the split: the competition (`find`, `files`, `competition_config`), images (`read`), class
+order (`classes`), duplicates (`dedup`), semantic and user groups (`semantic`, `groups`), out-of-domain
+scores (`ood`), shift arrays (`shift`, `neighbours`), the split (`split`), input freshness
+(`freshness`), strict CSVs (`tables`), the decode-once image cache (`cache`) and the demo (`demo`).
+"""

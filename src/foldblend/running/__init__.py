@@ -1,2 +1,3 @@
-"""Running experiments: which folds are pending (`signatures`), orchestration (`experiment`) and the
-executors that run fold jobs (`local`: in this process, or one process per device)."""
+"""Running experiments: one fold of any kind (`fold`), orchestration and pending folds (`experiment`), and
+the executors that run fold jobs (`jobs`; `local`: this process or one per device; `ray_executor`).
+"""

@@ -1,0 +1,2 @@
+"""Submissions: the sample's own format (`format`) and submissions/log.csv (`log`).
+"""
