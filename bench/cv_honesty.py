@@ -49,7 +49,7 @@ import concepts  # noqa: E402
 from foldblend.paths import Project  # noqa: E402
 from foldblend.running.experiment import run_experiment  # noqa: E402
 from foldblend.scanning.run import run_scan
-from foldblend.scanning.shift_check import read_shift
+from foldblend.scanning.shift_files import read_shift
 from foldblend.stages.blend import run_blend
 from foldblend.stages.folds import run_folds
 

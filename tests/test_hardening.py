@@ -9,9 +9,9 @@ from hostile import cli, new_project
 from foldblend.config import ConfigError, load_config
 from foldblend.data.find import CompetitionError, load_competition
 from foldblend.data.groups import GroupsError, user_groups
+from foldblend.durations import format_duration, parse_duration
 from foldblend.members.signatures import is_fold_done, read_done
 from foldblend.paths import Project
-from foldblend.planning.budget import format_duration, parse_duration
 from foldblend.running.experiment import _remove_folds_of_an_older_split
 from foldblend.safety import UnsafePathError
 

@@ -13,8 +13,9 @@ import yaml
 
 from foldblend.cli import main
 from foldblend.config import config_from_dict, load_config
+from foldblend.durations import format_duration, parse_duration
 from foldblend.paths import Project
-from foldblend.planning.budget import ESTIMATE_MARGIN, RESERVE_MIN_S, format_duration, parse_duration, plan_members
+from foldblend.planning.budget import ESTIMATE_MARGIN, RESERVE_MIN_S, plan_members
 from foldblend.planning.presets import candidates
 from foldblend.planning.probe import PROBE_ROUNDS, Timing, _median_of_rounds
 from foldblend.planning.profile import DataProfile, Hardware

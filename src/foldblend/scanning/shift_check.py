@@ -20,7 +20,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from foldblend.artifacts import read_json, write_json, write_npz
+from foldblend.artifacts import write_json, write_npz
 from foldblend.data.competition_config import CompetitionConfig
 from foldblend.data.dedup import duplicate_groups
 from foldblend.data.find import Competition
@@ -28,28 +28,17 @@ from foldblend.data.groups import user_groups, with_user_groups
 from foldblend.data.neighbours import nearest_similarity, other_fold_similarity
 from foldblend.data.ood import STAT_COLUMNS
 from foldblend.data.semantic import GroupTree, group_tree, groups_added, union_groups
-from foldblend.data.shift import OPTIMISTIC_SHARE, check_shift
+from foldblend.data.shift import check_shift
 from foldblend.data.split import HOLDOUT, FoldsError, assign_folds, folds_fingerprint
 from foldblend.paths import Project
 from foldblend.safety import remove
 from foldblend.scanning.embeddings import features_of_files, spec_key
+from foldblend.scanning.shift_files import describe_shift, read_shift, shift_json, similarity_npz
 
 VERSION = 1  # bump when the check changes, so cached results are recomputed
 # Below these, two similarity distributions say little (and the backbone pass is not worth it)
 MIN_TRAIN = 50
 MIN_TEST = 20
-
-
-def shift_json(project: Project):
-    return project.folds_dir / "shift.json"
-
-
-def similarity_npz(project: Project):
-    return project.folds_dir / "similarity.npz"
-
-
-def read_shift(project: Project) -> dict | None:
-    return read_json(shift_json(project))
 
 
 def _digest(*parts) -> str:
@@ -172,49 +161,6 @@ def _semantic_summary(result: dict, arrays: dict, feats: np.ndarray, phash: np.n
     applied = not has_user_groups and (mode == "semantic" or (mode == "auto" and result["optimistic"]))
     return {"threshold": threshold, "how": how, "groups_added": added["n_groups"],
             "images_in_added": added["n_images"], "largest_group": added["largest"], "applied": applied}
-
-
-def describe_shift(result: dict | None, mode: str) -> list[str]:
-    """The verdict in a few lines, for the scan's output (and the summary's and the report's)."""
-    if result is None:
-        return []
-    auc = result.get("adversarial_auc") or {}
-    lines = []
-    if result.get("n_test", 0) == 0:
-        lines.append("train/test shift: no test set to compare with")
-    else:
-        oof, test = result["oof_similarity"], result["test_similarity"]
-        aucs = ", ".join(f"{k} {v:.2f}" for k, v in auc.items() if v is not None)
-        lines.append(f"train/test shift: adversarial ROC AUC {aucs or 'n/a'} (0.5 = alike); nearest-train-image "
-                     f"similarity: OOF median {oof['median']:.3f}, test median {test['median']:.3f}; OOF neighbour "
-                     f"closer in {result['closer_share']:.0%} of (OOF, test) pairs")
-        if result["optimistic"]:
-            lines.append(f"WARNING: CV is optimistic: OOF images have much closer relatives in their training folds "
-                         f"than test images have in train ({result['closer_share']:.0%} of pairs >= "
-                         f"{OPTIMISTIC_SHARE:.0%}). CV scores images easier than the test's.")
-        else:
-            lines.append("  no sign that CV is optimistic: test images are as close to train as OOF images are "
-                         "to their training folds")
-    semantic = result.get("semantic")
-    match = result.get("match")
-    if match:
-        lines.append(f"  folds that look like the test: semantic threshold {match['threshold']:.4f} brings the OOF "
-                     f"neighbours to the test's (closer in {match['closer_share']:.0%} of pairs, Wasserstein "
-                     f"{match['distance']:.3f}, was {result['distance']:.3f})" if match["threshold"] is not None else
-                     "  no semantic threshold brings OOF neighbours nearer to the test's than pHash groups alone")
-    if semantic:
-        use = ("used by the folds" if semantic["applied"] else
-               "not used: your groups win" if result.get("user_groups") else
-               f"not used (dedup: {mode}; dedup: auto or semantic would use them)")
-        lines.append(f"  semantic groups at similarity {semantic['threshold']:.4f} ({semantic['how']}): "
-                     f"{semantic['groups_added']} groups beyond pHash join {semantic['images_in_added']} images "
-                     f"(largest {semantic['largest_group']}); {use}; thumbnails in folds/eda.html")
-    elif result.get("optimistic") and result.get("user_groups"):
-        lines.append("  your groups (groups.csv / group column) are used as given; check that they cover what "
-                     "the test separates (patients, scenes, concepts)")
-    elif result.get("optimistic") and mode not in ("auto", "semantic"):
-        lines.append(f"  dedup: {mode} keeps the folds as they are; dedup: auto would group by appearance to match")
-    return lines
 
 
 # ----------------------------------------------------------------------------- the folds stage

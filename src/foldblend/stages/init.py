@@ -17,8 +17,9 @@ import yaml
 
 from foldblend.artifacts import read_json, write_json, write_text
 from foldblend.config import config_from_dict, load_config
+from foldblend.durations import format_duration, parse_duration
 from foldblend.paths import Project
-from foldblend.planning.budget import Plan, format_duration, parse_duration, plan_members
+from foldblend.planning.budget import Plan, plan_members
 from foldblend.planning.presets import DEFAULT_PRESET, PRESETS, Candidate, candidates
 from foldblend.planning.probe import probe
 from foldblend.planning.profile import DataProfile, Hardware, data_profile, detect_hardware

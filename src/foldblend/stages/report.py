@@ -33,7 +33,7 @@ from foldblend.reporting.plots import (
 from foldblend.reporting.sources import best_member, oof_sources
 from foldblend.safety import say_swept, sweep_temporaries
 from foldblend.scanning.eda import similarity_png
-from foldblend.scanning.shift_check import describe_shift, read_shift, similarity_npz
+from foldblend.scanning.shift_files import describe_shift, read_shift, similarity_npz
 from foldblend.submission.log import SubmissionError, read_log
 
 TOP_LOSSES = 24

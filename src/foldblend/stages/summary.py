@@ -10,12 +10,12 @@ import pandas as pd
 from foldblend.artifacts import read_json
 from foldblend.data.find import Competition, load_competition
 from foldblend.data.split import settings_path
+from foldblend.durations import format_duration
 from foldblend.ensemble.confidence import describe_estimates, member_note
 from foldblend.ensemble.store import split_members
 from foldblend.members.signatures import fold_seconds
 from foldblend.paths import Project
-from foldblend.planning.budget import format_duration
-from foldblend.scanning.shift_check import read_shift
+from foldblend.scanning.shift_files import read_shift
 from foldblend.submission.log import read_log
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch.nn as nn
 
 from foldblend.members.transforms import IMAGENET_MEAN, IMAGENET_STD
-from foldblend.pretrained import CheckpointError, check_packaged_model, load_pretrained, load_tensors
+from foldblend.members.weights import load_pretrained, load_tensors
+from foldblend.pretrained import CheckpointError, check_packaged_model
 
 BUILTIN = {
     # name: channels per stage; each stage = conv-bn-relu x2, then 2x2 max-pool (not after the last)
