@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from foldblend.artifacts import write_npz
 from foldblend.cli import main
-from foldblend.config import ConfigError, ExperimentConfig, load_config
+from foldblend.config import ConfigError, ExperimentConfig, KeyNotForKindError, load_config
 from foldblend.inference.load import load_predictor
 from foldblend.inference.predictor import list_images, predict_images
 from foldblend.members.base import FoldResult, MemberKind, TrainData
@@ -64,7 +64,7 @@ class CentroidKind(MemberKind):
 
     def check_config(self, cfg: ExperimentConfig, where: str, given: set[str]) -> None:
         if "epochs" in given:
-            raise ConfigError(f"{where}: key 'epochs' does not apply to kind: centroid; remove it")
+            raise KeyNotForKindError(f"{where}: key 'epochs' does not apply to kind: centroid; remove it")
 
     def train_fold(self, cfg, k: int, data: TrainData, out_dir: Path, previous, progress: bool = True) -> FoldResult:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,14 @@ class ConfigError(FoldblendError):
     """A fold config is invalid; the message names the file and the key."""
 
 
+class KeyNotForKindError(ConfigError):
+    """A key that does not apply to the member's kind (raised by `check_config`; `--set` skips such a key)."""
+
+
+class NonFiniteError(ConfigError):
+    """nan or inf for a float key: a float, but not a usable one (no other type of a union is tried)."""
+
+
 def _type_name(tp) -> str:
     """The type as an error message says it: `int`, `float or null`, `a list of str`."""
     if typing.get_origin(tp) in (Union, types.UnionType):
@@ -162,9 +170,9 @@ def _coerce(value: Any, tp, where: str) -> Any:
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, where)
-            except ConfigError as e:
-                if "finite" in str(e):  # nan or inf: a float, but not a usable one
-                    raise
+            except NonFiniteError:
+                raise
+            except ConfigError:
                 continue
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if tp is type(None):
@@ -179,7 +187,7 @@ def _coerce(value: Any, tp, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
-        return _build(tp, value, where)
+        return build_config(tp, value, where)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML reads 3e-4 as a string
@@ -188,27 +196,22 @@ def _coerce(value: Any, tp, where: str) -> Any:
         except ValueError:
             pass
     if tp is float and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        raise NonFiniteError(f"{where}: expected a finite number, got {value!r}")
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
 
 
-def _build(cls, data: dict, where: str):
+def build_config(cls, data: dict, where: str):
+    """A config dataclass from a YAML mapping (fold configs, input/competition.yaml): an unknown key or a
+    value of the wrong type is a ConfigError naming the key and `where`."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known keys: {', '.join(sorted(known))})")
     values = {k: _coerce(v, hints[k], f"{where}: key '{k}'") for k, v in data.items()}
-    obj = cls(**{**{f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}, **values})
-    return obj
-
-
-def build_config(cls, data: dict, where: str):
-    """A config dataclass from a YAML mapping (fold configs, input/competition.yaml): an unknown key or a
-    value of the wrong type is a ConfigError naming the key and `where`."""
-    return _build(cls, data, where)
+    return cls(**{**{f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}, **values})
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -244,10 +247,12 @@ def _kind_refuses(data: dict, key: str, where: str) -> str | None:
         return None
     cfg = None
     try:
-        cfg = _build(ExperimentConfig, data, where)
+        cfg = build_config(ExperimentConfig, data, where)
         _check_kind(cfg, where, {top})
-    except ConfigError as e:
-        return cfg.kind if cfg is not None and f"key '{top}'" in str(e) and "appl" in str(e) else None
+    except KeyNotForKindError as e:
+        return cfg.kind if cfg is not None and f"key '{top}'" in str(e) else None
+    except ConfigError:
+        return None
 
 
 def _get(cfg: ExperimentConfig, key: str):
@@ -263,7 +268,7 @@ def check_embedding_keys(cfg: ExperimentConfig, where: str, given: set[str]) -> 
     default = ExperimentConfig()
     for key in NETWORK_KEYS:
         if key in given or getattr(cfg, key) != getattr(default, key):
-            raise ConfigError(f"{where}: key '{key}' does not apply to kind: embedding (it trains no network, "
+            raise KeyNotForKindError(f"{where}: key '{key}' does not apply to kind: embedding (it trains no network, "
                               f"only a head on frozen features); remove it")
     if cfg.pretrained is False:
         raise ConfigError(f"{where}: kind: embedding needs pretrained weights (a frozen random network's "
@@ -271,15 +276,12 @@ def check_embedding_keys(cfg: ExperimentConfig, where: str, given: set[str]) -> 
                           f"(with model: tf_efficientnet_lite0), true, or a weights file")
 
 
-def _no_more_keys(cfg: ExperimentConfig, where: str, given: set[str]) -> None:
-    """The cnn kind uses every key but `embed`."""
-
-
 # kind name -> its rules on the keys (raise ConfigError). Config sits below the member kinds and cannot import
 # them: the built-in kinds' rules are here, and `members.registry.register_kind` adds each registered kind's
 # `check_config` (replacing these with the same rules for the built-in ones).
 KIND_CHECKS: dict[str, Callable[[ExperimentConfig, str, set[str]], None]] = {
-    "cnn": _no_more_keys, "embedding": check_embedding_keys}
+    "cnn": lambda cfg, where, given: None,  # the cnn kind uses every key but `embed`
+    "embedding": check_embedding_keys}
 
 
 def _check_kind(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()) -> None:
@@ -288,8 +290,8 @@ def _check_kind(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()
     if cfg.kind not in KIND_CHECKS:
         raise ConfigError(f"{where}: key 'kind' must be one of {sorted(KIND_CHECKS)}, got {cfg.kind!r}")
     if cfg.kind != "embedding" and ("embed" in given or cfg.embed != ExperimentConfig().embed):
-        raise ConfigError(f"{where}: key 'embed' applies to kind: embedding only (this member's kind is {cfg.kind}); "
-                          f"remove it or set kind: embedding")
+        raise KeyNotForKindError(f"{where}: key 'embed' applies to kind: embedding only (this member's kind is "
+                                 f"{cfg.kind}); remove it or set kind: embedding")
     KIND_CHECKS[cfg.kind](cfg, where, set(given))
 
 
@@ -371,7 +373,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
             print(f"{path}: --set {key} does not apply to kind: {kind}; skipped for this config")
             continue
         data = trial
-    cfg = _build(ExperimentConfig, data, str(path))
+    cfg = build_config(ExperimentConfig, data, str(path))
     if not cfg.name:
         cfg.name = path.stem
         _check_name(cfg.name, str(path), "the experiment name (the file's name without .yaml)", "rename the file")
@@ -387,7 +389,7 @@ def _check_name(name: str, where: str, what: str = "key 'name'", fix: str = "") 
 
 
 def config_from_dict(data: dict, where: str = "<dict>") -> ExperimentConfig:
-    cfg = _build(ExperimentConfig, dict(data), where)
+    cfg = build_config(ExperimentConfig, dict(data), where)
     if not cfg.name:
         raise ConfigError(f"{where}: key 'name' is required")
     return validate(cfg, where)

@@ -149,8 +149,7 @@ class FittedBlend:
         return model
 
 
-JSON_KEYS = {"format", "options", "members", "identity_weights", "temperatures", "weights", "stacker",
-             "calibration", "biases"}
+JSON_KEYS = {"format"} | {f.name for f in fields(FittedBlend)}  # what to_json writes
 
 
 def _check_option_types(options: dict) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from foldblend.artifacts import Member
 from foldblend.ensemble import methods as E
-from foldblend.ensemble.fitted import BlendOptions, FittedBlend
+from foldblend.ensemble.fitted import WEIGHTED_METHODS, BlendOptions, FittedBlend
 from foldblend.metrics import HIGHER_IS_BETTER, classification_scores, softmax
 
 OVERFIT_WARNING_GAP = 0.01
@@ -95,7 +95,7 @@ def _combine(probs: np.ndarray, model: FittedBlend) -> np.ndarray:
         return E.rank_average(probs)
     if opts.method == "power":
         return E.power_mean(probs, opts.power)
-    if opts.method in ("mean", "scipy", "greedy"):
+    if opts.method in WEIGHTED_METHODS:
         return E.mean_probs(probs, model.weights)
     raise ValueError(f"unknown blend method {opts.method!r} (methods: {', '.join(E.COMBINE_METHODS)})")
 

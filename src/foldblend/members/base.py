@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from foldblend.config import ExperimentConfig
+from foldblend.members.signatures import DEFAULT_CHECKPOINT
 from foldblend.members.timing import ProbeSample, Timing
 
 
@@ -86,7 +87,7 @@ class MemberKind:
     (and `rebuild_fold` for bundles, `time_fold`/`run_cost` for `foldblend init`), and register it."""
 
     name: str = ""               # set by register_kind: the fold config's `kind:` value
-    checkpoint: str = "best.pt"  # the fold's weights file in models/<exp>/fold_<k>/
+    checkpoint: str = DEFAULT_CHECKPOINT  # the fold's weights file in models/<exp>/fold_<k>/
     trains_epochs: bool = True   # `epochs` means something (a time budget may scale it)
     retime: bool = False         # the init probe times it twice, the faster pass counts (noisy timings)
 
@@ -96,7 +97,8 @@ class MemberKind:
         raise NotImplementedError
 
     def check_config(self, cfg: ExperimentConfig, where: str, given: set[str]) -> None:
-        """Raise config.ConfigError naming `where` for a key that does not apply to this kind."""
+        """Raise config.KeyNotForKindError naming `where` for a key that does not apply to this kind (`--set` then
+        skips it for this config), config.ConfigError for any other broken rule."""
 
     # ------------------------------------------------------------------ fold models
 

@@ -14,6 +14,7 @@ from foldblend.artifacts import read_json, write_json
 from foldblend.config import ExperimentConfig
 
 SECONDS_FILE = "time.json"
+DEFAULT_CHECKPOINT = "best.pt"  # a fold's weights file when done.json names none
 
 
 def fold_signature(cfg: ExperimentConfig, data) -> dict:
@@ -49,7 +50,7 @@ def read_done(out_dir: Path) -> dict:
 def is_trained(out_dir: Path, signature: dict) -> bool:
     """done.json has this signature and the fold's checkpoint (`best.pt`, or the file done.json names) exists."""
     done = read_done(out_dir)
-    return done.get("signature") == signature and (Path(out_dir) / done.get("checkpoint", "best.pt")).exists()
+    return done.get("signature") == signature and (Path(out_dir) / done.get("checkpoint", DEFAULT_CHECKPOINT)).exists()
 
 
 def is_fold_done(out_dir: Path, signature: dict, predictions: dict | None = None) -> bool:

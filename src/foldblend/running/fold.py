@@ -17,6 +17,7 @@ from foldblend.config import ExperimentConfig
 from foldblend.members.base import TrainData
 from foldblend.members.registry import get_kind
 from foldblend.members.signatures import (
+    DEFAULT_CHECKPOINT,
     fold_signature,
     is_fold_done,
     is_trained,
@@ -25,8 +26,6 @@ from foldblend.members.signatures import (
     record_seconds,
 )
 from foldblend.safety import remove
-
-DEFAULT_CHECKPOINT = "best.pt"  # done.json names the checkpoint only when it is another file
 
 
 def run_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: str | Path, progress: bool = True) -> dict:
