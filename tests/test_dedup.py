@@ -10,6 +10,7 @@ import pytest
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
+from foldblend.data import dedup
 from foldblend.data.dedup import duplicate_groups, duplicate_report, keep_one_per_group
 from foldblend.data.read import decode_rgb, load_rgb
 from foldblend.scanning.inventory import scan_images
@@ -136,3 +137,34 @@ def test_near_duplicates_leak_across_folds_and_groups_fix_it(tmp_path):
     assert leaky > 0.9
     assert honest < 0.7
     assert leaky - honest > 0.3
+
+
+@pytest.mark.parametrize("max_distance", [0, 2, 4, 9])
+def test_bucketed_pairs_are_exactly_the_all_pairs(max_distance):
+    """Multi-index hashing finds every pair all-pairs finds, and no other: clusters of hashes a few bits
+    apart (some sharing most segments, so buckets hold many), plus random ones."""
+    rng = np.random.default_rng(max_distance)
+    centres = rng.integers(0, 2**63, 40, dtype=np.int64).astype(np.uint64)
+    flips = np.zeros(3000, np.uint64)
+    for _ in range(6):  # up to 6 random bits flipped per hash
+        on = rng.random(3000) < 0.35
+        flips[on] |= np.uint64(1) << rng.integers(0, 64, on.sum()).astype(np.uint64)
+    hashes = np.unique(np.r_[centres[rng.integers(0, 40, 3000)] ^ flips,
+                             rng.integers(0, 2**63, 1000, dtype=np.int64).astype(np.uint64)])
+    expected = {tuple(p) for p in np.stack(dedup._all_pairs(hashes, max_distance), 1).tolist()}
+    found = np.stack(dedup._bucketed_pairs(hashes, max_distance), 1).tolist()
+    assert len(found) == len(set(map(tuple, found)))
+    assert set(map(tuple, found)) == expected
+    assert len(expected) > 100 or max_distance == 0
+
+
+def test_large_sets_take_the_bucketed_path_with_the_same_groups(monkeypatch):
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64)
+    hashes = np.r_[base, base[:100] ^ np.uint64(0b101), base[100:150] ^ np.uint64(1 << 40 | 1 << 3 | 1 << 20)]
+    df = pd.DataFrame({"ok": True, "md5": [f"{i}" for i in range(len(hashes))],
+                       "phash": [f"{int(h):016x}" for h in hashes]})
+    exact = duplicate_groups(df)
+    monkeypatch.setattr(dedup, "ALL_PAIRS_UP_TO", 10)
+    assert np.array_equal(duplicate_groups(df), exact)
+    assert len(np.unique(exact)) == 300

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from foldblend.data import neighbours, semantic
 from foldblend.data.neighbours import nearest_similarity, other_fold_similarity, top_neighbours
 from foldblend.data.semantic import group_tree, groups_added, union_groups
 from foldblend.data.shift import OPTIMISTIC_SHARE, check_shift, closer_share, match_threshold
@@ -164,3 +165,41 @@ def test_average_linkage_equals_scipy_on_small_data():
         ours = tree.cut(t)
         theirs = fcluster(reference, 1 - t, criterion="distance")
         assert len(set(zip(ours, theirs))) == len(set(ours)) == len(set(theirs))
+
+
+def test_neighbour_graph_above_the_exact_size_finds_what_brute_force_finds(monkeypatch):
+    """The HNSW path (forced on a small set) returns exact similarities and, on concept-structured
+    features, the same nearest neighbours as the all-pairs product."""
+    x, concept, _ = concept_embeddings(60, 8)
+    x = np.ascontiguousarray(x, np.float32)
+    fold = concept % 3
+    exact_top = top_neighbours(x, 5)
+    exact_near = nearest_similarity(x[:100], x[100:])
+    exact_other = other_fold_similarity(x, fold, top_neighbours(x, 3))
+    monkeypatch.setattr(neighbours, "EXACT_UP_TO", 10)
+    index, sims = top_neighbours(x, 5)
+    assert (index != np.arange(len(x))[:, None]).all()
+    np.testing.assert_allclose(sims, np.take_along_axis(x @ x.T, index, 1), atol=1e-5)  # exact values
+    assert (index[:, 0] == exact_top[0][:, 0]).mean() > 0.98
+    np.testing.assert_allclose(sims, exact_top[1], atol=1e-5)
+    np.testing.assert_allclose(nearest_similarity(x[:100], x[100:]), exact_near, atol=1e-5)
+    # lists of 3 share their concept's fold: the deeper graph search finds the other folds' best
+    np.testing.assert_allclose(other_fold_similarity(x, fold, top_neighbours(x, 3)), exact_other, atol=1e-5)
+    np.testing.assert_allclose(other_fold_similarity(x, fold), exact_other, atol=1e-5)
+
+
+def test_semantic_tree_by_graph_joins_the_same_concepts(monkeypatch):
+    """Above GRAPH_FROM the chain searches an HNSW graph of group means: on concept-structured features
+    its cut is the concepts, as the exact tree's is, and the tree is complete and nested."""
+    x, concept, _ = concept_embeddings(40, 5)
+    x = np.ascontiguousarray(x, np.float32)
+    exact = group_tree(x)
+    monkeypatch.setattr(semantic, "GRAPH_FROM", 10)
+    tree = group_tree(x)
+    assert len(tree.children) == len(exact.children)  # merges above the floor (0) only, as exact
+    np.testing.assert_allclose(np.sort(tree.similarity)[-150:], np.sort(exact.similarity)[-150:], atol=1e-4)
+    groups = tree.cut(0.6)
+    assert len(np.unique(groups)) == 40
+    assert all(len(np.unique(concept[groups == g])) == 1 for g in np.unique(groups))
+    floored = semantic.average_linkage(x, floor=0.6)
+    assert len(np.unique(floored.cut(0.6))) == 40

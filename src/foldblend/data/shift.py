@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 from scipy.stats import mannwhitneyu, wasserstein_distance
+from tqdm.auto import tqdm
 
 from foldblend.data.neighbours import nearest_similarity, other_fold_similarity, top_neighbours
 from foldblend.data.semantic import GroupTree, group_tree, groups_added, union_groups
@@ -107,7 +108,7 @@ def quick_folds(groups: np.ndarray, n_splits: int, seed: int = 0) -> np.ndarray:
 
 def match_threshold(feats: np.ndarray, base_groups: np.ndarray, test_sim: np.ndarray, n_splits: int,
                     seed: int = 0, top: tuple[np.ndarray, np.ndarray] | None = None,
-                    tree: GroupTree | None = None) -> dict:
+                    tree: GroupTree | None = None, progress: bool = False) -> dict:
     """The semantic threshold whose folds make the OOF neighbour similarities look most like the test's.
 
     Thresholds are the tree's merge levels (where the grouping changes), tried coarse to fine: a spread
@@ -126,9 +127,12 @@ is joined with `base_groups`, split by
     rows: dict[int, tuple] = {}  # position in `levels` (-1: no semantic groups) -> (row, groups, oof_sim)
     stop = len(levels)           # positions from here on make a group too large (or unsplittable)
     candidates = []
+    bar = tqdm(total=1 + REFINE_ROUNDS * N_CANDIDATES, desc="shift check: try semantic thresholds", unit="split",
+               disable=not progress)
 
     def evaluate(position: int) -> None:
         nonlocal stop
+        bar.update()
         threshold = None if position < 0 else float(levels[position])
         groups = base_groups if threshold is None else union_groups(base_groups, tree.cut(threshold))
         largest = int(np.bincount(groups).max())
@@ -161,6 +165,7 @@ is joined with `base_groups`, split by
         hi = min([k for k in done if k > best], default=min(stop, len(levels)) - 1)
         if all(k in rows for k in range(lo, hi + 1)):
             break
+    bar.close()
     tried = [rows[k] for k in sorted(rows)]
     candidates.sort(key=lambda c: -np.inf if c["threshold"] is None else -c["threshold"])
     # the strictest threshold within a whisker of the best match: looser cuts that match no better only
@@ -176,16 +181,23 @@ is joined with `base_groups`, split by
 
 def check_shift(train_feats: np.ndarray, test_feats: np.ndarray, base_groups: np.ndarray, fold: np.ndarray,
                 n_splits: int, *, search: str = "if_optimistic", train_stats: np.ndarray | None = None,
-                test_stats: np.ndarray | None = None, seed: int = 0) -> tuple[dict, dict]:
+                test_stats: np.ndarray | None = None, seed: int = 0, progress: bool = False) -> tuple[dict, dict]:
     """(result for shift.json, arrays for plots and groups) of train rows against test rows.
 
     `base_groups` are the groups the folds would use without semantic ones (pHash, or the user's), and
     `fold` the folds made of them; `search` ("never", "if_optimistic", "always") says when the matching
-    semantic threshold is searched.
+    semantic threshold is searched. `progress`: a bar saying which step runs (and the steps' own bars
+    on large sets).
     """
-    top = top_neighbours(train_feats, LOOKUP_NEIGHBOURS)
+    steps = tqdm(total=4, desc="shift check", unit="step", disable=not progress)
+    steps.set_postfix_str("each train image's nearest train images")
+    top = top_neighbours(train_feats, LOOKUP_NEIGHBOURS, progress)
     oof_sim = other_fold_similarity(train_feats, fold, top)
-    test_sim = nearest_similarity(test_feats, train_feats)
+    steps.update()
+    steps.set_postfix_str("each test image's nearest train image")
+    test_sim = nearest_similarity(test_feats, train_feats, progress)
+    steps.update()
+    steps.set_postfix_str("adversarial validation (train vs test classifiers)")
     share, p = closer_share(oof_sim, test_sim)
     result = {"n_train": int(len(train_feats)), "n_test": int(len(test_feats)),
               "oof_similarity": summary_of(oof_sim), "test_similarity": summary_of(test_sim),
@@ -198,13 +210,17 @@ def check_shift(train_feats: np.ndarray, test_feats: np.ndarray, base_groups: np
         result["adversarial_auc"]["statistics"] = _rounded(adversarial_auc(train_stats, test_stats, "statistics",
                                                                            seed))
     arrays = {"oof_similarity": oof_sim, "test_similarity": test_sim}
+    steps.update()
     if len(test_sim) and (search == "always" or (search == "if_optimistic" and result["optimistic"])):
-        tree = group_tree(train_feats)
-        match = match_threshold(train_feats, base_groups, test_sim, n_splits, seed, top, tree)
+        steps.set_postfix_str("semantic groups matched to the test")
+        tree = group_tree(train_feats, progress=progress)
+        match = match_threshold(train_feats, base_groups, test_sim, n_splits, seed, top, tree, progress)
         arrays["tree_children"], arrays["tree_similarity"] = tree.children, tree.similarity
         arrays["matched_similarity"] = match.pop("oof_similarity")
         arrays["matched_groups"] = match.pop("groups")
         result["match"] = match
+    steps.update()
+    steps.close()
     return result, arrays
 
 

@@ -113,7 +113,7 @@ def run_shift_check(project: Project, comp: Competition, table: pd.DataFrame, pr
     result, arrays = check_shift(feats, test_feats[test_rows] if len(test_rows) else np.zeros((0, feats.shape[1])),
                                  base, fold, settings.n_splits, search=_search_mode(settings, user is not None),
                                  train_stats=_stats(kept), test_stats=_stats(test.iloc[test_rows]),
-                                 seed=settings.fold_seed)
+                                 seed=settings.fold_seed, progress=progress)
     result["user_groups"] = user is not None
     result["dedup"] = settings.dedup
     result["semantic"] = _semantic_summary(result, arrays, feats, phash, settings, user is not None)
@@ -239,10 +239,11 @@ def write_similarity(project: Project, comp: Competition, folds: pd.DataFrame, p
     feats = feats[np.array([row_of[i] for i in folds["image"]], np.int64)]
     cv = folds["fold"].to_numpy() != HOLDOUT
     test_feats, test_ok = features_of_files(project, comp.root, comp.test["image"].tolist(), progress)
-    test_sim = nearest_similarity(test_feats, feats[cv]) if len(comp.test) else np.zeros(0, np.float32)
+    base = feats[cv]  # one array for the three questions: above EXACT_UP_TO they share one neighbour graph
+    oof_sim = other_fold_similarity(base, folds["fold"].to_numpy()[cv])
+    test_sim = nearest_similarity(test_feats, base, progress) if len(comp.test) else np.zeros(0, np.float32)
     test_sim = np.where(test_ok, test_sim, np.nan) if len(comp.test) else test_sim
-    write_npz(path, key=np.asarray(key), ids=folds["image"].to_numpy(str)[cv],
-              oof_similarity=other_fold_similarity(feats[cv], folds["fold"].to_numpy()[cv]),
+    write_npz(path, key=np.asarray(key), ids=folds["image"].to_numpy(str)[cv], oof_similarity=oof_sim,
               test_ids=comp.test["id"].to_numpy(str), test_similarity=test_sim,
               holdout_ids=folds["image"].to_numpy(str)[~cv],
-              holdout_similarity=nearest_similarity(feats[~cv], feats[cv]))
+              holdout_similarity=nearest_similarity(feats[~cv], base, progress))
