@@ -15,6 +15,7 @@ import html
 import numpy as np
 
 from foldblend.config import ConfigError
+from foldblend.data.neighbours import nearest_similarity
 from foldblend.inference.similar import _member_features, embedding_member, nearest
 from foldblend.members.features import features_of
 from foldblend.paths import Project
@@ -59,8 +60,11 @@ def neighbours_section(project: Project, thumbnail, missing) -> str:
         return missing(f"nearest training images unavailable: {e}")
     if not len(test):
         return missing("no test images")
-    sims, idx = nearest(test, train, N_NEIGHBOURS)
-    chosen, novel = pick_test_images(sims[:, 0], data.test_ok)
+    # every test image's nearest similarity (an HNSW graph on large sets), then the full lists of the few
+    # shown: sorting every test row's similarities to every train row would grow as test x train
+    chosen, novel = pick_test_images(nearest_similarity(test, train), data.test_ok)
+    shown = {j: i for i, j in enumerate(novel + chosen)}
+    sims, idx = nearest(test[novel + chosen], train, N_NEIGHBOURS) if shown else (None, None)
     predicted = _blend_predictions(project, data.test_ids)
     test_paths = [comp.root / p for p in comp.test["image"]]
 
@@ -68,7 +72,7 @@ def neighbours_section(project: Project, thumbnail, missing) -> str:
         pred = predicted.get(str(data.test_ids[j]))
         cards = [f"<figure>{thumbnail(test_paths[j])}<figcaption><div><b>test</b> {html.escape(str(data.test_ids[j]))}"
                  f"</div>" + (f"<div>blend: {html.escape(pred)}</div>" if pred else "") + "</figcaption></figure>"]
-        for s, i in zip(sims[j], idx[j]):
+        for s, i in zip(sims[shown[j]], idx[shown[j]]):
             cards.append(f"<figure>{thumbnail(comp.root / data.ids[i])}<figcaption>"
                          f"<div>{html.escape(data.classes[data.labels[i]])}</div><div>cos {s:.3f}</div>"
                          f'<div class="path">{html.escape(str(data.ids[i]))}</div></figcaption></figure>')
