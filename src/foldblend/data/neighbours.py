@@ -20,8 +20,10 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-# Rows per block: a block of 1024 x 25k similarities is 100 MB of float32.
+# Rows per block: a block of 1024 x 25k similarities is 100 MB of float32; against a larger base, fewer
+# rows (`_rows_per_block`), so a block stays at BLOCK_VALUES similarities however large the data
 CHUNK = 1024
+BLOCK_VALUES = 25_000_000
 EXACT_UP_TO = 20_000          # rows (of the base searched) up to which all similarities are computed
 HNSW_LINKS = 32               # graph degree (faiss M): recall and memory both grow with it
 HNSW_BUILD_SEARCH = 64        # candidates kept while inserting (efConstruction)
@@ -74,6 +76,10 @@ def _search(base: np.ndarray, query: np.ndarray, k: int, progress: bool = False,
     return found, sims
 
 
+def _rows_per_block(n_base: int) -> int:
+    return max(16, min(CHUNK, BLOCK_VALUES // max(n_base, 1)))
+
+
 def _blocks(n: int, chunk: int = CHUNK):
     for start in range(0, n, chunk):
         yield start, min(n, start + chunk)
@@ -99,7 +105,7 @@ def top_neighbours(feats: np.ndarray, k: int, progress: bool = False) -> tuple[n
         missing = ~np.isfinite(sims)
         index[missing] = np.broadcast_to(rows, index.shape)[missing]
         return index, sims
-    for start, stop in _blocks(n):
+    for start, stop in _blocks(n, _rows_per_block(n)):
         s = feats[start:stop] @ feats.T
         s[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not its own neighbour
         part = np.argpartition(-s, k - 1, axis=1)[:, :k]
@@ -119,7 +125,7 @@ def nearest_similarity(query: np.ndarray, base: np.ndarray, progress: bool = Fal
     if _use_graph(len(base), len(query)):
         _, sims = _search(base, query, 1, progress, "nearest training image")
         return np.where(np.isfinite(sims[:, 0]), sims[:, 0], -1.0).astype(np.float32)
-    for start, stop in _blocks(len(query)):
+    for start, stop in _blocks(len(query), _rows_per_block(len(base))):
         out[start:stop] = (query[start:stop] @ base.T).max(axis=1)
     return out
 
@@ -156,8 +162,9 @@ def other_fold_similarity(feats: np.ndarray, fold: np.ndarray,
             first = other.argmax(axis=1)
             out[todo[found]] = sims[found, first[found]]  # the graph lists best first
             todo = todo[~found]
-    for start in range(0, len(todo), CHUNK):
-        rows = todo[start:start + CHUNK]
+    chunk = _rows_per_block(n)
+    for start in range(0, len(todo), chunk):
+        rows = todo[start:start + chunk]
         s = feats[rows] @ feats.T
         s[fold[rows][:, None] == fold[None, :]] = -np.inf
         best = s.max(axis=1)
