@@ -33,7 +33,7 @@ from styles import outline, photo_background  # noqa: E402
 
 SHAPES = ["disc", "square", "triangle", "star", "cross", "ring", "arrow", "heart", "hexagon", "crescent"]
 STYLES = ["flat", "outline", "textured", "photo", "sketch"]
-SPLITS = ("unseen_concepts", "unseen_styles", "random")
+SPLITS = ("unseen_concepts", "unseen_styles", "low_resolution", "random")
 
 
 def _outline(name: str) -> list[np.ndarray]:
@@ -160,9 +160,19 @@ def split(images: pd.DataFrame, how: str, test_fraction: float = 0.3, seed: int 
         n_test = max(1, round(test_fraction * len(styles)))
         held = {c: set(rng.permutation(styles)[:n_test]) for c in images["concept"].unique()}
         return np.array([s in held[c] for c, s in zip(images["concept"], images["style"])])
-    if how == "random":
+    if how in ("random", "low_resolution"):  # low_resolution: the test images are then degraded (`degrade`)
         return rng.random(len(images)) < test_fraction
     raise ValueError(f"split must be one of {SPLITS}, got {how!r}")
+
+
+def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another image source: grey, a fifth of the resolution scaled back up, and a JPEG at quality 15-30
+    (an old scanner or a phone photo of a screen) -- the `low_resolution` split's test images."""
+    size = img.shape[0]
+    small = cv2.resize(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (max(12, size // 5),) * 2, interpolation=cv2.INTER_AREA)
+    grey = cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
+    ok, data = cv2.imencode(".jpg", grey, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 31))])
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2RGB)
 
 
 def write_competition(root: Path, how: str, n_classes: int = 8, concepts_per_class: int = 12, variants: int = 3,
@@ -179,6 +189,7 @@ def write_competition(root: Path, how: str, n_classes: int = 8, concepts_per_cla
         concept = concepts[row.concept]
         img = render(concept, row.style, size, rng)
         if test[j]:
+            img = degrade(img, rng) if how == "low_resolution" else img
             name = f"t{len(test_rows):05d}.png"
             path = inp / "testset" / name
             test_rows.append((name, classes[row.label], concept.name, row.style))

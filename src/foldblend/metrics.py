@@ -116,14 +116,14 @@ def macro_f1(y_true, y_pred, n_classes: int | None = None, sample_weight=None):
     return _from_labels("macro_f1", y_true, y_pred, n_classes, sample_weight)
 
 
-def weighted_f1(y_true, y_pred, n_classes: int | None = None):
+def weighted_f1(y_true, y_pred, n_classes: int | None = None, sample_weight=None):
     """Per-class F1 weighted by true support (sklearn `average="weighted"`)."""
-    return _from_labels("weighted_f1", y_true, y_pred, n_classes)
+    return _from_labels("weighted_f1", y_true, y_pred, n_classes, sample_weight)
 
 
-def accuracy(y_true, y_pred, n_classes: int | None = None):
+def accuracy(y_true, y_pred, n_classes: int | None = None, sample_weight=None):
     """Share of correct decisions; equals micro-F1 for single-label multiclass."""
-    return _from_labels("accuracy", y_true, y_pred, n_classes)
+    return _from_labels("accuracy", y_true, y_pred, n_classes, sample_weight)
 
 
 MetricFn = Callable[..., "float | np.ndarray"]

@@ -46,6 +46,10 @@ class BlendOptions:
     rounds: int = _option(100, "greedy selection rounds")
     power: float = _option(2.0, "exponent of --method power")
     greedy_init: int = _option(5, "greedy selection starts from the best few members, at most this many")
+    shift_weights: str = _option("auto", "fit on OOF rows weighted to look like the test (importance weights): auto = "
+                                 "when the scan warns that CV is optimistic", ("auto", "on", "off"))
+    select: str = _option("auto", "auto: write the fitted blend, the plain mean or one member, whichever is estimated "
+                          "best on the test beyond the noise; blend: always the fitted blend", ("auto", "blend"))
 
     def __post_init__(self):
         for f in fields(self):

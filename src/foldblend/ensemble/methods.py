@@ -42,13 +42,18 @@ def combine_views(view_probs: np.ndarray, identity_weight: float | None = None) 
     return identity_weight * view_probs[0] + (1.0 - identity_weight) * view_probs[1:].mean(axis=0)
 
 
-def fit_identity_weight(view_probs: np.ndarray, y: np.ndarray, grid=IDENTITY_WEIGHT_GRID) -> float:
+def _mean(values: np.ndarray, sample_weight=None, axis=-1) -> np.ndarray:
+    """Mean over rows (the last axis), each row counted by `sample_weight` when given (importance weights)."""
+    return np.mean(values, axis=axis) if sample_weight is None else np.average(values, axis=axis, weights=sample_weight)
+
+
+def fit_identity_weight(view_probs: np.ndarray, y: np.ndarray, grid=IDENTITY_WEIGHT_GRID, sample_weight=None) -> float:
     """Weight of the identity view that minimises OOF log-loss (smooth, so less noisy than F1 on a grid)."""
     if len(view_probs) == 1:
         return 1.0
     p_true = true_class_probs(view_probs, y)                      # (V, N)
     mixes = grid[:, None] * p_true[0] + (1 - grid[:, None]) * p_true[1:].mean(axis=0)
-    losses = -np.log(np.clip(mixes, 1e-15, 1.0)).mean(axis=1)
+    losses = -_mean(np.log(np.clip(mixes, 1e-15, 1.0)), sample_weight)
     return float(grid[int(np.argmin(losses))])
 
 
@@ -102,14 +107,14 @@ def power_mean(member_probs: np.ndarray, power: float = 2.0, weights=None) -> np
 
 # ----------------------------------------------------------------------------- fitted weights
 
-def fit_scipy_weights(member_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+def fit_scipy_weights(member_probs: np.ndarray, y: np.ndarray, sample_weight=None) -> np.ndarray:
     """Weights >= 0 summing to 1 that minimise log-loss of the weighted mean (SLSQP, analytic gradient)."""
     k = len(member_probs)
     p_true = np.clip(true_class_probs(member_probs, y), 1e-15, 1.0)   # (K, N)
 
     def loss_and_grad(w):
         mix = np.clip(w @ p_true, 1e-15, None)
-        return -np.log(mix).mean(), -(p_true / mix).mean(axis=1)
+        return -_mean(np.log(mix), sample_weight), -_mean(p_true / mix, sample_weight)
 
     result = minimize(loss_and_grad, np.full(k, 1.0 / k), jac=True, method="SLSQP",
                       bounds=[(0.0, 1.0)] * k,
@@ -118,7 +123,8 @@ def fit_scipy_weights(member_probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def _candidate_scores(running_sum, n_summed, member_probs, y, metric, n_classes, chunk_elems=8_000_000):
+def _candidate_scores(running_sum, n_summed, member_probs, y, metric, n_classes, chunk_elems=8_000_000,
+                      sample_weight=None):
     """Score of the mean of (`running_sum` of `n_summed` members + member k) for every k.
 
     Higher is better for every metric: for log-loss it returns the mean log-probability of the truth.
@@ -127,17 +133,17 @@ def _candidate_scores(running_sum, n_summed, member_probs, y, metric, n_classes,
     k, n, c = member_probs.shape
     if metric == "log_loss":
         mix = (true_class_probs(running_sum[None], y) + true_class_probs(member_probs, y)) / (n_summed + 1)
-        return np.log(np.clip(mix, 1e-15, None)).mean(axis=1)
+        return _mean(np.log(np.clip(mix, 1e-15, None)), sample_weight)
     step = max(1, chunk_elems // (n * c))
     scores = np.empty(k)
     for start in range(0, k, step):
         decisions = (running_sum[None] + member_probs[start:start + step]).argmax(axis=2)
-        scores[start:start + step] = METRICS[metric](y, decisions, n_classes)
+        scores[start:start + step] = METRICS[metric](y, decisions, n_classes, sample_weight=sample_weight)
     return scores
 
 
 def greedy_select(member_probs: np.ndarray, y: np.ndarray, metric: str = "macro_f1", rounds: int = 100,
-                  max_init: int = 5) -> np.ndarray:
+                  max_init: int = 5, sample_weight=None) -> np.ndarray:
     """Caruana et al. (2004) ensemble selection: weights = how often each member was picked.
 
     Sorted initialisation puts the best n members in (n <= max_init chosen on the same data, as in the
@@ -149,17 +155,18 @@ def greedy_select(member_probs: np.ndarray, y: np.ndarray, metric: str = "macro_
     if metric != "log_loss" and metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r} for greedy selection")
     probs = member_probs.astype(np.float32)  # decisions only; halves memory traffic
-    alone = _candidate_scores(np.zeros((n, c), np.float32), 0, probs, y, metric, c)
+    w = sample_weight
+    alone = _candidate_scores(np.zeros((n, c), np.float32), 0, probs, y, metric, c, sample_weight=w)
     order = np.argsort(-alone, kind="stable")
     probs = probs[order]                      # from here on, index i means member order[i]
-    init_scores = [_candidate_scores(probs[:m - 1].sum(axis=0), m - 1, probs[m - 1:m], y, metric, c)[0]
+    init_scores = [_candidate_scores(probs[:m - 1].sum(axis=0), m - 1, probs[m - 1:m], y, metric, c, sample_weight=w)[0]
                    for m in range(1, min(max_init, k) + 1)]
     n_init = int(np.argmax(init_scores)) + 1
     counts = np.zeros(k, dtype=np.int64)
     counts[:n_init] = 1
     running_sum = probs[:n_init].sum(axis=0)
     for _ in range(rounds):
-        best = int(np.argmax(_candidate_scores(running_sum, counts.sum(), probs, y, metric, c)))
+        best = int(np.argmax(_candidate_scores(running_sum, counts.sum(), probs, y, metric, c, sample_weight=w)))
         counts[best] += 1
         running_sum += probs[best]
     weights = np.empty(k)
@@ -169,10 +176,10 @@ def greedy_select(member_probs: np.ndarray, y: np.ndarray, metric: str = "macro_
 
 # ----------------------------------------------------------------------------- calibration and decisions
 
-def fit_temperature(log_probs: np.ndarray, y: np.ndarray) -> float:
+def fit_temperature(log_probs: np.ndarray, y: np.ndarray, sample_weight=None) -> float:
     """Temperature T minimising log-loss of softmax(log_probs / T); argmax is unchanged, confidence is fixed."""
     def loss(log_t):
-        return -true_class_probs(log_softmax(log_probs / np.exp(log_t)), y).mean()
+        return -_mean(true_class_probs(log_softmax(log_probs / np.exp(log_t)), y), sample_weight)
 
     result = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))
@@ -182,7 +189,8 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(safe_log(probs) / temperature)
 
 
-def scores_over_bias_grid(own, best_other, best_other_idx, y, cls, grid, metric, n_classes) -> np.ndarray:
+def scores_over_bias_grid(own, best_other, best_other_idx, y, cls, grid, metric, n_classes,
+                          sample_weight=None) -> np.ndarray:
     """`metric` for every grid value of class `cls`'s bias, from counts in O(N + G*C), not O(G*N).
 
     A row switches to `cls` exactly when own + g > best_other, i.e. from grid index t onwards (t = the
@@ -193,18 +201,19 @@ def scores_over_bias_grid(own, best_other, best_other_idx, y, cls, grid, metric,
     t = np.searchsorted(grid, best_other - own, side="right")            # (N,) in [0, G]
     hit = best_other_idx == y
     cell = t * c + best_other_idx
-    stay_pred = np.bincount(cell, minlength=(g + 1) * c).reshape(g + 1, c)
-    stay_tp = np.bincount(cell[hit], minlength=(g + 1) * c).reshape(g + 1, c)
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    stay_pred = np.bincount(cell, weights=w, minlength=(g + 1) * c).reshape(g + 1, c)
+    stay_tp = np.bincount(cell[hit], weights=w[hit], minlength=(g + 1) * c).reshape(g + 1, c)
     # rows with t > i still go to their best other class at grid index i: suffix sums over t
     predicted = np.cumsum(stay_pred[::-1], axis=0)[::-1][1:].copy()      # (G, C)
     true_pos = np.cumsum(stay_tp[::-1], axis=0)[::-1][1:].copy()
-    predicted[:, cls] += np.cumsum(np.bincount(t, minlength=g + 1))[:g]
-    true_pos[:, cls] += np.cumsum(np.bincount(t[y == cls], minlength=g + 1))[:g]
-    return metric_from_counts(metric, true_pos, predicted, np.bincount(y, minlength=c))
+    predicted[:, cls] += np.cumsum(np.bincount(t, weights=w, minlength=g + 1))[:g]
+    true_pos[:, cls] += np.cumsum(np.bincount(t[y == cls], weights=w[y == cls], minlength=g + 1))[:g]
+    return metric_from_counts(metric, true_pos, predicted, np.bincount(y, weights=w, minlength=c))
 
 
 def tune_biases(log_probs: np.ndarray, y: np.ndarray, metric: str = "macro_f1", grid=BIAS_GRID,
-                passes: int = 3) -> np.ndarray:
+                passes: int = 3, sample_weight=None) -> np.ndarray:
     """Per-class additive biases on log-probabilities that maximise `metric` of the argmax decisions.
 
     Coordinate ascent: for class c, every grid value is scored at once, then the next class. A value
@@ -224,8 +233,10 @@ def tune_biases(log_probs: np.ndarray, y: np.ndarray, metric: str = "macro_f1", 
             own = scores[:, cls].copy()
             scores[:, cls] = -np.inf
             best_other, best_other_idx = scores.max(axis=1), scores.argmax(axis=1)
-            values = scores_over_bias_grid(log_probs[:, cls], best_other, best_other_idx, y, cls, grid, metric, c)
-            current = METRICS[metric](y, np.where(own > best_other, cls, best_other_idx), c)
+            values = scores_over_bias_grid(log_probs[:, cls], best_other, best_other_idx, y, cls, grid, metric, c,
+                                           sample_weight)
+            decided = np.where(own > best_other, cls, best_other_idx)
+            current = METRICS[metric](y, decided, c, sample_weight=sample_weight)
             if values.max() > current + 1e-12:
                 ties = np.flatnonzero(values >= values.max() - 1e-12)
                 biases[cls] = grid[ties[np.argmin(np.abs(grid[ties]))]]
@@ -261,7 +272,8 @@ def _stacker():
     return LogisticRegression(C=1.0, max_iter=1000)
 
 
-def fit_stacker(member_probs: np.ndarray, y: np.ndarray, fold: np.ndarray, inner_cv: bool = True):
+def fit_stacker(member_probs: np.ndarray, y: np.ndarray, fold: np.ndarray, inner_cv: bool = True,
+                sample_weight=None):
     """LogisticRegression on the members' OOF log-probs.
 
     Returns (model fitted on all rows, its OOF probabilities from cross_val_predict over `fold`). The
@@ -275,10 +287,11 @@ def fit_stacker(member_probs: np.ndarray, y: np.ndarray, fold: np.ndarray, inner
     x = stack_features(member_probs)
     # lbfgs makes many small BLAS calls: extra BLAS threads only contend (50x slower on a busy 2-core box)
     with threadpool_limits(limits=1, user_api="blas"):
-        model = _stacker().fit(x, y)
+        model = _stacker().fit(x, y, sample_weight=sample_weight)
         if not inner_cv or len(np.unique(fold)) < 2:
             return model, _full_proba(model, x, c)
-        inner = cross_val_predict(_stacker(), x, y, cv=PredefinedSplit(fold), method="predict_proba")
+        inner = cross_val_predict(_stacker(), x, y, cv=PredefinedSplit(fold), method="predict_proba",
+                                  params=None if sample_weight is None else {"sample_weight": sample_weight})
     padded = np.zeros((len(x), c))
     padded[:, np.unique(y)] = inner
     return model, clip_probs(padded)

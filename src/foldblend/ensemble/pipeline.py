@@ -18,6 +18,7 @@ import numpy as np
 from foldblend.artifacts import Member
 from foldblend.ensemble import methods as E
 from foldblend.ensemble.fitted import WEIGHTED_METHODS, BlendOptions, FittedBlend
+from foldblend.ensemble.importance import importance_weights
 from foldblend.metrics import HIGHER_IS_BETTER, classification_scores, softmax
 
 OVERFIT_WARNING_GAP = 0.01
@@ -50,6 +51,9 @@ class BlendResult:
     no_confidence: str = ""                     # why fold_test_probs (and so `confidence`) is missing
     member_confidence: dict | None = None       # {member: its own confidence estimate} (several members)
     model: FittedBlend | None = None            # the pipeline fitted on all OOF rows (what predicted the test)
+    importance: dict = field(default_factory=dict)  # the importance weights' ESS and AUC (`importance`), or why not
+    selection: dict | None = None               # the candidates' estimates and the one written (`selection`)
+    shift_warning: bool = False                 # the scan's check said CV is optimistic
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -117,30 +121,32 @@ def member_probs(model: FittedBlend, views: list[np.ndarray]) -> np.ndarray:
 
 
 def fit_blend(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray, opts: BlendOptions,
-              names: list[str] | None = None) -> FittedBlend:
-    """Fit every step on these rows, each on the output of the steps before it (`names`: the members')."""
-    k = len(views)
+              names: list[str] | None = None, sample_weight: np.ndarray | None = None) -> FittedBlend:
+    """Fit every step on these rows, each on the output of the steps before it (`names`: the members'),
+    each row counted by `sample_weight` when given (importance weights)."""
+    k, w = len(views), sample_weight
     model = FittedBlend.unfitted(names or [f"member_{i}" for i in range(k)], opts)
-    model.identity_weights = [E.fit_identity_weight(v, y) if opts.tta == "weighted" else None for v in views]
+    model.identity_weights = [E.fit_identity_weight(v, y, sample_weight=w) if opts.tta == "weighted" else None
+                              for v in views]
     probs = member_probs(model, views)
     if opts.temperature:
-        model.temperatures = np.array([E.fit_temperature(E.safe_log(p), y) for p in probs])
+        model.temperatures = np.array([E.fit_temperature(E.safe_log(p), y, w) for p in probs])
         probs = member_probs(model, views)
     if opts.method == "scipy":
-        model.weights = E.fit_scipy_weights(probs, y)
+        model.weights = E.fit_scipy_weights(probs, y, w)
     elif opts.method == "greedy":
-        model.weights = E.greedy_select(probs, y, opts.metric, opts.rounds, opts.greedy_init)
+        model.weights = E.greedy_select(probs, y, opts.metric, opts.rounds, opts.greedy_init, sample_weight=w)
     if opts.method == "stack":
         # downstream steps are tuned on the stacker's inner-CV output, never on its in-sample fit
-        model.stacker, combined = E.fit_stacker(probs, y, fold, inner_cv=opts.calibrate or opts.bias)
+        model.stacker, combined = E.fit_stacker(probs, y, fold, inner_cv=opts.calibrate or opts.bias, sample_weight=w)
         model.weights = E.stacker_member_shares(model.stacker, k)
     else:
         combined = _combine(probs, model)
     if opts.calibrate:
-        model.calibration = E.fit_temperature(E.safe_log(combined), y)
+        model.calibration = E.fit_temperature(E.safe_log(combined), y, w)
         combined = E.apply_temperature(combined, model.calibration)
     if opts.bias:
-        model.biases = E.tune_biases(E.safe_log(combined), y, opts.metric)
+        model.biases = E.tune_biases(E.safe_log(combined), y, opts.metric, sample_weight=w)
     return model
 
 
@@ -163,7 +169,7 @@ def apply_blend(model: FittedBlend, views: list[np.ndarray]) -> np.ndarray:
 
 
 def nested_predictions(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray, opts: BlendOptions,
-                       fold_test_views=None) -> tuple[np.ndarray, np.ndarray | None]:
+                       fold_test_views=None, sample_weight=None) -> tuple[np.ndarray, np.ndarray | None]:
     """For each fold k: fit on the other folds' OOF rows, predict fold k's rows; return them collected.
 
     With `fold_test_views(i)` (the members' test views from their i-th fold models), each fold's fitted
@@ -172,7 +178,8 @@ def nested_predictions(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray,
     tests = []
     for i, k in enumerate(np.unique(fold)):
         held_out = fold == k
-        model = fit_blend(_rows(views, ~held_out), y[~held_out], fold[~held_out], opts)
+        model = fit_blend(_rows(views, ~held_out), y[~held_out], fold[~held_out], opts,
+                          sample_weight=None if sample_weight is None else sample_weight[~held_out])
         out[held_out] = apply_blend(model, _rows(views, held_out))
         if fold_test_views is not None:
             tests.append(apply_blend(model, fold_test_views(i)))
@@ -212,13 +219,23 @@ def _overfit_warnings(in_sample: dict, nested: dict, metric: str) -> list[str]:
             f"(gap {gap:.4f} > {OVERFIT_WARNING_GAP}): the fitted blend overfits the OOF rows; trust the nested number"]
 
 
-def blend_arrays(members: list[Member], **options) -> BlendResult:
+def blend_arrays(members: list[Member], shift_warning: bool = False, **options) -> BlendResult:
     """`blend` with the options as keywords (`BlendOptions`' fields)."""
-    return blend(members, BlendOptions(**options))
+    return blend(members, BlendOptions(**options), shift_warning)
 
 
-def blend(members: list[Member], opts: BlendOptions) -> BlendResult:
-    """Blend aligned members; report in-sample and nested-CV scores side by side."""
+def _importance(opts: BlendOptions, shift_warning: bool, oof_views, fold, per_fold_test) -> dict:
+    if opts.shift_weights == "off" or (opts.shift_weights == "auto" and not shift_warning):
+        return {"weights": None, "why": "--shift-weights off" if opts.shift_weights == "off" else
+                "the scan's shift check did not warn"}
+    if not opts.is_fitted:
+        return {"weights": None, "why": "nothing is fitted"}
+    return importance_weights(oof_views, fold, per_fold_test)
+
+
+def blend(members: list[Member], opts: BlendOptions, shift_warning: bool = False) -> BlendResult:
+    """Blend aligned members; report in-sample and nested-CV scores side by side. With `shift_warning`
+    (the scan says CV is optimistic) and `--shift-weights auto`, every step is fitted on importance-weighted rows."""
     check_alignment(members)
     ref, c = members[0], members[0].n_classes
     names = [m.name for m in members]
@@ -230,14 +247,16 @@ def blend(members: list[Member], opts: BlendOptions) -> BlendResult:
     test_views = [member_views(m.test_logits, m.views, opts) for m in members]
     holdout_views = [member_views(m.holdout_logits, m.views, opts) for m in members]
 
-    model = fit_blend(oof_views, y, fold, opts, names)
+    per_fold_test, no_confidence = fold_test_views(members, fold, opts)
+    importance = _importance(opts, shift_warning, oof_views, fold, per_fold_test)
+    sample_weight = importance["weights"]
+    model = fit_blend(oof_views, y, fold, opts, names, sample_weight)
     in_sample_probs = apply_blend(model, oof_views)
     warnings: list[str] = []
     if opts.is_fitted and len(np.unique(fold)) < 2:
         warnings.append("only one fold: no nested CV possible, the reported CV is in-sample")
-    per_fold_test, no_confidence = fold_test_views(members, fold, opts)
     if opts.is_fitted and len(np.unique(fold)) >= 2:
-        nested_probs, fold_test_probs = nested_predictions(oof_views, y, fold, opts, per_fold_test)
+        nested_probs, fold_test_probs = nested_predictions(oof_views, y, fold, opts, per_fold_test, sample_weight)
     else:  # nothing fitted: one pipeline predicted every fold
         nested_probs = in_sample_probs
         fold_test_probs = (None if per_fold_test is None else
@@ -256,7 +275,8 @@ def blend(members: list[Member], opts: BlendOptions) -> BlendResult:
         weights={n: float(w) for n, w in zip(names, model.weights)}, member_scores=member_scores,
         cv_in_sample=cv_in_sample, cv_nested=cv_nested, warnings=warnings, biases=model.biases,
         classes=list(ref.classes), ids=ref.ids, labels=y, test_ids=ref.test_ids, method=opts.method,
-        options=asdict(opts), model=model,
+        options=asdict(opts), model=model, shift_warning=shift_warning,
+        importance={k: v for k, v in importance.items() if k != "weights"} | {"applied": sample_weight is not None},
         fitted={"identity_weights": {n: (None if w is None else float(w))
                                      for n, w in zip(names, model.identity_weights)},
                 "temperatures": {n: float(t) for n, t in zip(names, model.temperatures)},

@@ -10,17 +10,20 @@ from pathlib import Path
 
 import numpy as np
 
-from foldblend.artifacts import load_member, member_digest, write_json, write_npz
+from foldblend.artifacts import load_member, member_digest, read_json, write_json, write_npz
 from foldblend.ensemble import confidence as C
 from foldblend.ensemble import matched as M
+from foldblend.ensemble import selection as S
 from foldblend.ensemble.fitted import BlendOptions
+from foldblend.ensemble.importance import describe as describe_importance
 from foldblend.ensemble.pipeline import BlendResult, blend, format_table
 from foldblend.ensemble.store import discover_members, split_members
-from foldblend.metrics import METRICS, softmax
+from foldblend.metrics import METRICS
 from foldblend.safety import check_plain_name, remove, say_swept, sweep_temporaries
 
 
-def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str] | None = None) -> None:
+def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str] | None = None,
+               selection: dict | None = None) -> None:
     """blend.npz (arrays with their ids) and blend.json (what was done, and how well), both atomic."""
     out_dir = Path(out_dir)
     remove(out_dir / "blend.json", inside=out_dir)  # written last: a kill between the two leaves no blend
@@ -36,7 +39,10 @@ def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str
         "fitted": result.fitted, "cv_in_sample": result.cv_in_sample, "cv_nested": result.cv_nested,
         "member_scores": result.member_scores, "holdout": result.holdout_scores, "warnings": result.warnings,
         "test_matched": result.test_matched, "confidence": result.confidence,
-        "member_confidence": result.member_confidence,
+        "member_confidence": result.member_confidence, "importance": result.importance,
+        "shift_warning": result.shift_warning,
+        "selection": None if selection is None else {k: v for k, v in selection.items()
+                                                     if not k.startswith("candidate_")},
         "classes": result.classes,
         "member_digests": member_digests or {},
         "pipeline": None if result.model is None else result.model.to_json()})
@@ -58,8 +64,18 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
     members = [load_member(oof_root / name) for name in names]
     if options is not None and option_values:
         raise TypeError(f"run_blend: options given twice ({', '.join(option_values)} beside options=)")
-    result = blend(members, options or BlendOptions(**option_values))
+    opts = options or BlendOptions(**option_values)
+    shift_warning = bool(folds_dir is not None and (read_json(Path(folds_dir) / "shift.json") or {}).get("optimistic"))
+    result = blend(members, opts, shift_warning)
     print(format_table(result, result.options["metric"] if result.options["metric"] in METRICS else "macro_f1"))
+    if shift_warning or result.importance.get("applied"):
+        print(describe_importance(result.importance, len(result.labels)))
+    selection = S.select(result, members, enabled=opts.select == "auto")
+    result.selection = selection
+    for line in S.describe_candidates(selection):
+        print(line)
+    for note in (selection or {}).get("notes", []):
+        print(f"note: {note}")
     if folds_dir is not None:
         inputs, why = M.load_similarity(Path(folds_dir) / "similarity.npz", Path(folds_dir) / "folds.csv", result.ids)
         if inputs is None:
@@ -72,24 +88,16 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
         fold = np.asarray(members[0].fold)
         result.confidence = C.confidence_score(result.labels, result.oof_probs, fold, result.fold_test_probs, groups,
                                                len(result.classes))
-        if len(members) > 1:  # each member alone, as `submit --exp NAME` would submit it (views averaged)
-            result.member_confidence = {
-                m.name: C.confidence_score(
-                    result.labels, softmax(m.oof_logits).mean(axis=0), fold,
-                    np.stack([softmax(t).mean(axis=0).astype(np.float32) for t in m.test_logits]),
-                    groups, len(result.classes), n_boot=C.MEMBER_BOOTSTRAP) for m in members}
+        if len(members) > 1 and selection:  # each member alone, as `submit --exp NAME` would submit it
+            result.member_confidence = {m.name: selection["candidates"][m.name]["estimates"]["atc"] for m in members}
     else:
         print(f"confidence estimate: not computed ({result.no_confidence})")
     estimates = C.describe_estimates(result.test_matched, result.confidence)
     if estimates:
         print(f"nested CV {result.cv_nested['macro_f1']:.4f} · {estimates}")
-    if result.member_confidence:
-        print("confidence estimates of the members alone: " + ", ".join(
-            f"{name} {est['macro_f1']:.4f}" for name, est in result.member_confidence.items()))
-        note = C.member_note(result.confidence, result.member_confidence)
-        if note:
-            print(note)
-    save_blend(result, out_dir, {name: member_digest(oof_root / name) for name in names})
+    if selection:
+        print(f"nested CV {result.cv_nested['macro_f1']:.4f} · {S.describe_expected(selection)}")
+    save_blend(result, out_dir, {name: member_digest(oof_root / name) for name in names}, selection)
     return result
 
 

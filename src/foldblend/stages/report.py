@@ -19,6 +19,7 @@ from sklearn.metrics import f1_score
 from foldblend.artifacts import read_json, write_text
 from foldblend.data.read import ImageReadError, load_rgb
 from foldblend.ensemble.confidence import describe_estimates, member_note
+from foldblend.ensemble.selection import saved_lines
 from foldblend.paths import Project
 from foldblend.reporting.nearest_panel import neighbours_section
 from foldblend.reporting.plots import (
@@ -155,9 +156,19 @@ def blend_section(blend: dict | None) -> str:
              "<div style='display:flex;gap:28px;flex-wrap:wrap'><div><b>members</b>" + table(pd.DataFrame(rows))
              + "</div><div><b>blend CV</b>" + table(score_table(cv, "CV")) + "</div></div>"]
     parts += [f'<p class="warn">warning: {esc(w)}</p>' for w in blend.get("warnings") or []]
-    note = member_note(blend.get("confidence"), alone)
-    if note:
-        parts.append(f'<p class="warn">{esc(note)}</p>')
+    selection = blend.get("selection")
+    if selection:
+        lines = saved_lines(blend)
+        parts.append(f"<p><b>{esc(lines[0])}</b></p>")
+        parts += [f'<p class="warn">{esc(line)}</p>' for line in lines[1:]]
+        cands = pd.DataFrame([{"candidate": ("written: " if n == selection["chosen"] else "") + n, "CV": c["cv"],
+                               **{f"{e} estimate": v["macro_f1"] for e, v in c["estimates"].items()},
+                               "fold average gain": c["gain"]} for n, c in selection["candidates"].items()])
+        parts.append("<b>candidates, each estimated on the test without labels</b>" + table(cands))
+    else:
+        note = member_note(blend.get("confidence"), alone)
+        if note:
+            parts.append(f'<p class="warn">{esc(note)}</p>')
     return "\n".join(parts)
 
 

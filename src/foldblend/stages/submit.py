@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foldblend.artifacts import changed_members, load_member
+from foldblend.artifacts import changed_members, load_member, read_json
 from foldblend.data.find import load_competition
 from foldblend.data.freshness import digest_of_test_files
 from foldblend.metrics import classification_scores, softmax
@@ -43,7 +43,12 @@ def blend_prediction(oof_root: Path) -> tuple[np.ndarray, np.ndarray, list[str],
     metric = meta.get("options", {}).get("metric", "macro_f1")
     info = {"members": meta["members"], "weights": meta["weights"], "method": meta["method"],
             "metric": metric, "options": meta.get("options", {}), "biases": meta.get("biases")}
-    return test_ids, probs, meta["classes"], meta["cv_nested"].get(metric), info, f"blend_{meta['method']}"
+    selection = meta.get("selection") or {}
+    chosen = selection.get("chosen", "blend")
+    if selection.get("expected"):
+        info["expected"] = selection["expected"]["macro_f1"]
+    name = f"blend_{meta['method']}" if chosen == "blend" else f"blend_{chosen}"
+    return test_ids, probs, meta["classes"], meta["cv_nested"].get(metric), info, name
 
 
 def member_prediction(oof_root: Path, exp: str):
@@ -100,8 +105,11 @@ def submit_from_args(args: argparse.Namespace, project, competition) -> Path | N
         # same set in another order: class indices (and class_id submissions) would silently be wrong
         raise SubmissionError(f"the predictions' classes {classes} are not the competition's "
                               f"{list(competition.classes)} in that order; retrain (`foldblend train`) and blend again")
+    # when the scan warns that CV is optimistic, the name carries the expected test score instead of the CV
+    warned = not args.exp and bool((read_json(project.oof / "_blend" / "blend.json") or {}).get("shift_warning"))
+    name_score = ("exp", info["expected"]) if warned and info.get("expected") is not None else None
     path = write_submission(sample, test_ids, probs, classes, project.submissions, args.name or default_name, cv,
-                            info, fmt=args.format or competition.submission_format)
+                            info, fmt=args.format or competition.submission_format, name_score=name_score)
     print(f"submission: {project.rel(path)}")
     if args.upload:
         upload(args.upload, path, args.message or f"{path.stem} (cv {cv})")

@@ -12,6 +12,7 @@ from foldblend.data.find import Competition, load_competition
 from foldblend.data.split import settings_path
 from foldblend.durations import format_duration
 from foldblend.ensemble.confidence import describe_estimates, member_note
+from foldblend.ensemble.selection import saved_lines
 from foldblend.ensemble.store import split_members
 from foldblend.members.signatures import fold_seconds
 from foldblend.paths import Project
@@ -49,7 +50,8 @@ def blend_row(project: Project) -> dict | None:
             "weights": ", ".join(f"{k} {v:.2f}" for k, v in b.get("weights", {}).items()),
             "holdout": (held.get("blend") or {}).get("macro_f1"), "holdout_n": held.get("n_images"),
             "estimates": describe_estimates(b.get("test_matched"), b.get("confidence")),
-            "member_note": member_note(b.get("confidence"), b.get("member_confidence")),
+            "member_note": "\n".join(saved_lines(b)) if b.get("selection") else
+            member_note(b.get("confidence"), b.get("member_confidence")),
             "has_confidence": bool(b.get("confidence")),
             "member_holdout": {k: v["macro_f1"] for k, v in (held.get("members") or {}).items()}}
 

@@ -210,8 +210,12 @@ def _identical_earlier(frame: pd.DataFrame, out_dir: Path, stem: str) -> Path | 
 
 
 def write_submission(sample: pd.DataFrame, test_ids: np.ndarray, probs: np.ndarray, classes: list[str],
-                     out_dir: Path, name: str, cv: float | None, info: dict, fmt: str | None = None) -> Path:
-    """Validate, write `<name>_cv<cv>.csv` (never overwriting), re-validate, log. Returns the path."""
+                     out_dir: Path, name: str, cv: float | None, info: dict, fmt: str | None = None,
+                     name_score: tuple[str, float] | None = None) -> Path:
+    """Validate, write `<name>_cv<cv>.csv` (never overwriting), re-validate, log. Returns the path.
+
+    `name_score` ("exp", 0.71) puts another number in the name instead of the CV (`<name>_exp0.7100.csv`):
+    the expected test score, when the scan warns that the CV is optimistic."""
     classes = [str(c) for c in classes]
     check_plain_name(name, "submission name (--name)")
     fmt = fmt or detect_format(sample, classes)
@@ -219,7 +223,8 @@ def write_submission(sample: pd.DataFrame, test_ids: np.ndarray, probs: np.ndarr
     check_frame(frame, sample, classes, fmt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}_cv{cv:.4f}" if cv is not None else name
+    stem = (f"{name}_{name_score[0]}{name_score[1]:.4f}" if name_score is not None else
+            f"{name}_cv{cv:.4f}" if cv is not None else name)
     with sublog.locked(out_dir):
         say_swept(sweep_temporaries(out_dir))
         for note in sublog.reconcile(out_dir):

@@ -1,0 +1,144 @@
+"""Label-free estimates of a prediction's test macro-F1, from saved probabilities alone.
+
+Each estimator reads one fold's pipeline twice -- on its OOF rows (labels known) and on the test images
+(labels unknown) -- and says, per test image, how likely its predicted class is right. From those, per
+predicted class, the expected true positives; the expected misses are spread over the classes as the
+fold's OOF errors are; that gives a macro-F1 per fold, and the estimate is their mean (`fold_mean`).
+
+- `atc`: average thresholded confidence (Garg et al., ICLR 2022): right when the top probability is
+  above the OOF threshold that leaves as many OOF rows above it as were right (`confidence`).
+- `doc`: difference of confidences (Guillory et al., ICCV 2021): the test's top probabilities, shifted by
+  the fold's OOF accuracy minus its OOF mean top probability.
+- `nuclear`: the prediction matrix's normalised nuclear norm ||P||_* / sqrt(n min(n, C)), high when
+  predictions are both confident and spread over the classes (Deng et al., ICML 2023); the test's
+  accuracy is the OOF accuracy moved by the difference of the two norms, the images' confidences scaled
+  to it.
+- `cot`: optimal transport from the test's probability vectors to one-hot labels in the OOF class
+  proportions, cost 1 - p_y (Lu et al., NeurIPS 2023: the cost estimates the error, and unlike a
+  confidence it sees a label shift); corrected, as DoC, by the same cost's gap on the OOF rows.
+
+The fold average: the submission averages the fold models, which scores above one fold model. Taking
+the fold models' mean probability q as the label distribution of each test image, the expected
+macro-F1 of any decisions h is computed from counts (true positives sum q at h); the gain is that of
+the file's decisions over the mean of the fold pipelines' own (`fold_average_gain`). Added to an
+estimate, it gives the number of the file that is written (`file_estimate`).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from foldblend.ensemble.confidence import counted_correct
+from foldblend.metrics import metric_from_counts
+
+ESTIMATORS = ("atc", "doc", "nuclear", "cot")
+COT_MAX_ROWS = 5000     # the transport problem on at most this many images (a random subset beyond)
+
+
+def _acc_conf(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, float, float]:
+    right = probs.argmax(axis=1) == y
+    return right, float(right.mean()), float(probs.max(axis=1).mean())
+
+
+def nuclear_score(probs: np.ndarray) -> float:
+    n, c = probs.shape
+    return float(np.linalg.svd(probs, compute_uv=False).sum() / np.sqrt(n * min(n, c))) if n else 0.0
+
+
+def _cot_per_image(probs: np.ndarray, proportions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per image, the probability the optimal plan (POT's exact network simplex) moves to the classes it
+    sends the image to: 1 - each image's share of the transport cost (its mean is 1 - COT)."""
+    for backend in ("PYTORCH", "JAX", "CUPY", "TENSORFLOW"):  # numpy arrays only: skip importing the others
+        os.environ.setdefault(f"POT_BACKEND_DISABLE_{backend}", "1")
+    import ot
+
+    n, c = probs.shape
+    rows = np.arange(n) if n <= COT_MAX_ROWS else rng.choice(n, COT_MAX_ROWS, replace=False)
+    p = np.ascontiguousarray(probs[rows], np.float64)
+    plan = ot.emd(np.full(len(rows), 1.0 / len(rows)), proportions / proportions.sum(), 1.0 - p,
+                  numItermax=1_000_000) * len(rows)
+    got = (plan * p).sum(axis=1)
+    if n <= COT_MAX_ROWS:
+        return got
+    out = probs.max(axis=1) * (got.mean() / p.max(axis=1).mean())  # the subset's level, for every image
+    out[rows] = got
+    return out
+
+
+def correct_per_image(name: str, y: np.ndarray, oof_probs: np.ndarray, test_probs: np.ndarray,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+    """(M,) expected correctness of each test image's predicted class, by estimator `name`."""
+    right, acc, conf = _acc_conf(y, oof_probs)
+    test_conf = test_probs.max(axis=1)
+    if name == "atc":
+        return counted_correct(oof_probs.max(axis=1), int(right.sum()), test_conf)
+    if name == "doc":
+        return np.clip(test_conf + (acc - conf), 0.0, 1.0)
+    if name == "nuclear":
+        target = np.clip(acc + nuclear_score(test_probs) - nuclear_score(oof_probs), 0.0, 1.0)
+        return np.clip(test_conf * target / max(test_conf.mean(), 1e-12), 0.0, 1.0)
+    if name == "cot":
+        rng = rng or np.random.default_rng(0)
+        proportions = np.bincount(y, minlength=oof_probs.shape[1]).astype(np.float64)
+        gap = acc - _cot_per_image(oof_probs, proportions, rng).mean()
+        return np.clip(_cot_per_image(test_probs, proportions, rng) + gap, 0.0, 1.0)
+    raise ValueError(f"unknown estimator {name!r} (estimators: {', '.join(ESTIMATORS)})")
+
+
+def f1_from_correct(y: np.ndarray, oof_right: np.ndarray, correct: np.ndarray, test_pred: np.ndarray,
+                    n_classes: int) -> float:
+    """Macro-F1 of decisions `test_pred` right with probabilities `correct`; the misses spread over the
+    classes as the OOF errors (`oof_right` False) are."""
+    true_pos = np.bincount(test_pred, weights=correct, minlength=n_classes)
+    predicted = np.bincount(test_pred, minlength=n_classes).astype(np.float64)
+    errors = np.bincount(y[~oof_right], minlength=n_classes).astype(np.float64)
+    share = errors / errors.sum() if errors.sum() else np.full(n_classes, 1.0 / n_classes)
+    missed = (1.0 - correct).sum() * share
+    return float(metric_from_counts("macro_f1", true_pos[None], predicted[None], true_pos + missed)[0])
+
+
+class FoldParts:
+    """One candidate's per-fold pieces, computed once: labels, OOF rightness, each estimator's per-image
+    correctness and the test decisions. Bootstrap draws resample these (the transport plan is not re-solved)."""
+
+    def __init__(self, y, oof_probs, fold, fold_test_probs, estimators=ESTIMATORS, seed: int = 0):
+        y, fold = np.asarray(y), np.asarray(fold)
+        self.folds = np.unique(fold)
+        if len(self.folds) != len(fold_test_probs):
+            raise ValueError(f"{len(self.folds)} folds but test predictions from {len(fold_test_probs)} pipelines")
+        self.n_classes = oof_probs.shape[1]
+        self.parts = []
+        rng = np.random.default_rng(seed)
+        for i, k in enumerate(self.folds):
+            rows = fold == k
+            yk, ok, tk = y[rows], np.asarray(oof_probs[rows], np.float64), np.asarray(fold_test_probs[i], np.float64)
+            self.parts.append({"y": yk, "right": ok.argmax(axis=1) == yk, "pred": tk.argmax(axis=1),
+                               "correct": {e: correct_per_image(e, yk, ok, tk, rng) for e in estimators}})
+
+    def estimate(self, name: str, test_rows: np.ndarray | None = None) -> float:
+        vals = []
+        for part in self.parts:
+            rows = slice(None) if test_rows is None else test_rows
+            vals.append(f1_from_correct(part["y"], part["right"], part["correct"][name][rows], part["pred"][rows],
+                                        self.n_classes))
+        return float(np.mean(vals))
+
+
+def expected_f1(decisions: np.ndarray, q: np.ndarray) -> float:
+    """Macro-F1 of `decisions` if each image's label were drawn from `q` (M, C), from expected counts."""
+    c = q.shape[1]
+    true_pos = np.bincount(decisions, weights=q[np.arange(len(decisions)), decisions], minlength=c)
+    predicted = np.bincount(decisions, minlength=c).astype(np.float64)
+    return float(metric_from_counts("macro_f1", true_pos[None], predicted[None], q.sum(axis=0))[0])
+
+
+def fold_average_gain(fold_test_probs: np.ndarray, file_probs: np.ndarray) -> float:
+    """How much the written file's decisions score above one fold pipeline's, with the fold pipelines'
+    mean probability as each test image's label distribution (label-free)."""
+    fold_test_probs = np.asarray(fold_test_probs, np.float64)
+    if len(fold_test_probs) < 2 or fold_test_probs.shape[1] == 0:
+        return 0.0
+    q = fold_test_probs.mean(axis=0)
+    single = np.mean([expected_f1(p.argmax(axis=1), q) for p in fold_test_probs])
+    return float(expected_f1(np.asarray(file_probs).argmax(axis=1), q) - single)

@@ -1,0 +1,180 @@
+"""What the blend writes: the candidate it can best defend on the test, and the expected score of that file.
+
+A fitted blend follows its OOF rows; under a shift the test may reward another choice. The blend stage
+scores a small fixed set of candidates -- the fitted blend, the plain mean of the members, and each
+member alone -- with label-free estimates of their test macro-F1 (`estimators`), and writes the fitted
+blend unless another candidate is estimated above it by more than `MARGIN` and by more than twice the
+spread of the difference (a paired bootstrap over the test images), by every estimator. Every
+candidate's estimates are kept (blend.json's `selection`), and the written file's expected score is the
+chosen estimator's number plus the fold average's gain (`estimators.fold_average_gain`): the number of
+the file, not of one fold model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from foldblend.artifacts import Member
+from foldblend.ensemble import estimators as S
+from foldblend.ensemble import methods as E
+from foldblend.ensemble.fitted import BlendOptions, FittedBlend
+from foldblend.ensemble.pipeline import BlendResult, apply_blend, fold_test_views, member_views
+from foldblend.metrics import classification_scores, softmax
+
+ESTIMATOR = "atc"        # the estimator that gives the expected score (bench/shift_blend.py)
+MARGIN = 0.01            # a candidate must beat the fitted blend's estimate by this much, at least
+N_DRAWS = 100            # paired bootstrap draws over the test images
+CV_GAP_NOTE = 0.03       # an expected score this far below the nested CV is said
+
+
+@dataclass
+class Candidate:
+    name: str
+    model: FittedBlend
+    oof_probs: np.ndarray          # (N, C) honest OOF predictions (nested for the fitted blend)
+    fold_test_probs: np.ndarray    # (F, M, C) the test by the pipeline that predicted each fold
+    test_probs: np.ndarray         # (M, C) what would be written
+    holdout_probs: np.ndarray      # (H, C)
+
+
+def _unfitted_candidates(members: list[Member], opts: BlendOptions) -> list[Candidate]:
+    """The plain mean of the members and each member alone: nothing fitted, views and folds averaged."""
+    names = [m.name for m in members]
+    plain = BlendOptions(method="mean", metric=opts.metric, tta="mean", fold_combine=opts.fold_combine)
+    fold = np.asarray(members[0].fold)
+    oof = [softmax(m.oof_logits[E.identity_first(m.views)]).mean(axis=0, keepdims=True) for m in members]
+    test = [member_views(m.test_logits, m.views, plain) for m in members]
+    holdout = [member_views(m.holdout_logits, m.views, plain) for m in members]
+    per_fold, _ = fold_test_views(members, fold, plain)
+    weightings = [("mean", np.full(len(names), 1.0 / len(names)))]
+    weightings += [(name, np.eye(len(names))[j]) for j, name in enumerate(names)]
+    out = []
+    for name, weights in weightings:
+        model = replace(FittedBlend.unfitted(names, plain), weights=weights)
+        out.append(Candidate(name, model, apply_blend(model, oof),
+                             np.stack([apply_blend(model, per_fold(i)) for i in range(len(np.unique(fold)))]),
+                             apply_blend(model, test), apply_blend(model, holdout)))
+    return out
+
+
+def candidates(result: BlendResult, members: list[Member]) -> list[Candidate]:
+    """The fitted blend first, then (with several members) the plain mean and each member alone."""
+    blend = Candidate("blend", result.model, result.oof_probs, result.fold_test_probs, result.test_probs,
+                      result.holdout_probs)
+    return [blend] + (_unfitted_candidates(members, result.model.options) if len(members) > 1 else [])
+
+
+def score_candidates(cands: list[Candidate], y: np.ndarray, fold: np.ndarray, seed: int = 0) -> dict:
+    """{name: {"cv", "estimates": {estimator: {"macro_f1", "std"}}, "gain", "draws": {estimator: (D,)}}}."""
+    c = cands[0].oof_probs.shape[1]
+    m = cands[0].fold_test_probs.shape[1]
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, m, m) for _ in range(N_DRAWS)]
+    out = {}
+    for cand in cands:
+        parts = S.FoldParts(y, cand.oof_probs, fold, cand.fold_test_probs, seed=seed)
+        est = {}
+        for name in S.ESTIMATORS:
+            values = np.array([parts.estimate(name, rows) for rows in draws])
+            est[name] = {"macro_f1": parts.estimate(name), "std": float(values.std()), "draws": values}
+        out[cand.name] = {"cv": classification_scores(y, cand.oof_probs, c)["macro_f1"], "estimates": est,
+                          "gain": S.fold_average_gain(cand.fold_test_probs, cand.test_probs)}
+    return out
+
+
+def choose(scores: dict, margin: float = MARGIN) -> tuple[str, str]:
+    """(the candidate to write, why): the fitted blend unless another is estimated above it beyond the noise
+    by every estimator -- each estimator errs on some members (a linear SVM's margins are no confidences), so
+    one estimator's word is not enough; of those that qualify, the one with the largest smallest advantage."""
+    best, best_gain, reason = "blend", 0.0, ""
+    for name, s in scores.items():
+        if name == "blend":
+            continue
+        gains = {}
+        for est, e in s["estimates"].items():
+            base = scores["blend"]["estimates"][est]
+            diff = e["macro_f1"] - base["macro_f1"]
+            noise = float(np.std(e["draws"] - base["draws"]))
+            gains[est] = (diff, max(margin, 2 * noise))
+        if all(diff > need for diff, need in gains.values()):
+            smallest = min(diff for diff, _ in gains.values())
+            if smallest > best_gain:
+                best, best_gain = name, smallest
+                reason = ("estimated above the fitted blend on the test by every estimator (" +
+                          ", ".join(f"{est} +{diff:.4f}" for est, (diff, _) in gains.items()) +
+                          f"; each beyond max({margin}, twice the difference's spread))")
+    return best, reason
+
+
+def _label(name: str) -> str:
+    return {"blend": "the fitted blend", "mean": "the plain mean of the members"}.get(name, f"{name} alone")
+
+
+def select(result: BlendResult, members: list[Member], enabled: bool = True, seed: int = 0) -> dict | None:
+    """Score the candidates, write the chosen one into `result` (probabilities, pipeline, CV), and return
+    blend.json's `selection`; None without per-fold test predictions (no test set, --method rank, ...)."""
+    if result.fold_test_probs is None or result.model is None:
+        return None
+    y, fold = np.asarray(result.labels), np.asarray(members[0].fold)
+    cands = candidates(result, members)
+    scores = score_candidates(cands, y, fold, seed)
+    chosen, reason = choose(scores) if enabled else ("blend", "")
+    pick = next(c for c in cands if c.name == chosen)
+    est = scores[chosen]["estimates"][ESTIMATOR]
+    expected = {"macro_f1": float(np.clip(est["macro_f1"] + scores[chosen]["gain"], 0, 1)), "std": est["std"],
+                "one_fold_model": est["macro_f1"], "gain": scores[chosen]["gain"], "estimator": ESTIMATOR}
+    if chosen != "blend":
+        c = len(result.classes)
+        result.model, result.oof_probs, result.test_probs = pick.model, pick.oof_probs, pick.test_probs
+        result.holdout_probs, result.fold_test_probs = pick.holdout_probs, pick.fold_test_probs.astype(np.float32)
+        result.cv_in_sample = result.cv_nested = classification_scores(y, pick.oof_probs, c)
+        result.weights = {n: float(w) for n, w in zip(pick.model.members, pick.model.weights)}
+        result.biases, result.method = None, pick.model.options.method
+        result.fitted = {"identity_weights": {n: None for n in pick.model.members},
+                         "temperatures": {n: 1.0 for n in pick.model.members}, "calibration": 1.0}
+    notes = []
+    if chosen != "blend":
+        notes.append(f"wrote {_label(chosen)} instead of the fitted blend: {reason}; the weights fitted on OOF rows "
+                     f"may not carry to the test")
+    cv = result.cv_nested["macro_f1"]
+    if cv - expected["macro_f1"] > CV_GAP_NOTE:
+        notes.append(f"the expected test macro-F1 {expected['macro_f1']:.4f} is {cv - expected['macro_f1']:.4f} below "
+                     f"the nested CV {cv:.4f}: the test looks unlike the OOF rows; trust the expected number")
+    return {"estimator": ESTIMATOR, "chosen": chosen, "reason": reason, "expected": expected, "notes": notes,
+            "candidates": {name: {"cv": s["cv"], "gain": s["gain"],
+                                  "estimates": {e: {"macro_f1": v["macro_f1"], "std": v["std"]}
+                                                for e, v in s["estimates"].items()}}
+                           for name, s in scores.items()},
+            "candidate_test_probs": {c.name: c.test_probs for c in cands},
+            "candidate_fold_test_probs": {c.name: c.fold_test_probs for c in cands}}
+
+
+def describe_expected(selection: dict | None) -> str:
+    """'expected test macro-F1 0.71 ± 0.02 (the fitted blend; atc + fold average 0.03)'."""
+    if not selection:
+        return ""
+    e = selection["expected"]
+    return (f"expected test macro-F1 {e['macro_f1']:.4f} ± {e['std']:.4f} ({_label(selection['chosen'])}; "
+            f"{e['estimator']} of one fold model {e['one_fold_model']:.4f} + the fold average's gain {e['gain']:.4f})")
+
+
+def describe_candidates(selection: dict | None) -> list[str]:
+    """One line per candidate: its CV and every estimate."""
+    if not selection:
+        return []
+    lines = []
+    for name, s in selection["candidates"].items():
+        mark = "*" if name == selection["chosen"] else " "
+        ests = " · ".join(f"{e} {v['macro_f1']:.4f}" for e, v in s["estimates"].items())
+        lines.append(f" {mark} {name:<20} CV {s['cv']:.4f} · {ests} · fold average +{s['gain']:.4f}")
+    return lines
+
+
+def saved_lines(blend_json: dict | None) -> list[str]:
+    """What blend.json's `selection` says, for the summary and the report: the expected score of the written
+    file and the notes (a candidate written instead of the fitted blend, an expected score far below the CV)."""
+    selection = (blend_json or {}).get("selection")
+    if not selection:
+        return []
+    return [describe_expected(selection)] + [f"note: {n}" for n in selection.get("notes") or []]

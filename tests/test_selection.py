@@ -1,0 +1,206 @@
+"""Under shift: importance-weighted fitting, the label-free estimators, the candidate the blend writes and
+the expected score of the written file, on constructed members whose test scores are known."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_confidence import N_CLASSES, predictions
+
+from foldblend.artifacts import load_member, save_member
+from foldblend.ensemble import estimators as S
+from foldblend.ensemble import methods as E
+from foldblend.ensemble.fitted import BlendOptions, FittedBlend
+from foldblend.ensemble.importance import CLIP, importance_weights
+from foldblend.ensemble.pipeline import apply_blend, member_views
+from foldblend.metrics import log_softmax, macro_f1
+from foldblend.stages.blend import run_blend
+
+CLASSES3 = ["a", "b", "c"]
+
+
+# ----------------------------------------------------------------------------- weighted fitting
+
+def _weighted_case(seed=0, n=300, c=4, k=3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(k, n, c)) + 1.5 * np.eye(c)[y][None]
+    probs = np.exp(log_softmax(logits))
+    w = rng.integers(1, 4, n)
+    return y, probs, w
+
+
+def test_integer_importance_weights_fit_as_repeated_rows():
+    """A row of weight 3 counts as three copies of it: every fitted step, weighted, equals the same step on
+    the rows repeated (decision metrics exactly, smooth losses to optimiser precision)."""
+    y, probs, w = _weighted_case()
+    rep = np.repeat(np.arange(len(y)), w)
+    for metric in ("macro_f1", "accuracy", "weighted_f1"):
+        assert np.array_equal(E.greedy_select(probs, y, metric, rounds=20, sample_weight=w),
+                              E.greedy_select(probs[:, rep], y[rep], metric, rounds=20))
+        assert np.array_equal(E.tune_biases(np.log(probs[0]), y, metric, sample_weight=w),
+                              E.tune_biases(np.log(probs[0][rep]), y[rep], metric))
+    views = probs[:2]
+    assert E.fit_identity_weight(views, y, sample_weight=w) == E.fit_identity_weight(views[:, rep], y[rep])
+    assert E.fit_temperature(np.log(probs[0]), y, w) == pytest.approx(E.fit_temperature(np.log(probs[0][rep]), y[rep]),
+                                                                       rel=1e-3)
+    assert np.allclose(E.fit_scipy_weights(probs, y, w), E.fit_scipy_weights(probs[:, rep], y[rep]), atol=2e-3)
+    fold = np.arange(len(y)) % 3
+    weighted = E.fit_stacker(probs, y, fold, inner_cv=False, sample_weight=w)[0]
+    repeated = E.fit_stacker(probs[:, rep], y[rep], fold[rep], inner_cv=False)[0]
+    assert np.allclose(weighted.coef_, repeated.coef_, atol=1e-3)
+
+
+def test_weights_change_what_is_fitted():
+    """Weights that count only the rows where member 1 is right make greedy selection pick member 1."""
+    rng = np.random.default_rng(1)
+    n, c = 400, 3
+    y = rng.integers(0, c, n)
+    good_first = np.arange(n) < 300           # member 0 right on these, member 1 on the rest
+    right0, right1 = good_first, ~good_first
+    probs = np.stack([np.where(r[:, None], np.eye(c)[y] * 0.8 + 0.2 / c, np.eye(c)[(y + 1) % c] * 0.8 + 0.2 / c)
+                      for r in (right0, right1)])
+    assert E.greedy_select(probs, y, "macro_f1", rounds=10).argmax() == 0
+    w = np.where(good_first, 0.05, 1.0)
+    assert E.greedy_select(probs, y, "macro_f1", rounds=10, sample_weight=w).argmax() == 1
+
+
+# ----------------------------------------------------------------------------- importance weights
+
+def test_importance_weights_favour_the_oof_rows_that_look_like_the_test():
+    """OOF rows: 80% confidently predicted, 20% unsure; the test: unsure only. The unsure rows get the weight;
+    the weights have mean 1, none above the clip, and the effective sample size says how few rows remain."""
+    rng = np.random.default_rng(2)
+    n, m, c, folds = 1000, 600, 4, 3
+    unsure = rng.random(n) < 0.2
+
+    def probs(rows_unsure):
+        sharp = np.where(rows_unsure[:, None], 0.6, 4.0)
+        logits = rng.normal(size=(len(rows_unsure), c)) * 0.3 + sharp * np.eye(c)[rng.integers(0, c, len(rows_unsure))]
+        return np.exp(log_softmax(logits))
+
+    oof_views = [probs(unsure)[None], probs(unsure)[None]]
+    tests = [[probs(np.ones(m, bool))[None], probs(np.ones(m, bool))[None]] for _ in range(folds)]
+    info = importance_weights(oof_views, np.arange(n) % folds, lambda i: tests[i])
+    w = info["weights"]
+    assert w.mean() == pytest.approx(1.0) and w.max() <= CLIP + 1e-9
+    assert w[unsure].mean() > 3 * w[~unsure].mean()
+    assert info["auc"] > 0.7 and info["ess"] < 0.8 * n
+    assert importance_weights(oof_views, np.arange(n) % folds, None)["weights"] is None
+
+
+# ----------------------------------------------------------------------------- estimators
+
+def test_expected_f1_under_the_true_labels_is_the_macro_f1():
+    rng = np.random.default_rng(3)
+    y, pred = rng.integers(0, 5, 500), rng.integers(0, 5, 500)
+    assert S.expected_f1(pred, np.eye(5)[y]) == pytest.approx(macro_f1(y, pred, 5))
+
+
+@pytest.mark.parametrize("name", S.ESTIMATORS)
+def test_each_estimator_follows_a_drop_in_test_accuracy(name):
+    """Fold models right on 90% of OOF rows and 60% of test images, sure when right and unsure when wrong
+    (in both): every estimator puts the test below the OOF score; ATC, which counts confidences above a
+    threshold, lands on the truth (the others move with the mean confidence, which falls by a third of
+    the accuracy here: the case that separates them)."""
+    rng = np.random.default_rng(4)
+    n, m, folds = 1500, 900, 3
+    y, oof = predictions(n, 0.9, rng)
+    test_y = rng.integers(0, N_CLASSES, m)
+    fold_test = np.stack([predictions(m, 0.6, rng, test_y)[1] for _ in range(folds)])
+    truth = np.mean([macro_f1(test_y, t.argmax(1), N_CLASSES) for t in fold_test])
+    parts = S.FoldParts(y, oof, np.arange(n) % folds, fold_test, estimators=(name,))
+    oof_f1 = macro_f1(y, oof.argmax(1), N_CLASSES)
+    assert oof_f1 - parts.estimate(name) > 0.05
+    assert name != "atc" or abs(parts.estimate(name) - truth) < 0.03
+
+
+def test_the_fold_average_gain_is_zero_for_identical_folds_and_positive_for_disagreeing_ones():
+    rng = np.random.default_rng(5)
+    m, c = 800, 4
+    base = rng.normal(size=(m, c))
+    same = np.stack([np.exp(log_softmax(base))] * 3)
+    assert S.fold_average_gain(same, same.mean(0)) == pytest.approx(0.0)
+    noisy = np.stack([np.exp(log_softmax(base + rng.normal(scale=1.5, size=(m, c)))) for _ in range(5)])
+    assert S.fold_average_gain(noisy, noisy.mean(0)) > 0.02
+
+
+# ----------------------------------------------------------------------------- the written candidate
+
+def _members(tmp_path, specs, seed=5, n=900, m=600, n_folds=3):
+    """Members named by `specs` {name: (oof accuracy, test accuracy)}, their fold models' test predictions
+    alike up to a little noise; returns the test labels."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, N_CLASSES, n)
+    test_y = rng.integers(0, N_CLASSES, m)
+    for name, (oof_acc, test_acc) in specs.items():
+        _, probs = predictions(n, oof_acc, rng, y)
+        base = np.log(predictions(m, test_acc, rng, test_y)[1])  # fold models err together, as trained ones do
+        test = np.stack([np.exp(log_softmax(base + rng.normal(scale=0.05, size=base.shape))) for _ in range(n_folds)])
+        save_member(tmp_path / "oof" / name, classes=CLASSES3, ids=[f"i{i}" for i in range(n)], labels=y,
+                    fold=np.arange(n) % n_folds, views=["identity"], oof_logits=np.log(probs)[None],
+                    test_ids=[f"t{i}" for i in range(m)], test_logits=np.log(test)[:, None], scores={})
+    return test_y
+
+
+def test_a_candidate_estimated_above_the_fitted_blend_beyond_the_noise_is_written(tmp_path, capsys):
+    """`fragile` is far better on OOF and far worse on the test: greedy weights follow it, the estimates see
+    through it, and the blend writes the candidate estimated best (here the plain mean, truly the best on
+    the test) -- in blend.npz, and in the pipeline predict applies."""
+    test_y = _members(tmp_path, {"steady": (0.75, 0.75), "fragile": (0.97, 0.3)})
+    result = run_blend(tmp_path / "oof", None, tmp_path / "oof" / "_blend", method="greedy", bias=True)
+    out = capsys.readouterr().out
+    sel = result.selection
+    truth = {name: macro_f1(test_y, p.argmax(1), N_CLASSES) for name, p in sel["candidate_test_probs"].items()}
+    written = macro_f1(test_y, result.test_probs.argmax(1), N_CLASSES)
+    assert sel["chosen"] != "blend" and written == truth[sel["chosen"]] >= max(truth.values()) - 0.01
+    assert truth["blend"] < written and truth["fragile"] < 0.4
+    assert f"note: wrote {'the plain mean of the members' if sel['chosen'] == 'mean' else sel['chosen'] + ' alone'} " \
+           f"instead of the fitted blend: estimated" in out
+    saved = json.loads((tmp_path / "oof" / "_blend" / "blend.json").read_text())
+    assert saved["selection"]["chosen"] == sel["chosen"] and saved["biases"] is None
+    assert set(saved["selection"]["candidates"]) == {"blend", "mean", "steady", "fragile"}
+    for cand in saved["selection"]["candidates"].values():
+        assert set(cand["estimates"]) == set(S.ESTIMATORS)
+    model = FittedBlend.from_json(saved["pipeline"])
+    views = [member_views(load_member(tmp_path / "oof" / n).test_logits, ["identity"], model.options)
+             for n in model.members]
+    with np.load(tmp_path / "oof" / "_blend" / "blend.npz") as z:
+        assert np.allclose(apply_blend(model, views), z["test_probs"])
+    expected = sel["expected"]["macro_f1"]
+    assert abs(expected - written) < 0.1
+    assert f"expected test macro-F1 {expected:.4f} ± " in out
+
+
+def test_without_a_shift_the_fitted_blend_is_written(tmp_path, capsys):
+    _members(tmp_path, {"one": (0.8, 0.8), "two": (0.75, 0.75)})
+    result = run_blend(tmp_path / "oof", None, tmp_path / "oof" / "_blend", method="greedy")
+    out = capsys.readouterr().out
+    assert result.selection["chosen"] == "blend" and "wrote" not in out and "below the nested CV" not in out
+
+
+def test_select_blend_keeps_the_fitted_blend_and_says_what_the_test_may_cost(tmp_path, capsys):
+    _members(tmp_path, {"steady": (0.75, 0.75), "fragile": (0.97, 0.3)})
+    result = run_blend(tmp_path / "oof", None, tmp_path / "oof" / "_blend", method="greedy", select="blend")
+    out = capsys.readouterr().out
+    assert result.selection["chosen"] == "blend" and "below the nested CV" in out
+
+
+def test_shift_weights_follow_the_scans_warning(tmp_path, capsys):
+    _members(tmp_path, {"steady": (0.75, 0.75), "fragile": (0.97, 0.3)})
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    out_dir = tmp_path / "oof" / "_blend"
+    result = run_blend(tmp_path / "oof", None, out_dir, folds_dir=folds, method="greedy")
+    assert not result.importance["applied"] and "importance weights" not in capsys.readouterr().out
+    (folds / "shift.json").write_text(json.dumps({"optimistic": True}))
+    result = run_blend(tmp_path / "oof", None, out_dir, folds_dir=folds, method="greedy")
+    out = capsys.readouterr().out
+    assert result.importance["applied"] and result.importance["ess"] > 0
+    assert "importance weights (OOF rows weighted to look like the test)" in out
+    assert json.loads((out_dir / "blend.json").read_text())["importance"]["applied"] is True
+    result = run_blend(tmp_path / "oof", None, out_dir, folds_dir=folds, method="greedy", shift_weights="off")
+    assert not result.importance["applied"]
+    with pytest.raises(ValueError, match="shift_weights"):
+        BlendOptions(shift_weights="sometimes")
