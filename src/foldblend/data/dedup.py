@@ -19,7 +19,7 @@ from scipy.sparse.csgraph import connected_components
 CHUNK = 512
 # Up to this many distinct hashes the all-pairs comparison (N^2/2 XORs, a second at 25k) is kept: it is
 # exact and simple. Above it, `_bucketed_pairs` finds the very same pairs in about N x (candidates per
-# bucket), which at 100k hashes is seconds instead of a minute, and at 1M minutes instead of hours.
+# bucket): seconds at 1M hashes, where all pairs would take hours.
 ALL_PAIRS_UP_TO = 8000
 
 
@@ -46,9 +46,8 @@ def _all_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nd
     return np.concatenate(src), np.concatenate(dst)
 
 
-def _segments(max_distance: int) -> list[tuple[int, int]]:
-    """(shift, bits) of max_distance + 1 disjoint bit ranges covering the 64 bits (as even as possible)."""
-    parts = max_distance + 1
+def _segments(parts: int) -> list[tuple[int, int]]:
+    """(shift, bits) of `parts` disjoint bit ranges covering the 64 bits (as even as possible)."""
     bounds = np.linspace(0, 64, parts + 1).round().astype(int)
     return [(int(a), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -56,41 +55,45 @@ def _segments(max_distance: int) -> list[tuple[int, int]]:
 def _bucketed_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
     """The same pairs as `_all_pairs`, by multi-index hashing (Norouzi et al., 2012).
 
-    Cut the 64 bits into max_distance + 1 disjoint segments: two hashes at most max_distance bits apart
-    differ in at most max_distance segments, so they agree exactly on at least one (pigeonhole). Each
-    segment sorts the hashes into buckets of equal segment value; only pairs inside a bucket are
-    candidates, and each candidate is then checked on all 64 bits. Nothing is approximate: every pair
-    within the distance shares a bucket somewhere. Work: a sort per segment plus the candidates, which
-    for perceptual hashes (about uniform in each 13-bit segment at the default distance 4) is a few per
-    hash; a bucket of many similar hashes costs its size squared, as all-pairs would inside it.
+    Cut the 64 bits into max_distance + 2 disjoint segments: two hashes at most max_distance bits apart
+    differ in at most max_distance segments, so they agree exactly on at least two (pigeonhole). Each
+    pair of segments is one key (about 21 bits at the default distance 4, 15 keys); each key sorts the
+    hashes into buckets of equal key value, only pairs inside a bucket are candidates, and each
+    candidate is then checked on all 64 bits. Nothing is approximate: every pair within the distance
+    shares a bucket of some key. Work: a sort per key plus the candidates, about N^2 / 2^21 per key for
+    random hashes (a few per hash up to millions of images; with one segment per key, 13 bits, it would
+    be N^2 / 2^13: 150 s at 1M hashes); a bucket of many similar hashes costs its size squared, as
+    all-pairs would inside it.
     """
     n = len(hashes)
     found = []
-    for shift, bits in _segments(max_distance):
-        key = (hashes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        # compare each row with the rows d places after it in the sorted order, while any is in its bucket
-        active = np.arange(n - 1)
-        d = 1
-        while len(active):
-            same = key[active] == key[active + d]
-            active = active[same]
-            if len(active):
-                i, j = order[active], order[active + d]
-                close = np.bitwise_count(hashes[i] ^ hashes[j]) <= max_distance
-                found.append(np.stack([np.minimum(i[close], j[close]), np.maximum(i[close], j[close])], 1))
-            d += 1
-            active = active[active + d < n]
+    segments = _segments(max_distance + 2)
+    for x, (shift_a, bits_a) in enumerate(segments):
+        for shift_b, bits_b in segments[x + 1:]:
+            key = (((hashes >> np.uint64(shift_a)) & np.uint64((1 << bits_a) - 1)) << np.uint64(bits_b)) \
+                | ((hashes >> np.uint64(shift_b)) & np.uint64((1 << bits_b) - 1))
+            order = np.argsort(key, kind="stable")
+            key = key[order]
+            # each row against the rows d places after it in the sorted order, while any is in its bucket
+            active = np.arange(n - 1)
+            d = 1
+            while len(active):
+                active = active[key[active] == key[active + d]]
+                if len(active):
+                    i, j = order[active], order[active + d]
+                    close = np.bitwise_count(hashes[i] ^ hashes[j]) <= max_distance
+                    found.append(np.stack([np.minimum(i[close], j[close]), np.maximum(i[close], j[close])], 1))
+                d += 1
+                active = active[active + d < n]
     if not found:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    pairs = np.unique(np.concatenate(found).astype(np.int64), axis=0)  # a pair may share several segments
+    pairs = np.unique(np.concatenate(found).astype(np.int64), axis=0)  # a pair may share several keys
     return pairs[:, 0], pairs[:, 1]
 
 
 def _near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
     """All index pairs (i < j) with Hamming distance <= max_distance (exact at every size)."""
-    if len(hashes) <= ALL_PAIRS_UP_TO or max_distance >= 32:  # 32+ bits: segments too short to bucket
+    if len(hashes) <= ALL_PAIRS_UP_TO or max_distance > 12:  # then 91+ keys of 9 bits or fewer: no faster
         return _all_pairs(hashes, max_distance)
     return _bucketed_pairs(hashes, max_distance)
 
