@@ -1,12 +1,14 @@
 """The Ray executor: fold jobs as Ray tasks on a local Ray instance (2 CPUs), compared with the local executor.
 
 One Ray instance serves the whole module (start-up costs seconds). CPU results are bit-identical between
-executors only at the same thread count, so the local runs here use one thread, as each Ray task does.
+executors because every fold trains with its config's `threads` (default 2) wherever it runs: the local
+runs here give the driver process another thread count on purpose, and the folds still match.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,11 +76,14 @@ def test_fold_lines_are_forwarded_and_progress_bars_dropped():
 
 
 def test_each_fold_asks_for_what_its_config_needs():
+    # a CPU per torch thread (the config's `threads`, default 2) and per loader worker
     cpu = config_from_dict({"name": "x", "device": "cpu", "num_workers": 3})
-    assert task_resources(cpu, cluster_gpus=4) == {"num_cpus": 4, "num_gpus": 0}
+    assert task_resources(cpu, cluster_gpus=4) == {"num_cpus": 5, "num_gpus": 0}
     auto = config_from_dict({"name": "x"})
-    assert task_resources(auto, cluster_gpus=0) == {"num_cpus": 1, "num_gpus": 0}
-    assert task_resources(auto, cluster_gpus=2) == {"num_cpus": 1, "num_gpus": 1}
+    assert task_resources(auto, cluster_gpus=0) == {"num_cpus": 2, "num_gpus": 0}
+    assert task_resources(auto, cluster_gpus=2) == {"num_cpus": 2, "num_gpus": 1}
+    assert task_resources(config_from_dict({"name": "x", "threads": 4}), 0) == {"num_cpus": 4, "num_gpus": 0}
+    # --cpus-per-fold changes what Ray reserves, not the threads the fold trains with
     assert task_resources(auto, cluster_gpus=0, cpus_per_fold=6) == {"num_cpus": 6, "num_gpus": 0}
     job = FoldJob("x", 0, config_from_dict({"name": "x", "device": "cuda:3"}), Path("x.yaml"), [], Path("m"), {})
     # the task sees only the GPU Ray gave it, as cuda:0; the driver's job is left as it was
@@ -137,10 +142,11 @@ def _project(root: Path, configs: dict[str, str]) -> Project:
     return project
 
 
-def _local(project: Project, configs: list[Path], **kw):
-    """The local executor at one thread: the thread count each Ray task trains with."""
+def _local(project: Project, configs: list[Path], driver_threads: int = 3, **kw):
+    """The local executor in a driver whose own torch thread count is not the folds' (as on a machine with
+    another number of cores): each fold still trains with its config's `threads`, as each Ray task does."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(driver_threads)
     try:
         return train_experiments(configs, project, progress=False, **kw)
     finally:
@@ -176,10 +182,10 @@ def test_two_experiments_as_ray_tasks_match_the_local_executor(ray_instance, tmp
         for k in (0, 1):  # every fold was a task, and its lines reached the driver
             assert f"[{exp} fold {k}] on " in out and f"[{exp} fold {k}] epoch 1/1 loss" in out
         assert scores[exp]["n_images"] == 36
-    # never more folds at once than the instance has CPUs (each fold asks for one)
+    # never more folds at once than the instance has CPUs (each fold asks for two: a CPU per thread)
     spans = [((d / "config.yaml").stat().st_mtime, (d / "done.json").stat().st_mtime)
              for d in sorted(project.models.glob("*/fold_*"))]
-    assert len(spans) == 4 and max(sum(a <= t < b for a, b in spans) for t, _ in spans) <= 2
+    assert len(spans) == 4 and max(sum(a <= t < b for a, b in spans) for t, _ in spans) <= 1
     ray_models = tmp_path / "ray_models"
     for exp in ("other", "tiny"):
         shutil.copytree(project.models / exp, ray_models / exp)
@@ -203,6 +209,43 @@ def test_two_experiments_as_ray_tasks_match_the_local_executor(ray_instance, tmp
         for scores_ in (local, ray_oof[exp]):
             scores_.pop("stamp")  # holds digests of the preds.npz files, whose zip entries carry a time
         assert local == ray_oof[exp]
+
+
+# models whose tiny folds end with other logits at 1, 2 or 3 threads (measured): they would show it if an
+# executor trained a fold with the thread count of its process, its CPUs or its machine
+THREADED = {"r10": TINY_CONFIG.replace("cnn_tiny", "resnet10t"),  # threads: 2, the default
+            "small3": TINY_CONFIG.replace("cnn_tiny", "cnn_small") + "threads: 3\n"}
+
+
+@pytest.mark.slow
+def test_multithreaded_folds_are_the_same_on_every_executor(ray_instance, tmp_path, capsys):
+    """Two and three threads per fold, on Ray (a CPU reserved per fold, not per thread), in this process
+    (itself at one thread, then at four) and in two worker processes (each given half the cores): the
+    same files."""
+    project = _project(tmp_path, THREADED)
+    configs = sorted(project.folds_dir.glob("*.yaml"))
+    runs = tmp_path / "runs"
+    # fold 0 of each: as the worker processes are told, device cpu (the same config.yaml everywhere)
+    kw = {"folds": [0], "overrides": ["device=cpu"], "assemble": False}
+
+    def keep(name: str) -> None:
+        (runs / name).mkdir(parents=True)
+        for exp in THREADED:
+            shutil.move(project.model_dir(exp, 0), runs / name / exp)
+
+    train_experiments(configs, project, executor=RayExecutor(cpus_per_fold=1, progress=True), **kw)
+    out = capsys.readouterr().out
+    assert re.search(r"\[r10 fold 0\] on .*, 2 thread\(s\)\)", out)
+    assert re.search(r"\[small3 fold 0\] on .*, 3 thread\(s\)\)", out)
+    keep("ray")
+    for driver in (1, 4):
+        _local(project, configs, driver_threads=driver, **kw)
+        keep(f"here_{driver}")
+    train_experiments(configs, project, devices=["cpu", "cpu"], progress=False, **kw)
+    keep("workers")
+    for exp in THREADED:
+        for other in ("here_1", "here_4", "workers"):
+            assert_same_fold(runs / "ray" / exp, runs / other / exp)
 
 
 def _ray_task_pids(label: str) -> list[int]:

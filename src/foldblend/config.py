@@ -37,7 +37,6 @@ class FreezeConfig:
 @dataclass
 class EmbedConfig:
     """kind: embedding: a head fitted per fold on a frozen backbone's features (members/embedding/)."""
-
     head: str = "logreg"                # logreg | knn | linear_svc
     C: float = 1.0                      # inverse regularisation strength (logreg, linear_svc)
     k: int = 10                         # knn: neighbours that vote
@@ -90,16 +89,17 @@ class ExperimentConfig:
     folds: Optional[list[int]] = None   # which folds to run (None = all)
     seed: int = 42
     num_workers: int = 0
+    threads: int = 2                    # torch threads per fold, on every executor: results depend on it
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     amp: str = "auto"                   # auto (bf16/fp16 on CUDA) | bf16 | fp16 | off
     channels_last: bool = True          # on CUDA only
     compile: bool = False               # torch.compile the model
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes what a fold's weights are: not which folds run, workers, device,
-        speed-only switches, nor the TTA views (a TTA change predicts again without retraining)."""
+        """Hash of everything that changes what a fold's weights are: not which folds run, workers, threads,
+        device, speed-only switches, nor the TTA views (a TTA change predicts again without retraining)."""
         d = dataclasses.asdict(self)
-        for k in ("folds", "num_workers", "device", "name", "tta", "channels_last", "compile"):
+        for k in ("folds", "num_workers", "threads", "device", "name", "tta", "channels_last", "compile"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -132,7 +132,7 @@ RANGES = {  # mathematical interval notation: [ included, ( excluded
     "warmup_epochs": "[0, inf)", "clip_grad": "[0, inf)", "label_smoothing": "[0, 1)", "mixup": "[0, inf)",
     "cutmix": "[0, inf)", "mix_prob": "[0, 1]", "ema_decay": "(0, 1)", "patience": "[0, inf)",
     "drop_rate": "[0, 1)", "drop_path_rate": "[0, 1)", "head_hidden": "[0, inf)", "rare_threshold": "[0, inf)",
-    "seed": "[0, inf)", "num_workers": "[0, inf)", "freeze.epochs": "[0, inf)",
+    "seed": "[0, inf)", "num_workers": "[0, inf)", "threads": "[1, inf)", "freeze.epochs": "[0, inf)",
     "embed.C": "(0, inf)", "embed.k": "[1, inf)", "embed.temperature": "(0, inf)",
 }
 

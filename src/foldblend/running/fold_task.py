@@ -68,20 +68,17 @@ def check_project(root: str | Path, token: str, wait_s: float = 10.0) -> str:
 
 
 def run_job(root: str | Path, job: FoldJob, token: str, emit: Callable[[str], object] | None = None,
-            threads: int = 1, progress: bool = True) -> dict:
+            progress: bool = True) -> dict:
     """Train one fold job here, exactly as the local executor would, and return its done.json.
 
-    Runs any member kind through `running.fold.run_fold`. The fold's own resume does the rest: a
-    task retried after its process died continues from the fold's last.pt.
+    Runs any member kind through `running.fold.run_fold`, which trains with the config's `threads` (not
+    the CPUs this worker was given: the weights would then depend on the machine). The fold's own resume
+    does the rest: a task retried after its process died continues from the fold's last.pt.
     """
     host = check_project(root, token)
-    import torch  # after the check: a node that cannot see the project fails fast
-
-
     with forward_output(emit) if emit is not None else contextlib.nullcontext():
         if progress:
-            print(f"[{job.label}] on {host} (pid {os.getpid()}, {threads} thread(s))", flush=True)
-        torch.set_num_threads(max(1, threads))
+            print(f"[{job.label}] on {host} (pid {os.getpid()}, {job.cfg.threads} thread(s))", flush=True)
         data = load_train_data(job.cfg, Project(Path(root)), progress=False)
         seen = {"weights": fold_signature(job.cfg, data), "predictions": predict_signature(job.cfg, data)}
         planned = {"weights": job.signature, "predictions": job.predictions}

@@ -24,8 +24,10 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 def worker_env(device: str, n_workers: int, base: dict | None = None) -> tuple[dict, str]:
     """(environment, device name inside the worker) for one fold process.
 
-    Each worker gets its share of the CPU cores (torch, OpenMP and BLAS would otherwise each start one
-    thread per core in every process: n_workers x cores threads fighting over the cores). A CUDA worker
+    Each worker gets its share of the CPU cores for what runs outside a fold's training (OpenMP and BLAS
+    would otherwise each start one thread per core in every process: n_workers x cores threads fighting
+    over the cores); the fold itself trains with its config's `threads`, as in this process and on Ray
+    (`running.fold.run_fold`), so that its weights do not depend on the number of workers. A CUDA worker
     sees only its own GPU, so nothing in it (a bf16 probe, a stray tensor) opens a context on GPU 0.
     """
     env = dict(os.environ if base is None else base)

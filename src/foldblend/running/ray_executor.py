@@ -1,7 +1,7 @@
 """The Ray executor: every pending fold job, of every experiment, as one Ray task on a cluster.
 
-Each task asks for what its config needs (one GPU when it trains on CUDA; `1 + num_workers` CPUs, or
-`--cpus-per-fold`), so Ray runs folds of different experiments at once wherever resources are free,
+Each task asks for what its config needs (one GPU when it trains on CUDA; `threads + num_workers` CPUs,
+or `--cpus-per-fold`), so Ray runs folds of different experiments at once wherever resources are free,
 retries a task whose process or node died (the fold then resumes from its last.pt), and shows every
 task by name in its dashboard. The driver (this process) shows one bar of finished folds and prints
 each fold's lines as its task sends them. Ray is imported only here: the local path never loads it.
@@ -39,9 +39,12 @@ def import_ray():
 
 def task_resources(cfg, cluster_gpus: float, cpus_per_fold: int | None = None) -> dict:
     """What one fold of `cfg` asks Ray for: a GPU when it trains on CUDA (`device: auto` trains on
-    CUDA when the cluster has GPUs), and its loader workers' CPUs plus one for the training loop."""
+    CUDA when the cluster has GPUs), and a CPU per torch thread and per loader worker.
+
+    `cpus_per_fold` changes only what Ray reserves: the fold still trains with `cfg.threads` threads
+    (`running.fold.run_fold`), so its weights do not depend on it."""
     gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and cluster_gpus > 0)
-    return {"num_cpus": cpus_per_fold or 1 + cfg.num_workers, "num_gpus": 1 if gpu else 0}
+    return {"num_cpus": cpus_per_fold or cfg.threads + cfg.num_workers, "num_gpus": 1 if gpu else 0}
 
 
 def task_job(job: FoldJob, resources: dict) -> FoldJob:
@@ -66,11 +69,11 @@ class FoldLines:
         return lines
 
 
-def fold_task_body(root: str, job: FoldJob, token: str, lines, threads: int, progress: bool) -> dict:
+def fold_task_body(root: str, job: FoldJob, token: str, lines, progress: bool) -> dict:
     """The body of a fold's Ray task: `fold_task.run_job`, its lines sent to the driver's `FoldLines`."""
     emit = LineSender(lines)
     try:
-        return fold_task.run_job(root, job, token, emit if progress else None, threads, progress)
+        return fold_task.run_job(root, job, token, emit if progress else None, progress)
     finally:
         emit.wait()
 
@@ -134,13 +137,12 @@ class RayExecutor:
         asks = [task_resources(job.cfg, cluster_gpus, self.cpus_per_fold) for job in jobs]
         for job, resources in zip(jobs, asks):  # before any task starts
             _check_feasible(job, resources, nodes, private)
-        lines = ray.remote(num_cpus=0)(FoldLines).remote()
+        lines = ray.remote(num_cpus=0)(FoldLines).options(scheduling_strategy=on_this_node(ray)).remote()
         ray.get(lines.take.remote())  # up before any task: a task's lines wait in it until then, and die with it
         refs = {}
         for job, resources in zip(jobs, asks):
-            threads = resources["num_cpus"] - (0 if resources["num_gpus"] else job.cfg.num_workers)
             ref = task.options(name=job.label, max_retries=self.retries, **resources).remote(
-                str(project.root), task_job(job, resources), token, lines, max(1, threads), self.progress)
+                str(project.root), task_job(job, resources), token, lines, self.progress)
             refs[ref] = job
         failed: list[tuple[FoldJob, str]] = []
         bar = tqdm(total=len(jobs), desc="folds", unit="fold", disable=not self.progress)
@@ -170,6 +172,21 @@ class RayExecutor:
             raise failed_jobs_error(failed)
 
 
+def on_this_node(ray):
+    """Scheduling on the driver's node: the fold lines' actor lives as long as the driver, not as long as
+    a worker node that may leave mid-run (its folds are retried elsewhere; their lines must stay).
+
+    Not `soft`: Ray then places a zero-CPU actor on another node when the driver's has no CPUs (a head
+    node kept for drivers), and a multi-node test lost the actor with that node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # a driver without a node of its own (Ray Client): anywhere
+        return "DEFAULT"
+    return NodeAffinitySchedulingStrategy(node, soft=False)
+
+
 def check_nodes(ray, root: Path, token: str, wait_s: float = 10.0) -> None:
     """Every node that can run a fold must see this project folder: refuse before training otherwise."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -196,7 +213,8 @@ def _check_feasible(job: FoldJob, resources: dict, nodes: list[dict], private: b
         return
     need = f"{resources['num_cpus']} CPU(s)" + (" and a GPU" if resources["num_gpus"] else "")
     msg = (f"[{job.label}] asks for {need} and no node of the Ray cluster has that "
-           f"(lower num_workers or --cpus-per-fold, set device: cpu, or add such a node)")
+           f"(lower --cpus-per-fold, which leaves the fold's threads as they are, or num_workers, set "
+           f"device: cpu, or add such a node)")
     if private:
         raise RuntimeError(msg)
     print(f"WARNING {msg}: it waits until one joins")
