@@ -48,6 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import concepts  # noqa: E402
 
 from foldblend.artifacts import load_member  # noqa: E402
+from foldblend.ensemble.fitted import BlendOptions  # noqa: E402
+from foldblend.ensemble.pipeline import blend  # noqa: E402
 from foldblend.metrics import softmax  # noqa: E402
 from foldblend.paths import Project  # noqa: E402
 from foldblend.running.experiment import run_experiment  # noqa: E402
@@ -135,6 +137,11 @@ def evaluate(project: Project, how: str, seed: int, log) -> dict:
                                    "fold_tests": [true_scores(project, p, classes, ids) for p in
                                                   selection["candidate_fold_test_probs"][name]]}
     row["blend"] = row["candidates"].get("blend", {}).get("test", row["written"])
+    # the same fitted blend without importance weights: what the weighting itself changed
+    unweighted = blend(list(members.values()), BlendOptions(**BLEND, shift_weights="off", select="blend"),
+                       row["warning"])
+    row["blend_unweighted"] = true_scores(project, unweighted.test_probs, classes, ids)
+    row["ess"] = result.importance.get("ess")
     return row
 
 
@@ -152,6 +159,8 @@ def print_table(rows: list[dict]) -> None:
               f"{_f(r['written']):>7} {r['chosen']:>14} {_f(r['blend']):>6} {_f(r['mean']):>6} "
               f"{_f(r['best_member']):>6}  {r['written'] - r['best_member']:+7.3f} {r['written'] - r['mean']:+7.3f} "
               f"{'' if err is None else f'{err:+8.3f}'}")
+    print("\nimportance weights: fitted blend's test with / without them (runs with the shift warning): " + ", ".join(
+        f"{r['case']} s{r['seed']} {r['blend']:.3f}/{r['blend_unweighted']:.3f}" for r in rows if r["warning"]))
     ok_best = sum(r["written"] >= r["best_member"] - 0.01 for r in rows)
     ok_mean = sum(r["written"] >= r["mean"] - 0.01 for r in rows)
     ok_exp = sum(r["expected"] is not None and abs(r["expected"] - r["written"]) <= 0.03 for r in rows)
@@ -161,24 +170,33 @@ def print_table(rows: list[dict]) -> None:
 
 
 def print_estimators(rows: list[dict]) -> None:
-    """Per estimator: mean |estimate - test| over every candidate, and how often its top candidate is within
-    0.01 of the truly best candidate (what the selection needs)."""
+    """Per estimator, over every candidate of every run: one fold pipeline's estimate against the fold
+    pipelines' mean test score, and the file's (estimate + the fold average's estimated gain) against the
+    file's test score; and how often the candidate it puts first is within 0.01 of the truly best one."""
     names = sorted({e for r in rows for c in r["candidates"].values() for e in c["estimates"]})
     if not names:
         return
-    print(f"\n{'estimator':<12} {'mean |err|':>10} {'mean err':>9} {'picks within 0.01 of best':>26}")
+    print(f"\n{'estimator':<10} {'one fold: mean |err|':>21} {'mean err':>9} {'file: mean |err|':>17} {'mean err':>9} "
+          f"{'within 0.03':>11} {'top pick within 0.01 of best':>29}")
     for est in names:
-        errs, good, n = [], 0, 0
+        fold_errs, file_errs, good, n = [], [], 0, 0
         for r in rows:
-            cands = {k: c for k, c in r["candidates"].items() if c["test"] is not None and
-                     c["estimates"].get(est) is not None}
+            cands = {k: c for k, c in r["candidates"].items() if c["test"] is not None}
             if not cands:
                 continue
-            errs += [c["estimates"][est] - c["test"] for c in cands.values()]
-            top = max(cands.values(), key=lambda c: c["estimates"][est])
+            fold_errs += [c["estimates"][est] - np.mean(c["fold_tests"]) for c in cands.values()]
+            file_errs += [c["estimates"][est] + c["gain"] - c["test"] for c in cands.values()]
+            top = max(cands.values(), key=lambda c: c["estimates"][est] + c["gain"])
             good += top["test"] >= max(c["test"] for c in cands.values()) - 0.01
             n += 1
-        print(f"{est:<12} {np.mean(np.abs(errs)):10.3f} {np.mean(errs):+9.3f} {good:>20}/{n}")
+        file_errs = np.asarray(file_errs)
+        print(f"{est:<10} {np.mean(np.abs(fold_errs)):21.3f} {np.mean(fold_errs):+9.3f} "
+              f"{np.mean(np.abs(file_errs)):17.3f} {np.mean(file_errs):+9.3f} "
+              f"{np.mean(np.abs(file_errs) <= 0.03):11.0%} {good:>23}/{n}")
+    gains = [(c["gain"], c["test"] - np.mean(c["fold_tests"])) for r in rows for c in r["candidates"].values()]
+    est, true = np.asarray(gains).T
+    print(f"fold average's gain: estimated {est.mean():+.3f} on average, measured {true.mean():+.3f} "
+          f"(mean |difference| {np.abs(est - true).mean():.3f})")
 
 
 def main(argv=None) -> None:

@@ -234,3 +234,27 @@ def test_submit_refuses_a_blend_older_than_its_members(tmp_path):
         submit_from_args(_args([]), project, competition)
     run_blend(project.oof, None, project.oof / "_blend", method="mean")
     submit_from_args(_args([]), project, competition)
+
+
+def test_the_expected_score_can_name_the_file_instead_of_the_cv(tmp_path):
+    """Under a shift warning the submit stage names the file by the expected test score (`_exp`), and the log
+    still records the CV it was given."""
+    sample = _sample(tmp_path, "Id,Character\n007,homer\nNA,homer\n1e5,homer\nimg 3.jpg,homer\n")
+    path = write_submission(sample, TEST_IDS, PROBS, CLASSES, tmp_path / "s", "blend_mean", 0.9,
+                            {"expected": 0.71}, name_score=("exp", 0.71))
+    assert path.name == "blend_mean_exp0.7100.csv"
+    log = pd.read_csv(tmp_path / "s" / "log.csv", dtype=str)
+    assert log["cv"].tolist() == ["0.900000"] and log["expected"].tolist() == ["0.71"]
+
+
+def test_under_a_shift_warning_the_blends_file_is_named_by_its_expected_score(tmp_path):
+    project, competition = _project(tmp_path)
+    project.folds_dir.mkdir(parents=True, exist_ok=True)
+    (project.folds_dir / "shift.json").write_text(json.dumps({"optimistic": True}))
+    result = run_blend(project.oof, None, project.oof / "_blend", folds_dir=project.folds_dir, method="mean")
+    path = submit_from_args(_args([]), project, competition)
+    expected = result.selection["expected"]["macro_f1"]
+    assert path.name == f"blend_mean_exp{expected:.4f}.csv"
+    (project.folds_dir / "shift.json").write_text(json.dumps({"optimistic": False}))
+    run_blend(project.oof, None, project.oof / "_blend", folds_dir=project.folds_dir, method="mean")
+    assert submit_from_args(_args([]), project, competition).name.startswith("blend_mean_cv")

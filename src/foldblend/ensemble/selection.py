@@ -83,28 +83,36 @@ def score_candidates(cands: list[Candidate], y: np.ndarray, fold: np.ndarray, se
     return out
 
 
+def _beats(challenger: dict, current: dict, margin: float) -> dict | None:
+    """{estimator: advantage} when `challenger` is estimated above `current` beyond the noise by every
+    estimator (more than `margin` and than twice the paired difference's spread), else None."""
+    gains = {}
+    for est, e in challenger["estimates"].items():
+        base = current["estimates"][est]
+        diff = e["macro_f1"] - base["macro_f1"]
+        if not diff > max(margin, 2 * float(np.std(e["draws"] - base["draws"]))):
+            return None
+        gains[est] = diff
+    return gains
+
+
 def choose(scores: dict, margin: float = MARGIN) -> tuple[str, str]:
-    """(the candidate to write, why): the fitted blend unless another is estimated above it beyond the noise
-    by every estimator -- each estimator errs on some members (a linear SVM's margins are no confidences), so
-    one estimator's word is not enough; of those that qualify, the one with the largest smallest advantage."""
-    best, best_gain, reason = "blend", 0.0, ""
-    for name, s in scores.items():
-        if name == "blend":
-            continue
-        gains = {}
-        for est, e in s["estimates"].items():
-            base = scores["blend"]["estimates"][est]
-            diff = e["macro_f1"] - base["macro_f1"]
-            noise = float(np.std(e["draws"] - base["draws"]))
-            gains[est] = (diff, max(margin, 2 * noise))
-        if all(diff > need for diff, need in gains.values()):
-            smallest = min(diff for diff, _ in gains.values())
-            if smallest > best_gain:
-                best, best_gain = name, smallest
-                reason = ("estimated above the fitted blend on the test by every estimator (" +
-                          ", ".join(f"{est} +{diff:.4f}" for est, (diff, _) in gains.items()) +
-                          f"; each beyond max({margin}, twice the difference's spread))")
-    return best, reason
+    """(the candidate to write, why). From the fitted blend, the choice moves to the plain mean, then to a
+    member alone (best estimated first), only when the challenger is estimated above the current choice
+    beyond the noise by every estimator: each estimator errs on some members (a linear SVM's margins are
+    no confidences), so one estimator's word is not enough, and averaging is preferred where they cannot
+    tell the candidates apart (it also gains most from the fold average the estimates do not see)."""
+    members = sorted((n for n in scores if n not in ("blend", "mean")),
+                     key=lambda n: -scores[n]["estimates"][ESTIMATOR]["macro_f1"])
+    current, reason = "blend", ""
+    for name in (["mean"] if "mean" in scores else []) + members:
+        gains = _beats(scores[name], scores[current], margin)
+        if gains:
+            reason = (f"estimated above {_label(current)} on the test by every estimator ("
+                      + ", ".join(f"{est} +{diff:.4f}" for est, diff in gains.items())
+                      + f"; each beyond max({margin}, twice the difference's spread))")
+            current = name
+    return current, reason
 
 
 def _label(name: str) -> str:
