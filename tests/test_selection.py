@@ -204,3 +204,24 @@ def test_shift_weights_follow_the_scans_warning(tmp_path, capsys):
     assert not result.importance["applied"]
     with pytest.raises(ValueError, match="shift_weights"):
         BlendOptions(shift_weights="sometimes")
+
+
+def test_a_test_far_from_every_oof_row_keeps_the_fitted_blend_and_says_why(tmp_path, capsys):
+    """Fold models far surer of every test image than of any OOF row (a new image source the models are
+    confidently wrong on): the members' outputs separate test from OOF, no estimate is trusted to choose."""
+    rng = np.random.default_rng(7)
+    n, m, n_folds = 900, 600, 3
+    y, test_y = rng.integers(0, N_CLASSES, n), rng.integers(0, N_CLASSES, m)
+    for name, acc in (("a", 0.8), ("b", 0.75)):
+        _, probs = predictions(n, acc, rng, y)
+        pred = rng.integers(0, N_CLASSES, m)       # sure of every test image, right by chance
+        test = np.full((n_folds, m, N_CLASSES), 0.002)
+        test[:, np.arange(m), pred] = 0.996
+        save_member(tmp_path / "oof" / name, classes=CLASSES3, ids=[f"i{i}" for i in range(n)], labels=y,
+                    fold=np.arange(n) % n_folds, views=["identity"], oof_logits=np.log(probs)[None],
+                    test_ids=[f"t{i}" for i in range(m)], test_logits=np.log(test)[:, None], scores={})
+    result = run_blend(tmp_path / "oof", None, tmp_path / "oof" / "_blend", method="greedy")
+    out = capsys.readouterr().out
+    assert result.selection["chosen"] == "blend" and result.selection["domain_auc"] > 0.9
+    assert not result.selection["estimates_trusted"]
+    assert "the members' outputs tell the test from the OOF rows at ROC AUC" in out

@@ -19,6 +19,7 @@ from foldblend.artifacts import Member
 from foldblend.ensemble import estimators as S
 from foldblend.ensemble import methods as E
 from foldblend.ensemble.fitted import BlendOptions, FittedBlend
+from foldblend.ensemble.importance import importance_weights
 from foldblend.ensemble.pipeline import BlendResult, apply_blend, fold_test_views, member_views
 from foldblend.metrics import classification_scores, softmax
 
@@ -27,6 +28,7 @@ MARGIN = 0.01            # a candidate must beat the current choice's estimate b
 ALLOWED_DISSENT = 1      # estimators that may fail to see a challenger's advantage
 N_DRAWS = 100            # paired bootstrap draws over the test images
 CV_GAP_NOTE = 0.03       # an expected score this far below the nested CV is said
+FAR_AUC = 0.9            # members' outputs that separate test from OOF this well: no estimate is trusted
 
 
 @dataclass
@@ -57,6 +59,12 @@ def _unfitted_candidates(members: list[Member], opts: BlendOptions) -> list[Cand
                              np.stack([apply_blend(model, per_fold(i)) for i in range(len(np.unique(fold)))]),
                              apply_blend(model, test), apply_blend(model, holdout)))
     return out
+
+
+def _member_views(members: list[Member], fold: np.ndarray, opts: BlendOptions):
+    """(OOF views, fold, per-fold test views) of the members as the blend reads them: the classifier's input."""
+    oof = [softmax(m.oof_logits[E.identity_first(m.views)]) for m in members]
+    return oof, fold, fold_test_views(members, fold, replace(opts, tta="weighted"))[0]
 
 
 def candidates(result: BlendResult, members: list[Member]) -> list[Candidate]:
@@ -127,7 +135,11 @@ def select(result: BlendResult, members: list[Member], enabled: bool = True, see
     y, fold = np.asarray(result.labels), np.asarray(members[0].fold)
     cands = candidates(result, members)
     scores = score_candidates(cands, y, fold, seed)
-    chosen, reason = choose(scores) if enabled else ("blend", "")
+    auc = result.importance.get("auc")
+    if auc is None:  # the importance classifier did not run (no shift warning): its AUC is still the guard
+        auc = importance_weights(*_member_views(members, fold, result.model.options))["auc"]
+    far = auc is not None and auc >= FAR_AUC
+    chosen, reason = choose(scores) if enabled and not far else ("blend", "")
     pick = next(c for c in cands if c.name == chosen)
     est = scores[chosen]["estimates"][ESTIMATOR]
     expected = {"macro_f1": float(np.clip(est["macro_f1"] + scores[chosen]["gain"], 0, 1)), "std": est["std"],
@@ -145,11 +157,16 @@ def select(result: BlendResult, members: list[Member], enabled: bool = True, see
     if chosen != "blend":
         notes.append(f"wrote {_label(chosen)} instead of the fitted blend: {reason}; the weights fitted on OOF rows "
                      f"may not carry to the test")
+    if far:
+        notes.append(f"the members' outputs tell the test from the OOF rows at ROC AUC {auc:.2f}: the test is unlike "
+                     f"anything the estimates were calibrated on, so none is trusted to choose (the fitted blend is "
+                     f"written) and the expected score may be far off")
     cv = result.cv_nested["macro_f1"]
-    if cv - expected["macro_f1"] > CV_GAP_NOTE:
+    if not far and cv - expected["macro_f1"] > CV_GAP_NOTE:
         notes.append(f"the expected test macro-F1 {expected['macro_f1']:.4f} is {cv - expected['macro_f1']:.4f} below "
                      f"the nested CV {cv:.4f}: the test looks unlike the OOF rows; trust the expected number")
     return {"estimator": ESTIMATOR, "chosen": chosen, "reason": reason, "expected": expected, "notes": notes,
+            "domain_auc": auc, "estimates_trusted": not far,
             "candidates": {name: {"cv": s["cv"], "gain": s["gain"],
                                   "estimates": {e: {"macro_f1": v["macro_f1"], "std": v["std"]}
                                                 for e, v in s["estimates"].items()}}
