@@ -32,7 +32,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from foldblend.paths import Project
 from foldblend.running.experiment import plan_experiment
@@ -165,7 +164,7 @@ def main() -> None:
         with contextlib.redirect_stdout(io.StringIO()):  # the split's report: not what is measured
             run_folds(project, progress=False)
         base = (f"model: cnn_tiny\nimg_size: {args.img_size}\nepochs: {args.epochs}\nbatch_size: 32\n"
-                f"augment: light\ntta: [identity, hflip]\ndevice: cpu\n")
+                f"augment: light\ntta: [identity, hflip]\ndevice: cpu\nthreads: 1\n")  # one CPU per Ray task
         (project.folds_dir / "small.yaml").write_text(base)
         (project.folds_dir / "wide.yaml").write_text(base.replace("augment: light", "augment: medium") + "lr: 0.01\n")
         configs = sorted(project.folds_dir.glob("*.yaml"))
@@ -180,10 +179,7 @@ def main() -> None:
             parallel.append(machine_parallelism())
             print(f"round {r + 1}: two plain processes at once do {parallel[-1]:.2f}x the work of one")
             clear(project, plans)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # what each Ray task uses: the same work per fold, and identical results
-            local_s.append(timed_run(LocalExecutor(), project, plans))
-            torch.set_num_threads(threads)
+            local_s.append(timed_run(LocalExecutor(), project, plans))  # each fold at the config's `threads: 1`
             reference = predictions(project, plans)
             print(f"round {r + 1}: local executor (in sequence, 1 thread) {local_s[-1]:.1f} s")
             for cpus in (1, 2):

@@ -71,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --executor ray: the cluster, `auto` (started here with `ray start`) or "
                              "ray://HEAD:10001 (default: RAY_ADDRESS, else a Ray instance of this machine)")
     parser.add_argument("--cpus-per-fold", type=_positive_int, default=None, metavar="N",
-                        help="with --executor ray: CPUs each fold asks for (default: 1 + the config's num_workers)")
+                        help="with --executor ray: CPUs each fold asks Ray for (default: the config's threads + "
+                             "num_workers); how the fold trains stays the config's `threads`")
     parser.add_argument("--no-assemble", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true")
 
