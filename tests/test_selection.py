@@ -211,7 +211,7 @@ def test_a_test_far_from_every_oof_row_keeps_the_fitted_blend_and_says_why(tmp_p
     confidently wrong on): the members' outputs separate test from OOF, no estimate is trusted to choose."""
     rng = np.random.default_rng(7)
     n, m, n_folds = 900, 600, 3
-    y, test_y = rng.integers(0, N_CLASSES, n), rng.integers(0, N_CLASSES, m)
+    y = rng.integers(0, N_CLASSES, n)
     for name, acc in (("a", 0.8), ("b", 0.75)):
         _, probs = predictions(n, acc, rng, y)
         pred = rng.integers(0, N_CLASSES, m)       # sure of every test image, right by chance
