@@ -29,6 +29,7 @@ train image (blocked products / an HNSW graph), the semantic tree (exact chain /
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -211,6 +212,7 @@ def stages(project: Path) -> list[tuple[str, list[str]]]:
 
 
 def measure(n: int, workdir: Path, timeout: float, seed: int) -> dict:
+    """{stage: (seconds, peak MiB, exit status)} at n images; also written to <project>/measured.json."""
     project = workdir / f"n{n}"
     if project.exists():
         shutil.rmtree(project)
@@ -228,7 +230,18 @@ def measure(n: int, workdir: Path, timeout: float, seed: int) -> dict:
         out[name] = (seconds, rss, rc)
         print(f"  {name:<8} {seconds:8.1f} s  {rss:7.0f} MiB" + ("" if rc == 0 else f"  FAILED (exit {rc}, see {log})"),
               flush=True)
+    (project / "measured.json").write_text(json.dumps(out))
     return out
+
+
+def steps_in_child(project: Path, exact_up_to: int) -> list[tuple[str, float | None]]:
+    """`step_times` in a process of its own: this one stays small, since a child's peak RSS as the kernel
+    counts it starts from its parent's size at the fork."""
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import scale; "
+            f"print(json.dumps(scale.step_times(scale.Path({str(project)!r}), {exact_up_to})))")
+    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return [tuple(step) for step in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
 def step_times(project: Path, exact_up_to: int) -> list[tuple[str, float | None]]:
@@ -332,6 +345,8 @@ def main() -> None:
     parser.add_argument("--exact-up-to", type=int, default=20000,
                         help="with --steps: time the all-pairs versions up to this many train images")
     parser.add_argument("--keep", type=Path, default=None, help="build the projects here and keep them")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep: sizes already measured there (measured.json) are read, not run again")
     args = parser.parse_args()
     sizes = sorted(int(float(s)) for s in args.sizes.split(","))
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="foldblend-scale-"))
@@ -340,9 +355,14 @@ def main() -> None:
     results, steps = {}, {}
     try:
         for n in sizes:
-            results[n] = measure(n, workdir, args.timeout, args.seed)
+            done = workdir / f"n{n}" / "measured.json"
+            if args.reuse and done.exists():
+                results[n] = {k: tuple(v) for k, v in json.loads(done.read_text()).items()}
+                print(f"\n{n} images: measured before, read from {done}")
+            else:
+                results[n] = measure(n, workdir, args.timeout, args.seed)
             if args.steps:
-                steps[n] = step_times(workdir / f"n{n}", args.exact_up_to)
+                steps[n] = steps_in_child(workdir / f"n{n}", args.exact_up_to)
                 print("  steps: " + ", ".join(f"{k} {v:.2f} s" for k, v in steps[n] if v is not None), flush=True)
             print(f"  load: {os.getloadavg()[0]:.2f} (1 min)", flush=True)
     finally:

@@ -12,8 +12,8 @@ at 1M), so the neighbours are searched in an HNSW graph (faiss `IndexHNSWFlat`, 
 full features): about N log N to build and to search, memory the features' own size again. faiss, not
 scikit-learn: its trees (BallTree, KDTree) do no better than brute force on 1280 dimensions, and
 pynndescent compiles with numba on first use, which each CLI process would pay. HNSW is approximate
-in *which* neighbours it returns (recall@32 above 0.99 on backbone features with these settings), never
-in their similarities: each returned similarity is the exact dot product.
+in *which* neighbours it returns (docs/scale.md has its recall on backbone features), never in their
+similarities: each returned similarity is the exact dot product.
 """
 from __future__ import annotations
 
