@@ -54,6 +54,7 @@ class BlendResult:
     importance: dict = field(default_factory=dict)  # the importance weights' ESS and AUC (`importance`), or why not
     selection: dict | None = None               # the candidates' estimates and the one written (`selection`)
     shift_warning: bool = False                 # the scan's check said CV is optimistic
+    notes: list[str] = field(default_factory=list)  # what the fit decided not to use, and why
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -169,21 +170,34 @@ def apply_blend(model: FittedBlend, views: list[np.ndarray]) -> np.ndarray:
 
 
 def nested_predictions(views: list[np.ndarray], y: np.ndarray, fold: np.ndarray, opts: BlendOptions,
-                       fold_test_views=None, sample_weight=None) -> tuple[np.ndarray, np.ndarray | None]:
+                       fold_test_views=None, sample_weight=None, drop_biases: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
     """For each fold k: fit on the other folds' OOF rows, predict fold k's rows; return them collected.
 
     With `fold_test_views(i)` (the members' test views from their i-th fold models), each fold's fitted
-    pipeline also predicts the test: (F, M, C) as the second value (None without)."""
+    pipeline also predicts the test: (F, M, C) as the second value (None without). `drop_biases`: each
+    fold's pipeline is applied without its class biases (the last step), to see what they add."""
     out = np.zeros((len(y), views[0].shape[2]))
     tests = []
     for i, k in enumerate(np.unique(fold)):
         held_out = fold == k
         model = fit_blend(_rows(views, ~held_out), y[~held_out], fold[~held_out], opts,
                           sample_weight=None if sample_weight is None else sample_weight[~held_out])
+        if drop_biases:
+            model.biases = None
         out[held_out] = apply_blend(model, _rows(views, held_out))
         if fold_test_views is not None:
             tests.append(apply_blend(model, fold_test_views(i)))
     return out, (np.stack(tests) if fold_test_views is not None else None)
+
+
+def _biases_earn_their_place(nested, unbiased, y, c, metric) -> tuple[bool, str]:
+    """Class biases are kept only when the nested CV with them beats the one without (they are fitted to
+    the OOF rows' class confusions, which a few hundred rows or a shifted test do not repeat)."""
+    with_b, without = (classification_scores(y, p, c)[metric] for p in (nested, unbiased))
+    better = with_b > without if HIGHER_IS_BETTER[metric] else with_b < without
+    return better, ("" if better else f"class biases not applied: nested CV {metric} {without:.4f} without them, "
+                                      f"{with_b:.4f} with them")
 
 
 def fold_test_views(members: list[Member], fold: np.ndarray, opts: BlendOptions):
@@ -253,10 +267,19 @@ def blend(members: list[Member], opts: BlendOptions, shift_warning: bool = False
     model = fit_blend(oof_views, y, fold, opts, names, sample_weight)
     in_sample_probs = apply_blend(model, oof_views)
     warnings: list[str] = []
+    notes: list[str] = []
     if opts.is_fitted and len(np.unique(fold)) < 2:
         warnings.append("only one fold: no nested CV possible, the reported CV is in-sample")
     if opts.is_fitted and len(np.unique(fold)) >= 2:
         nested_probs, fold_test_probs = nested_predictions(oof_views, y, fold, opts, per_fold_test, sample_weight)
+        if opts.bias:
+            unbiased = nested_predictions(oof_views, y, fold, opts, per_fold_test, sample_weight, drop_biases=True)
+            keep, why = _biases_earn_their_place(nested_probs, unbiased[0], y, c, opts.metric)
+            if not keep:
+                nested_probs, fold_test_probs = unbiased
+                model.biases = None
+                in_sample_probs = apply_blend(model, oof_views)
+                notes.append(why)
     else:  # nothing fitted: one pipeline predicted every fold
         nested_probs = in_sample_probs
         fold_test_probs = (None if per_fold_test is None else
@@ -275,7 +298,7 @@ def blend(members: list[Member], opts: BlendOptions, shift_warning: bool = False
         weights={n: float(w) for n, w in zip(names, model.weights)}, member_scores=member_scores,
         cv_in_sample=cv_in_sample, cv_nested=cv_nested, warnings=warnings, biases=model.biases,
         classes=list(ref.classes), ids=ref.ids, labels=y, test_ids=ref.test_ids, method=opts.method,
-        options=asdict(opts), model=model, shift_warning=shift_warning,
+        options=asdict(opts), model=model, shift_warning=shift_warning, notes=notes,
         importance={k: v for k, v in importance.items() if k != "weights"} | {"applied": sample_weight is not None},
         fitted={"identity_weights": {n: (None if w is None else float(w))
                                      for n, w in zip(names, model.identity_weights)},

@@ -40,7 +40,7 @@ def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str
         "member_scores": result.member_scores, "holdout": result.holdout_scores, "warnings": result.warnings,
         "test_matched": result.test_matched, "confidence": result.confidence,
         "member_confidence": result.member_confidence, "importance": result.importance,
-        "shift_warning": result.shift_warning,
+        "shift_warning": result.shift_warning, "notes": result.notes,
         "selection": None if selection is None else {k: v for k, v in selection.items()
                                                      if not k.startswith("candidate_")},
         "classes": result.classes,
@@ -68,6 +68,8 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
     shift_warning = bool(folds_dir is not None and (read_json(Path(folds_dir) / "shift.json") or {}).get("optimistic"))
     result = blend(members, opts, shift_warning)
     print(format_table(result, result.options["metric"] if result.options["metric"] in METRICS else "macro_f1"))
+    for note in result.notes:
+        print(f"note: {note}")
     if shift_warning or result.importance.get("applied"):
         print(describe_importance(result.importance, len(result.labels)))
     selection = S.select(result, members, enabled=opts.select == "auto")
