@@ -197,7 +197,7 @@ def fold_groups(project: Project, comp: Competition, kept: pd.DataFrame, automat
         tree = _saved_tree(project, index)
         if tree is None:
             feats, _ = features_of_files(project, comp.root, comp.train["image"].tolist(), progress)
-            tree = group_tree(feats[index])
+            tree = group_tree(feats[index], progress=progress)
         semantic = tree.cut(threshold)
         groups = union_groups(semantic if groups is None else groups, semantic)
         print(f"semantic groups at similarity {threshold:.4f} (dedup: {comp.settings.dedup}): "
