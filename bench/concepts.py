@@ -175,6 +175,16 @@ def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2RGB)
 
 
+def add_arguments(parser) -> None:
+    """The options of a bench that builds these competitions: seeds, splits and the universe's size."""
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--cases", nargs="+", default=list(SPLITS), choices=SPLITS)
+    parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--concepts", type=int, default=12, help="concepts per class")
+    parser.add_argument("--variants", type=int, default=3, help="variants per (concept, style)")
+    parser.add_argument("--size", type=int, default=96, help="image side in pixels")
+
+
 def write_competition(root: Path, how: str, n_classes: int = 8, concepts_per_class: int = 12, variants: int = 3,
                       size: int = 96, test_fraction: float = 0.3, seed: int = 0,
                       styles: tuple[str, ...] = tuple(STYLES)) -> Path:

@@ -154,12 +154,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=None, help="where the generated projects go (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the projects")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--cases", nargs="+", default=list(concepts.SPLITS), choices=concepts.SPLITS)
-    parser.add_argument("--classes", type=int, default=8)
-    parser.add_argument("--concepts", type=int, default=12, help="concepts per class")
-    parser.add_argument("--variants", type=int, default=3, help="variants per (concept, style)")
-    parser.add_argument("--size", type=int, default=96, help="image side in pixels")
+    concepts.add_arguments(parser)
     parser.add_argument("--member", choices=sorted(MEMBERS), default="logreg",
                         help="the one ensemble member each run trains (default: logreg on frozen features)")
     args = parser.parse_args(argv)

@@ -202,12 +202,7 @@ def print_estimators(rows: list[dict]) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="where the generated projects go (kept)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--cases", nargs="+", default=list(concepts.SPLITS), choices=concepts.SPLITS)
-    parser.add_argument("--classes", type=int, default=8)
-    parser.add_argument("--concepts", type=int, default=12, help="concepts per class")
-    parser.add_argument("--variants", type=int, default=3, help="variants per (concept, style)")
-    parser.add_argument("--size", type=int, default=96, help="image side in pixels")
+    concepts.add_arguments(parser)
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--build-only", action="store_true", help="build and train; no blend")
     parser.add_argument("--blend-only", action="store_true", help="blend the projects already trained")

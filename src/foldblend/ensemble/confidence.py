@@ -30,7 +30,6 @@ from foldblend.ensemble.matched import group_draws
 from foldblend.metrics import metric_from_counts
 
 N_BOOTSTRAP = 200
-MEMBER_BOOTSTRAP = 50   # draws per member (their spread only decides whether one beats the blend)
 MEMBER_MARGIN = 0.02    # a member must beat the blend's estimate by this much, at least, to be named
 
 

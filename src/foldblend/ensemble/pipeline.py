@@ -105,6 +105,11 @@ def _combine(probs: np.ndarray, model: FittedBlend) -> np.ndarray:
     raise ValueError(f"unknown blend method {opts.method!r} (methods: {', '.join(E.COMBINE_METHODS)})")
 
 
+def member_oof_views(member: Member) -> np.ndarray:
+    """(V, N, C) one member's OOF view probabilities, the identity view first."""
+    return softmax(member.oof_logits[E.identity_first(member.views)])
+
+
 def member_views(fold_logits: np.ndarray, view_names: list[str], opts: BlendOptions) -> np.ndarray:
     """(F, V, N, C) logits of one member's fold models under its TTA views -> the (V', N, C) view
     probabilities the blend reads: folds combined (`opts.fold_combine`), the identity view first, and
@@ -254,7 +259,7 @@ def blend(members: list[Member], opts: BlendOptions, shift_warning: bool = False
     ref, c = members[0], members[0].n_classes
     names = [m.name for m in members]
     y, fold = np.asarray(ref.labels), np.asarray(ref.fold)
-    oof_views = [softmax(m.oof_logits[E.identity_first(m.views)]) for m in members]
+    oof_views = [member_oof_views(m) for m in members]
     member_scores = {m.name: classification_scores(y, v.mean(axis=0), c) for m, v in zip(members, oof_views)}
     if opts.tta == "mean":  # nothing to fit across views: collapse them once
         oof_views = [v.mean(axis=0, keepdims=True) for v in oof_views]

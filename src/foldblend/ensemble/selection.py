@@ -18,11 +18,10 @@ import numpy as np
 
 from foldblend.artifacts import Member
 from foldblend.ensemble import estimators as S
-from foldblend.ensemble import methods as E
 from foldblend.ensemble.fitted import BlendOptions, FittedBlend
 from foldblend.ensemble.importance import importance_weights
-from foldblend.ensemble.pipeline import BlendResult, apply_blend, fold_test_views, member_views
-from foldblend.metrics import classification_scores, softmax
+from foldblend.ensemble.pipeline import BlendResult, apply_blend, fold_test_views, member_oof_views, member_views
+from foldblend.metrics import classification_scores
 
 ESTIMATOR = "atc"        # the estimator that gives the expected score (bench/shift_blend.py)
 MARGIN = 0.01            # a candidate must beat the current choice's estimate by this much, at least
@@ -46,7 +45,7 @@ def _unfitted_candidates(members: list[Member], opts: BlendOptions) -> list[Cand
     names = [m.name for m in members]
     plain = BlendOptions(method="mean", metric=opts.metric, tta="mean", fold_combine=opts.fold_combine)
     fold = np.asarray(members[0].fold)
-    oof = [softmax(m.oof_logits[E.identity_first(m.views)]).mean(axis=0, keepdims=True) for m in members]
+    oof = [member_oof_views(m).mean(axis=0, keepdims=True) for m in members]
     test = [member_views(m.test_logits, m.views, plain) for m in members]
     holdout = [member_views(m.holdout_logits, m.views, plain) for m in members]
     per_fold, _ = fold_test_views(members, fold, plain)
@@ -63,8 +62,8 @@ def _unfitted_candidates(members: list[Member], opts: BlendOptions) -> list[Cand
 
 def _member_views(members: list[Member], fold: np.ndarray, opts: BlendOptions):
     """(OOF views, fold, per-fold test views) of the members as the blend reads them: the classifier's input."""
-    oof = [softmax(m.oof_logits[E.identity_first(m.views)]) for m in members]
-    return oof, fold, fold_test_views(members, fold, replace(opts, tta="weighted"))[0]
+    per_fold, _ = fold_test_views(members, fold, replace(opts, tta="weighted"))
+    return [member_oof_views(m) for m in members], fold, per_fold
 
 
 def candidates(result: BlendResult, members: list[Member]) -> list[Candidate]:
@@ -144,6 +143,7 @@ def select(result: BlendResult, members: list[Member], enabled: bool = True, see
     est = scores[chosen]["estimates"][ESTIMATOR]
     expected = {"macro_f1": float(np.clip(est["macro_f1"] + scores[chosen]["gain"], 0, 1)), "std": est["std"],
                 "one_fold_model": est["macro_f1"], "gain": scores[chosen]["gain"], "estimator": ESTIMATOR}
+    notes = []
     if chosen != "blend":
         c = len(result.classes)
         result.model, result.oof_probs, result.test_probs = pick.model, pick.oof_probs, pick.test_probs
@@ -153,8 +153,6 @@ def select(result: BlendResult, members: list[Member], enabled: bool = True, see
         result.biases, result.method = None, pick.model.options.method
         result.fitted = {"identity_weights": {n: None for n in pick.model.members},
                          "temperatures": {n: 1.0 for n in pick.model.members}, "calibration": 1.0}
-    notes = []
-    if chosen != "blend":
         notes.append(f"wrote {_label(chosen)} instead of the fitted blend: {reason}; the weights fitted on OOF rows "
                      f"may not carry to the test")
     if far:

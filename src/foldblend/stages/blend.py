@@ -22,8 +22,7 @@ from foldblend.metrics import METRICS
 from foldblend.safety import check_plain_name, remove, say_swept, sweep_temporaries
 
 
-def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str] | None = None,
-               selection: dict | None = None) -> None:
+def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str] | None = None) -> None:
     """blend.npz (arrays with their ids) and blend.json (what was done, and how well), both atomic."""
     out_dir = Path(out_dir)
     remove(out_dir / "blend.json", inside=out_dir)  # written last: a kill between the two leaves no blend
@@ -41,8 +40,8 @@ def save_blend(result: BlendResult, out_dir: Path, member_digests: dict[str, str
         "test_matched": result.test_matched, "confidence": result.confidence,
         "member_confidence": result.member_confidence, "importance": result.importance,
         "shift_warning": result.shift_warning, "notes": result.notes,
-        "selection": None if selection is None else {k: v for k, v in selection.items()
-                                                     if not k.startswith("candidate_")},
+        "selection": None if result.selection is None else {k: v for k, v in result.selection.items()
+                                                            if not k.startswith("candidate_")},
         "classes": result.classes,
         "member_digests": member_digests or {},
         "pipeline": None if result.model is None else result.model.to_json()})
@@ -101,7 +100,7 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
         print(f"nested CV {result.cv_nested['macro_f1']:.4f} · {estimates}")
     if selection:
         print(f"nested CV {result.cv_nested['macro_f1']:.4f} · {S.describe_expected(selection)}")
-    save_blend(result, out_dir, {name: member_digest(oof_root / name) for name in names}, selection)
+    save_blend(result, out_dir, {name: member_digest(oof_root / name) for name in names})
     return result
 
 
