@@ -15,7 +15,7 @@ from foldblend.cli import main
 from foldblend.config import config_from_dict, load_config
 from foldblend.durations import format_duration, parse_duration
 from foldblend.paths import Project
-from foldblend.planning.budget import ESTIMATE_MARGIN, RESERVE_MIN_S, plan_members
+from foldblend.planning.budget import ALONE_SHARE, ESTIMATE_MARGIN, RESERVE_MIN_S, plan_members
 from foldblend.planning.presets import candidates
 from foldblend.planning.probe import PROBE_ROUNDS, Timing, _median_of_rounds
 from foldblend.planning.profile import DataProfile, Hardware
@@ -130,7 +130,7 @@ def test_unreadable_time_limits_are_errors(text):
         parse_duration(text)
 
 
-def test_a_time_limit_scales_epochs_then_drops_members_from_the_end():
+def test_a_time_limit_sizes_each_network_to_finish_alone_and_keeps_what_its_trial_fits():
     p = profile(n_train=2000)
     cands = candidates(p, CPU, "medium")
     timings = timings_for(cands)
@@ -144,20 +144,23 @@ def test_a_time_limit_scales_epochs_then_drops_members_from_the_end():
 
     budget = 0.6 * free.seconds
     tight = plan_members(cands, p, CPU, timings, budget=budget, probe_seconds=5)
-    assert tight.seconds <= tight.usable == pytest.approx(budget - 5 - max(RESERVE_MIN_S, 0.1 * budget))
-    assert tight.seconds * (1 + ESTIMATE_MARGIN) <= tight.usable  # room for the probe's error
-    kept = [m.cand.name for m in tight.members]
-    assert kept == [c.name for c in cands if c.name in kept]   # the preset's order
+    assert tight.usable == pytest.approx(budget - 5 - max(RESERVE_MIN_S, 0.1 * budget))
+    # no member is left out by cost in a fixed order: every trial fits, the train stage chooses by what they score
+    assert [m.cand.name for m in tight.members] == [c.name for c in cands] and not tight.dropped
     nominal = {c.name: c for c in cands}
     for m in tight.members:
         c = nominal[m.cand.name]
         assert c.min_epochs <= m.cand.epochs <= c.epochs
+        if m.cand.kind == "cnn":  # each network alone (with room for the probe's error) fits 60% of the time
+            assert m.seconds * (1 + ESTIMATE_MARGIN) <= ALONE_SHARE * tight.usable or m.cand.epochs == c.min_epochs
     assert any(m.cand.epochs < nominal[m.cand.name].epochs for m in tight.members if m.cand.kind == "cnn")
     assert any("time limit" in m.cand.why["epochs"] for m in tight.members if m.cand.kind == "cnn")
 
-    scarce = plan_members(cands, p, CPU, timings, budget=0.15 * free.seconds, probe_seconds=5)
+    scarce = plan_members(cands, p, CPU, timings, budget=0.03 * free.seconds, probe_seconds=5)
     assert len(scarce.members) < len(cands) and scarce.dropped
-    assert all("does not fit" in why for _, why in scarce.dropped)
+    assert all("its trial" in why for _, why in scarce.dropped)
+    kept = [m.cand.name for m in scarce.members]
+    assert kept == [c.name for c in cands if c.name in kept]   # the preset's order decides who is tried first
 
     hopeless = plan_members(cands, p, CPU, timings_for(cands, train=10.0, infer=10.0), budget=60, probe_seconds=5)
     assert [m.cand.name for m in hopeless.members] == [cands[0].name] and "raise --time-limit" in hopeless.warning
@@ -245,7 +248,7 @@ def test_probe_and_time_limit_on_real_images(tiny_project):
     project = scanned(tiny_project)
     record = run_init(project, preset="fast", time_limit="20m", hardware=CPU, progress=False)
     assert record["time_limit_s"] == 1200 and record["probe_s"] > 0
-    assert record["planned_s"] <= record["usable_s"] < 1200
+    assert record["usable_s"] < 1200 and record["load"]["cores"] >= 1 and 0 <= record["load"]["others_cpu"] <= 1
     for name, m in record["members"].items():
         assert m["estimate_s"] >= 0 and m["timing"]["infer_per_image"] > 0, name
         if m["role"] != "embedding head":

@@ -35,7 +35,7 @@ def test_budget_lines_add_the_probe_and_every_fold(tmp_path):
                                "planned 5m00s of training, spent 5m00s (probe 20s + each fold's wall time")
     assert "  net: planned 4m00s, spent 4m10s (2/2 folds)" in lines
     assert "  head: planned 1m00s, spent 30s (1/2 folds)" in lines
-    assert lines[-1] == "  left out to fit the limit: finetune"
+    assert lines[-1] == "  left out by init (their trials did not fit): finetune"
     record_seconds(project.model_dir("head", 1), train=400)
     assert "OVER the limit by 1m40s" in budget_lines(project)[0]
 

@@ -1,4 +1,4 @@
-"""What a run of the candidates costs, and which of them, for how many epochs, fit a time budget.
+"""What a run of the candidates costs, and which of them, at how many epochs, go into a time-limited run.
 
 The cost model counts what `foldblend train` does, with the probe's per-image seconds: per network,
 k folds x epochs x the images a fold trains on, a validation pass per epoch (two with EMA), then every
@@ -7,11 +7,14 @@ image size decoded once into the cache; per embedding head, the features of ever
 view once per backbone and size (shared by the heads on it), then a head fit per fold. Each kind
 counts its own part (`MemberKind.run_cost`); the decode is shared by all.
 
-Under a budget (`--time-limit`), a share is kept back for the blend, submission and report, members
-are taken in the preset's priority order while they fit at no fewer than halfway between their
-minimum and nominal epochs, and then every network's epochs are scaled by one factor between its
-minimum and its nominal count so the whole plan fits. Epochs are never raised above nominal: a budget
-is a limit, not a target.
+Under a budget (`--time-limit`), a share is kept back for the blend, submission and report, and the
+plan is one for `running.budget`, which holds the limit while training: it trains every member's trial
+(fold 0, a third of a network's epochs) first and gives the time left to the members that scored best,
+re-planning from what each epoch takes. So init does not choose members by cost in a fixed order: it
+gives each network the most epochs (never above nominal, never below its minimum) with which it could
+finish alone in `ALONE_SHARE` of the time, and keeps every candidate whose trial fits in the trials'
+share (`running.budget.TRIAL_SHARE`), in priority order. The estimates are the probe's, which a loaded
+machine moves several-fold; the train stage replaces them with what it measures.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from foldblend.members.registry import get_kind
 from foldblend.planning.presets import Candidate
 from foldblend.planning.probe import Timing
 from foldblend.planning.profile import DataProfile, Hardware
+from foldblend.running.budget import TRIAL_FRACTION, TRIAL_SHARE
 
 RESERVE_FRACTION = 0.10  # of the budget, for the blend (nested CV), submission, summary and report
 RESERVE_MIN_S = 30.0
@@ -32,6 +36,7 @@ RESERVE_MIN_S = 30.0
 # all three networks, and the run spent 25% more on training than planned. A plan fits the time left for
 # training with its estimate raised by this. Measured on CPU only: a GPU's error is not known yet.
 ESTIMATE_MARGIN = 0.25
+ALONE_SHARE = 0.6    # of the time for training: what a network's epochs are sized to finish in, alone
 
 
 @dataclass
@@ -83,42 +88,37 @@ def plan_members(cands: list[Candidate], profile: DataProfile, hw: Hardware, tim
     if timings is None:
         return Plan([Planned(c) for c in cands], budget=budget, probe_seconds=probe_seconds)
 
-    def costs(chosen: list[Candidate], fraction: float) -> list[dict]:
+    def costs(chosen: list[Candidate], fraction: float | None) -> list[dict]:
+        """Seconds by part at `fraction` of each one's epoch range (None: the epochs written)."""
         paid: set = set()
-        return [member_cost(c, timings[c.name], profile, hw, _epochs_at(c, fraction), paid) for c in chosen]
-
-    def total(chosen, fraction) -> float:
-        return sum(sum(p.values()) for p in costs(chosen, fraction))
+        return [member_cost(c, timings[c.name], profile, hw, c.epochs if fraction is None else _epochs_at(c, fraction),
+                            paid) for c in chosen]
 
     if budget is None:
-        chosen, fraction, dropped, usable, warning = list(cands), 1.0, [], None, ""
-    else:
-        usable = budget - probe_seconds - max(RESERVE_MIN_S, RESERVE_FRACTION * budget)
-        chosen, dropped, warning = [], [], ""
-        for c in cands:
-            need = total(chosen + [c], 0.5)
-            if need * (1 + ESTIMATE_MARGIN) <= usable:
-                chosen.append(c)
-            else:
-                dropped.append((c.name, f"does not fit: the members before it and this one need "
-                                        f"{format_duration(need)} at half their epochs "
-                                        f"(+{ESTIMATE_MARGIN:.0%} for the probe's error), "
-                                        f"the budget leaves {format_duration(max(usable, 0))} for training"))
-        if not chosen:  # the budget is below the cheapest plan: write the first member anyway, and say so
-            chosen, dropped = [cands[0]], dropped[1:]
-            warning = (f"the time limit leaves {format_duration(max(usable, 0))} for training, less than the "
-                       f"first member alone needs ({format_duration(total(chosen, 0.0))}): it is written at its "
-                       f"minimum; raise --time-limit or pick --preset fast")
-        fraction = _largest_fraction(lambda f: total(chosen, f) * (1 + ESTIMATE_MARGIN), usable)
-    members = []
-    for c, parts in zip(chosen, costs(chosen, fraction)):
-        if get_kind(c.kind).trains_epochs and budget is not None and _epochs_at(c, fraction) != c.epochs:
-            c = c.with_epochs(_epochs_at(c, fraction),
-                              f"{_epochs_at(c, fraction)} of the {c.epochs} the preset gives: what fits "
-                              f"the {format_duration(budget)} time limit (probe: "
-                              f"{format_duration(parts['train'] / max(_epochs_at(c, fraction), 1))} of training "
-                              f"per epoch over all folds)")
-        members.append(Planned(c, sum(parts.values()), {k: round(v, 1) for k, v in parts.items()}))
+        return Plan([Planned(c, sum(p.values()), {k: round(v, 1) for k, v in p.items()})
+                     for c, p in zip(cands, costs(cands, 1.0))], budget=None, probe_seconds=probe_seconds)
+    usable = budget - probe_seconds - max(RESERVE_MIN_S, RESERVE_FRACTION * budget)
+    chosen, dropped, warning, trials, paid = [], [], "", 0.0, set()
+    for c in cands:
+        c = _fit_alone(c, lambda e, c=c: sum(member_cost(c, timings[c.name], profile, hw, e, set()).values())
+                       * (1 + ESTIMATE_MARGIN), ALONE_SHARE * usable, budget)
+        tentative = set(paid)  # features and decodes the trials before it paid for are not counted again
+        trial = _trial_cost(c, member_cost(c, timings[c.name], profile, hw, c.epochs, tentative), profile)
+        if trials + trial <= TRIAL_SHARE * usable:
+            chosen.append(c)
+            trials, paid = trials + trial, tentative
+        else:
+            dropped.append((c.name, f"its trial ({TRIAL_FRACTION:.0%} of its epochs on fold 0) needs about "
+                                    f"{format_duration(trial)} after the trials before it "
+                                    f"({format_duration(trials)}): the trials may use {TRIAL_SHARE:.0%} of the "
+                                    f"{format_duration(max(usable, 0))} for training"))
+    if not chosen:  # the budget is below the cheapest trial: write the first member anyway, and say so
+        chosen, dropped = [_fit_alone(cands[0], lambda e: math.inf, 0.0, budget)], dropped[1:]
+        warning = (f"the time limit leaves {format_duration(max(usable, 0))} for training, less than the first "
+                   f"member's trial needs: it is written at its minimum epochs; raise --time-limit or pick "
+                   f"--preset fast")
+    members = [Planned(c, sum(p.values()), {k: round(v, 1) for k, v in p.items()})
+               for c, p in zip(chosen, costs(chosen, None))]
     return Plan(members, dropped, budget, usable, probe_seconds, warning)
 
 
@@ -129,12 +129,23 @@ def _epochs_at(c: Candidate, fraction: float) -> int:
     return max(c.min_epochs, min(c.epochs, int(math.floor(c.min_epochs + fraction * (c.epochs - c.min_epochs)))))
 
 
-def _largest_fraction(total, usable: float) -> float:
-    """The largest fraction in [0, 1] whose plan fits `usable` (cost grows with it; bisection)."""
-    if total(1.0) <= usable:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if total(mid) <= usable else (lo, mid)
-    return lo
+def _fit_alone(c: Candidate, cost, room: float, budget: float) -> Candidate:
+    """`c` with the most epochs between its minimum and nominal whose `cost(epochs)` fits `room` (heads as
+    they are)."""
+    if not get_kind(c.kind).trains_epochs:
+        return c
+    epochs = next((e for e in range(c.epochs, c.min_epochs - 1, -1) if cost(e) <= room), c.min_epochs)
+    if epochs == c.epochs:
+        return c
+    return c.with_epochs(epochs, f"{epochs} of the {c.epochs} the preset gives: what it could finish alone in "
+                                 f"{ALONE_SHARE:.0%} of the {format_duration(budget)} time limit (the train stage "
+                                 f"shortens it further, or gives it up, from what its trial scores and takes)")
+
+
+def _trial_cost(c: Candidate, parts: dict, profile: DataProfile) -> float:
+    """Seconds of `c`'s trial: its share of fold 0 (a network: a third of its epochs; a head: the whole fold,
+    features included), plus what it shares with no one (its decode)."""
+    fold = sum(v for k, v in parts.items() if k not in ("decode", "features")) / max(profile.n_folds, 1)
+    if get_kind(c.kind).trains_epochs:
+        fold *= TRIAL_FRACTION
+    return (fold + parts.get("features", 0.0) + parts.get("decode", 0.0)) * (1 + ESTIMATE_MARGIN)

@@ -8,6 +8,7 @@ a machine shared with other jobs they move with the load.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -22,10 +23,33 @@ from foldblend.members.timing import PROBE_BATCHES, PROBE_ROUNDS, ProbeSample, T
 from foldblend.planning.presets import Candidate
 from foldblend.planning.profile import DataProfile, Hardware
 
-__all__ = ["PROBE_BATCHES", "PROBE_ROUNDS", "PROBE_PASSES", "Timing", "probe", "sample_images"]
+__all__ = ["PROBE_BATCHES", "PROBE_ROUNDS", "PROBE_PASSES", "Timing", "load_warning", "machine_load", "probe",
+           "sample_images"]
 
 PROBE_PASSES = 2     # a kind timed again (`MemberKind.retime`) runs this many passes; the fastest counts
 _median_of_rounds = median_of_rounds
+
+
+BUSY = 0.25         # other processes' share of the CPU above which the probe's timings are called unreliable
+
+
+def machine_load(seconds: float = 1.0) -> dict:
+    """What else the machine is doing now: other processes' share of all CPU cores over `seconds` (this
+    process sleeps meanwhile, so the share is theirs), and the 1-minute load average."""
+    import psutil
+
+    busy = psutil.cpu_percent(interval=seconds) / 100
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"others_cpu": round(busy, 3), "load_average": None if load is None else round(load, 2),
+            "cores": os.cpu_count() or 1}
+
+
+def load_warning(load: dict) -> str:
+    if load["others_cpu"] <= BUSY:
+        return ""
+    return (f"other processes use {load['others_cpu']:.0%} of the {load['cores']} CPU cores (load average "
+            f"{load['load_average']}): the probe's timings may be several times a quiet machine's; the train stage "
+            f"re-plans from what each epoch takes")
 
 
 def sample_images(profile: DataProfile, size: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -32,8 +34,10 @@ from foldblend.data.split import HOLDOUT, folds_fingerprint, read_folds
 from foldblend.locks import hold, live_holders
 from foldblend.members.assemble import assemble_member, load_fold_predictions
 from foldblend.members.base import TrainData
-from foldblend.members.signatures import fold_signature, is_fold_done, is_trained, predict_signature
+from foldblend.members.gate import FoldPaused, epoch_gate
+from foldblend.members.signatures import fold_seconds, fold_signature, is_fold_done, is_trained, predict_signature
 from foldblend.paths import Project
+from foldblend.running.budget import TimeKeeper
 from foldblend.running.fold import run_fold
 from foldblend.running.jobs import Executor, FoldJob
 from foldblend.running.local import LocalExecutor
@@ -156,11 +160,13 @@ def other_trainings(project: Project) -> list[dict]:
 def train_experiments(config_paths: list[str | Path], project: Project, executor: Executor | None = None,
                       folds: list[int] | None = None, overrides: list[str] | None = None,
                       devices: list[str] | None = None, assemble: bool = True,
-                      progress: bool = True) -> dict[str, dict | None]:
+                      progress: bool = True, time_limit: dict | None = None) -> dict[str, dict | None]:
     """Train the requested folds of every config (skipping finished ones) with one executor, then write
     oof/<exp>/ for each experiment whose folds are all done. Returns {experiment: scores or None}.
 
-    Every experiment's lock is held from its planning to its assembly."""
+    `time_limit` ({"seconds", "estimates": {member: s}, "save": callable}) holds a limit over the training
+    (`running.budget`): trials first, then the rest by value, re-planned as it goes. Every experiment's lock
+    is held from its planning to its assembly."""
     with contextlib.ExitStack() as locks:
         plans: list[Plan] = []
         for path in config_paths:
@@ -179,9 +185,21 @@ def train_experiments(config_paths: list[str | Path], project: Project, executor
             return run_fold(plan.cfg, job.fold, plan.data, job.out_dir, progress=progress)
 
         jobs = [job for plan in plans for job in plan.jobs]
+        keeper = None
+        if time_limit is not None and jobs:
+            if executor is not None or (devices and len(devices) > 1):
+                print("WARNING: the time limit is held on the local executor with one device only: this run "
+                      "trains every pending fold without it")
+            else:
+                keeper = TimeKeeper(time_limit["seconds"], jobs, {p.cfg.name: p.n_folds for p in plans},
+                                    time_limit.get("estimates") or {}, _fold0_scores(plans, project),
+                                    save=time_limit.get("save"))
         executor = executor or LocalExecutor(devices)
         try:
-            executor.run(project, jobs, train_here)
+            if keeper is not None:
+                train_within(keeper, train_here)
+            else:
+                executor.run(project, jobs, train_here)
         except Exception:
             if assemble:  # experiments whose folds all finished still get their oof/<exp>/
                 for plan in plans:
@@ -191,6 +209,41 @@ def train_experiments(config_paths: list[str | Path], project: Project, executor
         if not assemble:
             return {p.cfg.name: None for p in plans}
         return {p.cfg.name: assemble_experiment(p.cfg, p.data, project, p.n_folds, p.inputs) for p in plans}
+
+
+def train_within(keeper: TimeKeeper, train_here: Callable[[FoldJob], dict]) -> None:
+    """The fold jobs in the keeper's order: every member's trial on fold 0, then what it allocates, each fold
+    admitted (or not) once the work left is re-projected, each epoch gated."""
+    for job, _ in keeper.order():
+        if not keeper.admit_trial(job):
+            continue
+        t0 = time.monotonic()
+        try:
+            with epoch_gate(keeper.trial_gate(job)):
+                done = train_here(job)
+        except FoldPaused as paused:
+            keeper.trial_done(job, paused.score, time.monotonic() - t0)
+        else:
+            keeper.trial_done(job, done["best_macro_f1"], time.monotonic() - t0,
+                              fold_seconds(job.out_dir).get("predict"))
+    for job in keeper.allocate():
+        if not keeper.admit(job):
+            continue
+        t0 = time.monotonic()
+        with epoch_gate(keeper.gate(job)):
+            train_here(job)
+        keeper.fold_done(job, time.monotonic() - t0, fold_seconds(job.out_dir).get("predict"))
+    keeper.save(keeper.record())
+
+
+def _fold0_scores(plans: list[Plan], project: Project) -> dict[str, float]:
+    """Held-out macro-F1 of each experiment's fold 0 when it finished earlier (no trial needed then)."""
+    out = {}
+    for plan in plans:
+        done = project.model_dir(plan.cfg.name, 0) / "done.json"
+        if 0 not in [j.fold for j in plan.jobs] and done.is_file():
+            out[plan.cfg.name] = float(json.loads(done.read_text()).get("best_macro_f1") or 0.0)
+    return out
 
 
 def run_experiment(config_path: str | Path, project: Project, folds: list[int] | None = None,

@@ -21,7 +21,7 @@ from foldblend.durations import format_duration, parse_duration
 from foldblend.paths import Project
 from foldblend.planning.budget import Plan, plan_members
 from foldblend.planning.presets import DEFAULT_PRESET, PRESETS, Candidate, candidates
-from foldblend.planning.probe import probe
+from foldblend.planning.probe import load_warning, machine_load, probe
 from foldblend.planning.profile import DataProfile, Hardware, data_profile, detect_hardware
 from foldblend.safety import remove
 
@@ -85,12 +85,16 @@ def run_init(project: Project, preset: str = DEFAULT_PRESET, time_limit: str | N
     command = _command(preset, time_limit, device)
     print(f"{command}\n  data: {profile.describe()}\n  machine: {hw.describe()}")
 
-    timings, probe_s = None, 0.0
+    timings, probe_s, load = None, 0.0, None
     if do_probe and hw.here:
         t0 = time.perf_counter()
+        load = machine_load()
         timings = probe(cands, profile, hw, progress)
         probe_s = time.perf_counter() - t0
-        print(f"probe: {format_duration(probe_s)} (each candidate timed on a few batches of real train images)")
+        print(f"probe: {format_duration(probe_s)} (each candidate timed on a few batches of real train images; "
+              f"other processes used {load['others_cpu']:.0%} of the CPU)")
+        if load_warning(load):
+            print(f"WARNING: {load_warning(load)}")
     elif budget is not None:
         raise ValueError("--time-limit needs the probe, which times the device that will train: run init on that "
                          "machine, without --no-probe")
@@ -100,7 +104,7 @@ def run_init(project: Project, preset: str = DEFAULT_PRESET, time_limit: str | N
     plan = plan_members(cands, profile, hw, timings, budget, probe_s)
 
     written = _write(project, plan, command, profile, hw, force)
-    record = _record(project, plan, written, command, preset, profile, hw, timings)
+    record = _record(project, plan, written, command, preset, profile, hw, timings) | {"load": load}
     write_json(project.init_record, record)
     _print_plan(project, plan, written)
     return record
@@ -138,7 +142,7 @@ def _record(project: Project, plan: Plan, written: list[str], command: str, pres
         "data": data, "hardware": asdict(hw), "written": written,
         "members": {p.cand.name: {"file": f"{project.rel(project.folds_dir)}/{p.cand.name}.yaml", "role": p.cand.role,
                                   "model": p.cand.values["model"], "img_size": p.cand.values["img_size"],
-                                  "epochs": p.cand.epochs,
+                                  "epochs": p.cand.epochs, "min_epochs": p.cand.min_epochs,
                                   "estimate_s": None if p.seconds is None else round(p.seconds, 1),
                                   "parts": p.parts, "timing": timings[p.cand.name].to_dict() if timings else None}
                     for p in plan.members},
@@ -155,12 +159,14 @@ def _print_plan(project: Project, plan: Plan, written: list[str]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)))
-    if plan.seconds is not None:
-        line = f"estimated training: {format_duration(plan.seconds)} (+ the blend, submission and report)"
-        if plan.budget is not None:
-            line += (f"; time limit {format_duration(plan.budget)}: {format_duration(max(plan.usable, 0))} for "
-                     f"training after the probe ({format_duration(plan.probe_seconds)}) and a reserve for the blend")
-        print(line)
+    if plan.seconds is not None and plan.budget is None:
+        print(f"estimated training: {format_duration(plan.seconds)} (+ the blend, submission and report)")
+    elif plan.seconds is not None:
+        print(f"estimated training, every member in full: {format_duration(plan.seconds)}; time limit "
+              f"{format_duration(plan.budget)}: {format_duration(max(plan.usable, 0))} for training after the probe "
+              f"({format_duration(plan.probe_seconds)}) and a reserve for the blend. `foldblend train` holds it: each "
+              f"member's trial on fold 0 first, then the time left to those that score best, re-planned after "
+              f"every epoch")
     for name, why in plan.dropped:
         print(f"  left out: {name}: {why}")
     if plan.warning:

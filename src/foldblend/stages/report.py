@@ -294,6 +294,23 @@ def submissions_section(project: Project) -> str:
 
 # ----------------------------------------------------------------------------- the page
 
+def plan_section(project: Project) -> str:
+    """`foldblend init`'s plan and what `train` did to hold its time limit: trials, epochs, decisions."""
+    record = read_json(project.init_record) or {}
+    kept = record.get("train")
+    if not kept:
+        return missing("no time-limited training (`foldblend init --time-limit` or `foldblend train --time-limit`)")
+    rows = [{"member": name, "status": m["status"], "trial macro-F1": m.get("trial_score"),
+             "trial epochs": m.get("trial_epochs"), "epochs per fold": m.get("epochs"),
+             "config epochs": m.get("config_epochs"), "planned s": m.get("planned_s"), "spent s": m.get("spent_s")}
+            for name, m in kept.get("members", {}).items()]
+    head = (f"<p>{esc(record.get('command', ''))}: training held to {kept['limit_s']:.0f} s, spent "
+            f"{kept['spent_s']:.0f} s. Each member's trial on fold 0 came first; the time left went to those that "
+            f"scored best.</p>")
+    return head + table(pd.DataFrame(rows), 3) + "<ul>" + "".join(f"<li>{esc(d)}</li>"
+                                                                  for d in kept.get("decisions", [])) + "</ul>"
+
+
 def build_report(project: Project) -> str:
     exps = experiment_names(project)
     blend = read_json(project.oof / "_blend" / "blend.json")
@@ -301,6 +318,7 @@ def build_report(project: Project) -> str:
     sources = oof_sources(project, best, project.oof / "_blend" / "blend.npz")
     shown = "blend" if "blend" in sources else best
     sections = [
+        ("plan", "Time limit", plan_section(project)),
         ("experiments", "Experiments: CV and learning curves",
          "\n".join(experiment_section(project, e) for e in exps) or missing("no experiments trained yet")),
         ("blend", "Blend", blend_section(blend)),

@@ -219,7 +219,24 @@ def budget_lines(project: Project) -> list[str]:
     if limit and spent > limit:
         head += f": OVER the limit by {format_duration(spent - limit)}"
     dropped = [d["name"] for d in record.get("dropped", [])]
-    return [head] + rows + ([f"  left out to fit the limit: {', '.join(dropped)}"] if dropped else [])
+    lines = [head] + rows + ([f"  left out by init (their trials did not fit): {', '.join(dropped)}"]
+                             if dropped else [])
+    return lines + train_budget_lines(record.get("train"))
+
+
+def train_budget_lines(kept: dict | None) -> list[str]:
+    """What `foldblend train` did to hold the limit (running.budget's record): each member's trial score,
+    epochs and what became of it, then every decision in order."""
+    if not kept:
+        return []
+    over = kept["spent_s"] - kept["limit_s"]
+    lines = [f"training held to {format_duration(kept['limit_s'])}: spent {format_duration(kept['spent_s'])}"
+             + (f", OVER by {format_duration(over)}" if over > 0 else "")]
+    for name, m in kept.get("members", {}).items():
+        trial = f"trial macro-F1 {m['trial_score']:.3f}" if m.get("trial_score") is not None else "no trial"
+        epochs = (f", {m['epochs']} of {m['config_epochs']} epochs per fold" if m.get("config_epochs") else "")
+        lines.append(f"  {name}: {m['status']} ({trial}{epochs}; spent {format_duration(m['spent_s'])})")
+    return lines + [f"  {line}" for line in kept.get("decisions", [])]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from foldblend.artifacts import read_json, write_json
+from foldblend.durations import format_duration, parse_duration
 from foldblend.paths import Project
 from foldblend.running.experiment import remove_unused_caches, train_experiments
 from foldblend.running.ray_executor import RayExecutor, import_ray
@@ -44,6 +46,31 @@ def visible_gpus() -> list[str] | None:
     return [f"cuda:{i}" for i in range(n)] if n > 1 else None
 
 
+def time_limit(args: argparse.Namespace, project: Project) -> dict | None:
+    """The limit training holds: --time-limit, else init's (what it left for training) when every fold config
+    is trained as it stands; with init's estimates, and where the keeper writes what it decided."""
+    record = read_json(project.init_record) or {}
+    if args.time_limit is not None and args.time_limit.strip().lower() == "none":
+        return None
+    if args.time_limit is not None:
+        seconds = parse_duration(args.time_limit)
+        print(f"time limit: {format_duration(seconds)} for training (--time-limit {args.time_limit})")
+    elif record.get("usable_s") and not (args.configs or args.folds is not None or args.set):
+        seconds = float(record["usable_s"])
+        print(f"time limit: {format_duration(seconds)} for training, what `{record.get('command', 'foldblend init')}` "
+              f"left after its probe and a reserve for the blend (folds/init.json; --time-limit none trains without)")
+    else:
+        return None
+    estimates = {name: m["estimate_s"] for name, m in (record.get("members") or {}).items()
+                 if m.get("estimate_s") is not None}
+
+    def save(kept: dict) -> None:
+        current = read_json(project.init_record) or {}
+        write_json(project.init_record, {**current, "train": kept})
+
+    return {"seconds": seconds, "estimates": estimates, "save": save}
+
+
 def make_executor(args):
     """The executor `--executor` names; None is the local one (the Ray module loads only when asked for)."""
     if args.executor == "local":
@@ -73,6 +100,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-fold", type=_positive_int, default=None, metavar="N",
                         help="with --executor ray: CPUs each fold asks Ray for (default: the config's threads + "
                              "num_workers); how the fold trains stays the config's `threads`")
+    parser.add_argument("--time-limit", default=None, metavar="DURATION",
+                        help="hold training within this (2h, 90m, seconds): every member's trial on fold 0 first, "
+                             "then the time to the members that scored best, re-planned after every epoch; `none` "
+                             "trains without one (default: what `foldblend init --time-limit` left for training, "
+                             "when every fold config is trained)")
     parser.add_argument("--no-assemble", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true")
 
@@ -88,7 +120,8 @@ def run(args: argparse.Namespace, project: Project) -> None:
         devices = args.gpus if args.gpus is not None else visible_gpus()
         if devices and len(devices) > 1:
             print(f"training folds concurrently on {', '.join(devices)} (one fold per device; --gpus to choose)")
+    limit = time_limit(args, project)
     train_experiments(configs, project, executor=executor, folds=args.folds, overrides=args.set, devices=devices,
-                      assemble=not args.no_assemble, progress=not args.quiet)
+                      assemble=not args.no_assemble, progress=not args.quiet, time_limit=limit)
     if not args.configs and args.folds is None and not args.set:  # every fold config ran as it stands
         remove_unused_caches(project, since=start - 1)

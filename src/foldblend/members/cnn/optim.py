@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,12 +40,18 @@ def make_optimizer(model, cfg: ExperimentConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def make_scheduler(optimizer, cfg: ExperimentConfig, updates_per_epoch: int):
-    """Per-update schedule: timm CosineLRScheduler with warmup, torch OneCycleLR, or None."""
-    total = max(1, cfg.epochs * updates_per_epoch)
+def _peak(group: dict) -> float:
+    """A group's configured lr, also once a schedule has moved it (OneCycle keeps `max_lr`, timm `initial_lr`)."""
+    return group.get("max_lr", group.get("initial_lr", group["lr"]))
+
+
+def make_scheduler(optimizer, cfg: ExperimentConfig, updates_per_epoch: int, epochs: int | None = None):
+    """Per-update schedule over `epochs` (default the config's): timm CosineLRScheduler with warmup, torch
+    OneCycleLR, or None."""
+    total = max(1, (cfg.epochs if epochs is None else epochs) * updates_per_epoch)
     warmup = min(int(round(cfg.warmup_epochs * updates_per_epoch)), total - 1)
     if cfg.scheduler == "onecycle":
-        max_lr = [g["lr"] for g in optimizer.param_groups]
+        max_lr = [_peak(g) for g in optimizer.param_groups]
         # total + 1: the constructor takes one step, then one per update
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total + 1,
                                                    pct_start=min(max(warmup / total, 0.05), 0.95))
@@ -53,13 +60,26 @@ def make_scheduler(optimizer, cfg: ExperimentConfig, updates_per_epoch: int):
 
         # timm's floors are absolute: take them below the smallest group's lr so that no group (a backbone
         # at lr * backbone_lr_mult) ever warms down or anneals up
-        floor = 1e-2 * min(g["lr"] for g in optimizer.param_groups)
+        floor = 1e-2 * min(_peak(g) for g in optimizer.param_groups)
         # warmup_prefix: the cosine starts at the peak once warmup ends (else it jumps down mid-decay)
         sched = CosineLRScheduler(optimizer, t_initial=total - warmup, lr_min=floor, warmup_t=warmup,
                                   warmup_lr_init=floor, warmup_prefix=True, t_in_epochs=False)
         sched.step_update(0)
         return sched
     return None
+
+
+def compress_schedule(fit: "Fit", cfg: ExperimentConfig, updates_per_epoch: int, epochs: int) -> None:
+    """The schedule rebuilt to end after `epochs` (fewer than planned: a time limit), continuing from the
+    updates already made: the cosine then anneals to its floor by the new last epoch."""
+    fit.scheduler = make_scheduler(fit.optimizer, cfg, updates_per_epoch, epochs)
+    if isinstance(fit.scheduler, torch.optim.lr_scheduler.LRScheduler):
+        with warnings.catch_warnings():  # "step() before optimizer.step()": these steps replay past updates
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(fit.updates):  # a stateful schedule is walked to where training is
+                fit.scheduler.step()
+    elif fit.scheduler is not None:
+        fit.scheduler.step_update(fit.updates)
 
 
 def step_scheduler(scheduler, updates: int) -> None:

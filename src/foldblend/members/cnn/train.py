@@ -31,7 +31,16 @@ from foldblend.members.cnn.models import (
     normalisation,
     set_trainable,
 )
-from foldblend.members.cnn.optim import Fit, build_fit, epoch_seed, seed_everything, step_scheduler
+from foldblend.members.cnn.optim import (
+    Fit,
+    build_fit,
+    compress_schedule,
+    epoch_seed,
+    seed_everything,
+    step_scheduler,
+    updates_per_epoch,
+)
+from foldblend.members.gate import current_gate
 from foldblend.members.infer import autocast, infer, resolve_device
 from foldblend.members.loaders import eval_loader, train_loader, train_steps
 from foldblend.members.signatures import fold_seconds, fold_signature
@@ -161,26 +170,32 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
     model = create_model(arch, cfg.pretrained).to(device)
     check_parts(model, cfg.freeze.train)
     mean, std = normalisation(model)
-    fit = build_fit(cfg, model, y_train, n_classes, train_steps(len(train_idx), cfg.batch_size), device, mean, std)
+    steps = train_steps(len(train_idx), cfg.batch_size)
+    fit = build_fit(cfg, model, y_train, n_classes, steps, device, mean, std)
 
+    # "epochs": what this fold trains in all; a time limit's gate (members.gate) may lower it as it goes
     run = {"epoch": -1, "best": {"score": -1.0, "epoch": -1, "weights": "model"}, "rows": [], "stale": 0,
-           "stopped_early": False}
+           "stopped_early": False, "epochs": cfg.epochs}
     if resume is not None:
         fit.load_state_dict(resume["fit"])
-        run = resume["run"]
+        run = {"epochs": cfg.epochs} | resume["run"]
+        if run["epochs"] < cfg.epochs:  # shortened before the interruption: the same compressed schedule
+            compress_schedule(fit, cfg, updates_per_epoch(steps, cfg.accumulate), run["epochs"])
         started -= run.get("seconds", 0.0)  # earlier runs' time counts too
         if progress:
             print(f"[{cfg.name} fold {k}] resuming after epoch {run['epoch'] + 1}")
 
+    gate = current_gate()
     val_dl = eval_loader(data.images, val_idx, cfg.batch_size * 2, cfg.num_workers)
     for epoch in range(run["epoch"] + 1, cfg.epochs):
-        if run["stopped_early"]:
+        if run["stopped_early"] or epoch >= run["epochs"]:
             break
+        epoch_started = time.perf_counter()
         seed = epoch_seed(cfg.seed, k, epoch)
         seed_everything(seed)  # dropout, mixup: the same draws whether or not the run was resumed
         freeze_for_epoch(fit.model, cfg, epoch)
         loader = train_loader(data.images, train_idx, y_train, cfg, n_classes, seed, pin_memory=device.type == "cuda")
-        desc = f"{cfg.name} fold {k} epoch {epoch + 1}/{cfg.epochs}" if progress else None
+        desc = f"{cfg.name} fold {k} epoch {epoch + 1}/{run['epochs']}" if progress else None
         stats = train_one_epoch(fit, loader, desc)
 
         candidates = {"model": fit.model} | ({"ema": fit.ema.module} if fit.ema is not None else {})
@@ -209,13 +224,23 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
         run["seconds"] = time.perf_counter() - started
         run["stopped_early"] = cfg.patience > 0 and run["stale"] >= cfg.patience
         if progress:
-            print(f"[{cfg.name} fold {k}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
+            print(f"[{cfg.name} fold {k}] epoch {epoch + 1}/{run['epochs']} loss {row['train_loss']:.4f} "
                   f"val macro-F1 {score['macro_f1']:.4f} acc {score['accuracy']:.4f} ({tag}) "
                   f"{stats['seconds']:.1f}s")
             if run["stopped_early"]:
                 print(f"[{cfg.name} fold {k}] early stop: no gain in {cfg.patience} epochs")
         # last: written after best.pt and log.csv, so a kill between them only repeats this epoch
         write_torch(last_path, {"signature": signature, "run": run, "fit": fit.state_dict()})
+        if gate is not None and not run["stopped_early"]:  # a time limit: go on, shorten, or pause (raises)
+            allowed = max(epoch + 1, min(run["epochs"], gate(epoch + 1, run["epochs"],
+                                                             time.perf_counter() - epoch_started, score["macro_f1"])))
+            if allowed < run["epochs"]:
+                if progress:
+                    print(f"[{cfg.name} fold {k}] time limit: {allowed} epochs instead of {run['epochs']} "
+                          f"(the learning-rate schedule now ends there)")
+                run["epochs"] = allowed
+                compress_schedule(fit, cfg, updates_per_epoch(steps, cfg.accumulate), allowed)
+                write_torch(last_path, {"signature": signature, "run": run, "fit": fit.state_dict()})
 
     return predict_fold(cfg, k, data, out_dir, run["best"], device, val_idx, progress, time.perf_counter() - started)
 

@@ -1,0 +1,305 @@
+"""A time limit held while training: trials first, then the budget to what scored, re-planned as it goes.
+
+`foldblend init --time-limit` writes its candidates with a first estimate of their cost (the probe's few
+batches, which a loaded machine can move several-fold); this is what then holds the limit, from what the
+run itself measures (as AutoGluon's `time_limit`: each decision from the time left and the work left):
+
+1. **Trials.** Fold 0 of every member first, cheapest first: a network for its first `TRIAL_FRACTION`
+   of epochs (then paused, `members.gate.FoldPaused`: its `last.pt` resumes it if the member goes on, so
+   no work is thrown away), a head on frozen features in full. Each trial's held-out macro-F1 is its
+   measured value; the trials together may use `TRIAL_SHARE` of the limit, and a member whose trial
+   would not fit in what is left of that share is left out before it starts.
+2. **Allocation.** The time left goes to the members by value: heads first (seconds per fold), then the
+   networks from the best trial score down, each at the most epochs (never more than its config's) for
+   which its remaining folds fit what the members before it left; below its floor (half its epochs,
+   never fewer than its trial's) it is left out.
+3. **Re-planning.** Before every fold and after every epoch the work left is projected from the epochs
+   just timed (so load that comes or goes moves the plan, not just the probe): when it overruns the
+   time left, the last-ranked networks' later folds are shortened towards their floor, then left out,
+   and last the running fold's epochs are cut (its learning-rate schedule is compressed to end there).
+
+Each change is one line saying what changed and why, and `record()` holds the trials, the decisions and
+what each member spent (written to `folds/init.json` by the train stage; the summary prints it). Folds
+are never dropped from a member that goes on: the blend needs every fold's out-of-fold predictions, so
+a member is either finished (possibly with fewer epochs) or left out (its finished folds are kept; a
+later `foldblend train` finishes it).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from foldblend.durations import format_duration
+from foldblend.members.gate import FoldPaused
+from foldblend.members.registry import get_kind
+from foldblend.running.jobs import FoldJob
+
+TRIAL_FRACTION = 1 / 3   # of a network's epochs, trained on fold 0 before it is scored
+TRIAL_SHARE = 0.4        # of the limit, for all the trials
+FLOOR_FRACTION = 0.5     # a network shortened below half its epochs is left out instead
+SAFETY = 0.02            # of the limit, kept back from every projection (assembly, the last fold's writes)
+
+
+@dataclass
+class Member:
+    name: str
+    rank: int                      # init's order (its priority), for ties
+    epochs: int                    # allowed per fold now (<= the config's); 0 for a head
+    config_epochs: int
+    folds: list[int]               # pending folds, in order
+    n_folds: int
+    estimate_s: float | None       # init's estimate for all its folds
+    done_epochs: dict = field(default_factory=dict)   # fold -> epochs trained so far (paused trial)
+    epoch_seconds: list = field(default_factory=list)  # measured, in order
+    fold_seconds: list = field(default_factory=list)   # measured wall seconds of finished folds (heads)
+    predict_seconds: list = field(default_factory=list)
+    spent: float = 0.0
+    score: float | None = None     # the trial's held-out macro-F1
+    trial_epochs: int = 0
+    status: str = "planned"        # planned | trial | going on | finished | left out
+
+    @property
+    def trains_epochs(self) -> bool:
+        return self.config_epochs > 0
+
+    @property
+    def floor(self) -> int:
+        return max(self.trial_epochs, 1, math.ceil(FLOOR_FRACTION * self.config_epochs))
+
+
+class TimeKeeper:
+    """Holds `limit_s` over the fold jobs of one `train_experiments` call (local, in sequence)."""
+
+    def __init__(self, limit_s: float, jobs: list[FoldJob], n_folds: dict[str, int], estimates: dict[str, float],
+                 scores: dict[str, float] | None = None, save: Callable[[dict], None] | None = None,
+                 say: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
+        """`estimates`: init's seconds for each member's folds; `scores`: the held-out macro-F1 of fold 0 for
+        members whose fold 0 finished earlier (they need no trial)."""
+        self.clock = clock
+        self.limit, self.start = float(limit_s), clock()
+        self.say, self.save = say, save or (lambda record: None)
+        self.decisions: list[str] = []
+        self.members: dict[str, Member] = {}
+        for job in jobs:
+            m = self.members.get(job.name)
+            if m is None:
+                epochs = job.cfg.epochs if get_kind(job.cfg.kind).trains_epochs else 0
+                m = self.members[job.name] = Member(job.name, len(self.members), epochs, epochs, [],
+                                                    n_folds[job.name], estimates.get(job.name))
+                m.trial_epochs = max(1, math.ceil(TRIAL_FRACTION * epochs)) if epochs else 0
+            m.folds.append(job.fold)
+        for name, score in (scores or {}).items():
+            if name in self.members and 0 not in self.members[name].folds:
+                self.members[name].score = score
+        self.jobs = {(j.name, j.fold): j for j in jobs}
+
+    # ------------------------------------------------------------------ time
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def left(self) -> float:
+        return self.limit * (1 - SAFETY) - self.elapsed()
+
+    def _ratio(self) -> float:
+        """Measured over estimated seconds per epoch (the machine's load and the probe's error), median."""
+        ratios = sorted(_mean_recent(m.epoch_seconds) / e for m in self.members.values()
+                        if m.epoch_seconds and (e := self._estimated_epoch(m)))
+        return ratios[len(ratios) // 2] if ratios else 1.0
+
+    def _estimated_epoch(self, m: Member) -> float | None:
+        if m.estimate_s is None or not m.trains_epochs:
+            return None
+        return 0.9 * m.estimate_s / max(m.n_folds * m.config_epochs, 1)  # ~90% of a network's cost is its epochs
+
+    def epoch_s(self, m: Member) -> float:
+        if m.epoch_seconds:
+            return _mean_recent(m.epoch_seconds)
+        est = self._estimated_epoch(m)
+        return est * self._ratio() if est else 0.0
+
+    def fixed_s(self, m: Member) -> float:
+        """A fold's cost besides its epochs: predicting (networks), or the whole fold (heads)."""
+        if m.trains_epochs:
+            if m.predict_seconds:
+                return max(m.predict_seconds)
+            return 0.1 * m.estimate_s * self._ratio() / m.n_folds if m.estimate_s else 0.0
+        if m.fold_seconds:
+            return m.fold_seconds[-1]  # the first fold also extracted the features: later ones cost less
+        return (m.estimate_s or 0.0) / m.n_folds
+
+    def cost(self, m: Member, epochs: int | None = None, folds: list[int] | None = None) -> float:
+        """Projected seconds for `folds` (default: its pending ones) at `epochs` per fold."""
+        epochs = m.epochs if epochs is None else epochs
+        folds = m.folds if folds is None else folds
+        per_epoch, fixed = self.epoch_s(m), self.fixed_s(m)
+        return sum(max(epochs - m.done_epochs.get(f, 0), 0) * per_epoch + fixed for f in folds)
+
+    # ------------------------------------------------------------------ decisions
+    def _decide(self, line: str) -> None:
+        self.decisions.append(f"{format_duration(self.elapsed())}: {line}")
+        self.say(f"time limit: {line}")
+        self.save(self.record())
+
+    def order(self) -> list[tuple[FoldJob, bool]]:
+        """The trials, cheapest first: (fold-0 job, is a trial)."""
+        trials = [m for m in self.members.values() if m.folds and m.folds[0] == 0]
+        trials.sort(key=lambda m: (self.cost(m, m.trial_epochs or None, [0]), m.rank))
+        return [(self.jobs[(m.name, 0)], True) for m in trials]
+
+    def admit_trial(self, job: FoldJob) -> bool:
+        m = self.members[job.name]
+        need = self.cost(m, m.trial_epochs or None, [0])
+        share_left = TRIAL_SHARE * self.limit - self.elapsed()
+        tried = any(o.score is not None for o in self.members.values() if o.trains_epochs)
+        if m.trains_epochs and tried and need > share_left:
+            m.status = "left out"
+            self._decide(f"{m.name} left out before its trial: {m.trial_epochs} epochs of fold 0 need about "
+                         f"{format_duration(need)}, the trials' share ({TRIAL_SHARE:.0%} of the limit) has "
+                         f"{format_duration(max(share_left, 0))} left")
+            return False
+        m.status = "trial"
+        return True
+
+    def trial_gate(self, job: FoldJob):
+        m = self.members[job.name]
+
+        def gate(done: int, epochs: int, seconds: float, score: float) -> int:
+            m.epoch_seconds.append(seconds)
+            m.done_epochs[job.fold] = done
+            if done >= m.trial_epochs or self.elapsed() > TRIAL_SHARE * self.limit:
+                raise FoldPaused(done, score)
+            return epochs
+        return gate
+
+    def trial_done(self, job: FoldJob, score: float, seconds: float, predict_s: float | None = None) -> None:
+        m = self.members[job.name]
+        m.spent += seconds
+        m.score = score
+        if m.trains_epochs:
+            m.trial_epochs = m.done_epochs.get(0, m.trial_epochs)
+            what = f"{m.trial_epochs} of {m.config_epochs} epochs on fold 0"
+        else:
+            self._fold_finished(m, job.fold, seconds, predict_s)
+            what = "fold 0"
+        self._decide(f"{m.name} trial: {what} in {format_duration(seconds)}, held-out macro-F1 {score:.3f}")
+
+    def allocate(self) -> list[FoldJob]:
+        """After the trials: which members go on, at how many epochs, in what order (see the module doc)."""
+        left = self.left()
+        alive = [m for m in self.members.values() if m.status != "left out" and m.folds]
+        heads = sorted((m for m in alive if not m.trains_epochs), key=lambda m: (-(m.score or 0), m.rank))
+        nets = sorted((m for m in alive if m.trains_epochs), key=lambda m: (-(m.score or 0), m.rank))
+        chosen: list[Member] = []
+        for m in heads + nets:
+            options = range(m.config_epochs, m.floor - 1, -1) if m.trains_epochs else [0]
+            fit = next((e for e in options if self.cost(m, e) <= left), None)
+            if fit is None:
+                m.status = "left out"
+                self._decide(f"{m.name} left out after its trial (held-out macro-F1 {m.score or 0:.3f}): its "
+                             f"other folds need {format_duration(self.cost(m, m.floor))} at "
+                             f"{m.floor if m.trains_epochs else 'its'} epochs, {format_duration(max(left, 0))} "
+                             f"is left after the members that scored higher")
+                continue
+            if m.trains_epochs and fit < m.epochs:
+                self._decide(f"{m.name} goes on at {fit} epochs instead of {m.epochs} (trial macro-F1 "
+                             f"{m.score or 0:.3f}): its folds then need {format_duration(self.cost(m, fit))} "
+                             f"of the {format_duration(max(left, 0))} left")
+            m.epochs = fit if m.trains_epochs else 0
+            m.status = "going on"
+            left -= self.cost(m)
+            chosen.append(m)
+        return [self.jobs[(m.name, f)] for m in chosen for f in m.folds]
+
+    def admit(self, job: FoldJob) -> bool:
+        """Before a fold: still going on, once the work left is re-projected."""
+        self.replan(current=None)
+        return self.members[job.name].status == "going on"
+
+    def replan(self, current: tuple[Member, int, int] | None) -> int | None:
+        """Fit the work left into the time left: later members shortened, then left out (lowest trial score
+        first); returns the epochs the running fold (`current` = member, fold, epochs done) may have."""
+        going = sorted((m for m in self.members.values() if m.status == "going on"),
+                       key=lambda m: (m.score or 0, -m.rank))  # the least valuable first
+
+        def work() -> float:
+            total = 0.0
+            for m in going:
+                if m.status == "going on":
+                    running = current is not None and m is current[0]
+                    total += self.cost(m, folds=[f for f in m.folds if not (running and f == current[1])])
+            if current is not None:
+                m, _, done = current
+                total += (max(m.epochs - done, 0)) * self.epoch_s(m) + self.fixed_s(m)
+            return total
+
+        if work() <= self.left():
+            return None if current is None else current[0].epochs
+        for m in going:  # shorten later members' folds towards their floor
+            if m.trains_epochs and (current is None or m is not current[0]) and m.epochs > m.floor:
+                before = m.epochs
+                while m.epochs > m.floor and work() > self.left():
+                    m.epochs -= 1
+                self._decide(f"{m.name}: {m.epochs} epochs per fold instead of {before}, projected from the "
+                             f"epochs just timed ({format_duration(self.epoch_s(m))} each)")
+                if work() <= self.left():
+                    return None if current is None else current[0].epochs
+        for m in going:  # then leave out members that have not started, least valuable first
+            started = current is not None and m is current[0]
+            if not started and work() > self.left():
+                m.status = "left out"
+                self._decide(f"{m.name} left out: the work left ({format_duration(work() + self.cost(m))}) "
+                             f"overruns the {format_duration(max(self.left(), 0))} left; its finished folds are "
+                             f"kept for a later `foldblend train`")
+        if current is None:
+            return None
+        m, fold, done = current  # last: the running fold itself, and the member's later folds
+        while m.epochs > done + 1 and work() > self.left():
+            m.epochs -= 1
+        return m.epochs
+
+    def gate(self, job: FoldJob):
+        m = self.members[job.name]
+
+        def gate(done: int, epochs: int, seconds: float, score: float) -> int:
+            m.epoch_seconds.append(seconds)
+            m.done_epochs[job.fold] = done
+            before = m.epochs
+            allowed = self.replan((m, job.fold, done))
+            if allowed is not None and allowed < before:
+                self._decide(f"{m.name}: {allowed} epochs per fold instead of {before} from fold {job.fold} on: the "
+                             f"last epoch took {format_duration(seconds)} and the work left would overrun the limit")
+            return min(epochs, m.epochs)
+        return gate
+
+    def fold_done(self, job: FoldJob, seconds: float, predict_s: float | None) -> None:
+        m = self.members[job.name]
+        m.spent += seconds
+        self._fold_finished(m, job.fold, seconds, predict_s)
+        if not m.folds:
+            m.status = "finished"
+            self.save(self.record())
+
+    def _fold_finished(self, m: Member, fold: int, seconds: float, predict_s: float | None) -> None:
+        if fold in m.folds:
+            m.folds.remove(fold)
+        m.done_epochs.pop(fold, None)
+        m.fold_seconds.append(seconds)
+        if predict_s is not None:
+            m.predict_seconds.append(predict_s)
+
+    def record(self) -> dict:
+        return {"limit_s": round(self.limit, 1), "spent_s": round(self.elapsed(), 1),
+                "trial_fraction": TRIAL_FRACTION, "trial_share": TRIAL_SHARE,
+                "members": {m.name: {"status": m.status, "trial_score": None if m.score is None else round(m.score, 4),
+                                     "trial_epochs": m.trial_epochs or None, "epochs": m.epochs or None,
+                                     "config_epochs": m.config_epochs or None,
+                                     "planned_s": None if m.estimate_s is None else round(m.estimate_s, 1),
+                                     "spent_s": round(m.spent, 1)} for m in self.members.values()},
+                "decisions": list(self.decisions)}
+
+
+def _mean_recent(values: list[float], n: int = 2) -> float:
+    recent = values[-n:]
+    return sum(recent) / len(recent)

