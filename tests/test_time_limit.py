@@ -122,6 +122,9 @@ def test_the_time_left_goes_to_the_members_that_scored_best(tmp_path):
     assert record["members"]["cheap_net"]["status"] == "left out" and record["members"]["good_net"]["epochs"] == 4
     assert any("cheap_net left out after its trial (held-out macro-F1 0.400)" in d for d in record["decisions"])
     assert any("good_net goes on at 4 epochs instead of 6" in line for line in lines)
+    good.epoch_seconds += [5.0, 5.0]   # the load went away: its epochs now take 5 s, and it gets its epochs back
+    assert tight.admit(tight.jobs[("good_net", 1)]) and good.epochs == 6
+    assert "good_net: 6 epochs per fold instead of 4 from here on" in lines[-1]
 
 
 def test_a_slower_machine_mid_run_shortens_then_leaves_out_later_members(tmp_path):

@@ -40,6 +40,7 @@ TRIAL_FRACTION = 1 / 3   # of a network's epochs, trained on fold 0 before it is
 TRIAL_SHARE = 0.4        # of the limit, for all the trials
 FLOOR_FRACTION = 0.5     # a network shortened below half its epochs is left out instead
 SAFETY = 0.02            # of the limit, kept back from every projection (assembly, the last fold's writes)
+HEADROOM = 0.1           # of the time left, kept free before a shortened member gets epochs back
 
 
 @dataclass
@@ -74,11 +75,14 @@ class TimeKeeper:
 
     def __init__(self, limit_s: float, jobs: list[FoldJob], n_folds: dict[str, int], estimates: dict[str, float],
                  scores: dict[str, float] | None = None, save: Callable[[dict], None] | None = None,
-                 say: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic):
-        """`estimates`: init's seconds for each member's folds; `scores`: the held-out macro-F1 of fold 0 for
-        members whose fold 0 finished earlier (they need no trial)."""
+                 say: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic,
+                 start: float | None = None, fold_estimates: dict[str, float] | None = None):
+        """`estimates`: init's seconds for each member's folds; `fold_estimates`: for a head, one later fold
+        (without the features its first fold extracts); `scores`: the held-out macro-F1 of fold 0 for members
+        whose fold 0 finished earlier (they need no trial); `start`: when the limit began (`clock`'s time)."""
         self.clock = clock
-        self.limit, self.start = float(limit_s), clock()
+        self.limit, self.start = float(limit_s), clock() if start is None else start
+        self.fold_estimates = fold_estimates or {}
         self.say, self.save = say, save or (lambda record: None)
         self.decisions: list[str] = []
         self.members: dict[str, Member] = {}
@@ -125,8 +129,11 @@ class TimeKeeper:
             if m.predict_seconds:
                 return max(m.predict_seconds)
             return 0.1 * m.estimate_s * self._ratio() / m.n_folds if m.estimate_s else 0.0
+        later = self.fold_estimates.get(m.name)
+        if len(m.fold_seconds) == 1 and later is not None:  # the first fold also extracted the features
+            return min(m.fold_seconds[0], later * max(self._ratio(), 1.0))
         if m.fold_seconds:
-            return m.fold_seconds[-1]  # the first fold also extracted the features: later ones cost less
+            return m.fold_seconds[-1]
         return (m.estimate_s or 0.0) / m.n_folds
 
     def cost(self, m: Member, epochs: int | None = None, folds: list[int] | None = None) -> float:
@@ -213,9 +220,26 @@ class TimeKeeper:
         return [self.jobs[(m.name, f)] for m in chosen for f in m.folds]
 
     def admit(self, job: FoldJob) -> bool:
-        """Before a fold: still going on, once the work left is re-projected."""
+        """Before a fold: still going on, once the work left is re-projected (shortened when it overruns,
+        lengthened again towards the config's epochs when it leaves room)."""
         self.replan(current=None)
+        self._lengthen()
         return self.members[job.name].status == "going on"
+
+    def _lengthen(self) -> None:
+        """Members shortened earlier get epochs back, the most valuable first, while the work left stays within
+        `1 - HEADROOM` of the time left (an overestimate earlier, or load that went away)."""
+        going = [m for m in self.members.values() if m.status == "going on" and m.trains_epochs]
+        for m in sorted(going, key=lambda m: (-(m.score or 0), m.rank)):
+            before = m.epochs
+            while m.epochs < m.config_epochs:
+                m.epochs += 1
+                if sum(self.cost(o) for o in going) > (1 - HEADROOM) * self.left():
+                    m.epochs -= 1
+                    break
+            if m.epochs > before:
+                self._decide(f"{m.name}: {m.epochs} epochs per fold instead of {before} from here on: the work left "
+                             f"fits the {format_duration(max(self.left(), 0))} left with room")
 
     def replan(self, current: tuple[Member, int, int] | None) -> int | None:
         """Fit the work left into the time left: later members shortened, then left out (lowest trial score

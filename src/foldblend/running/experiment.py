@@ -164,7 +164,8 @@ def train_experiments(config_paths: list[str | Path], project: Project, executor
     """Train the requested folds of every config (skipping finished ones) with one executor, then write
     oof/<exp>/ for each experiment whose folds are all done. Returns {experiment: scores or None}.
 
-    `time_limit` ({"seconds", "estimates": {member: s}, "save": callable}) holds a limit over the training
+    `time_limit` ({"seconds", "started" (time.monotonic), "estimates" and "fold_estimates": {member: s},
+    "save": callable}) holds a limit over the training
     (`running.budget`): trials first, then the rest by value, re-planned as it goes. Every experiment's lock
     is held from its planning to its assembly."""
     with contextlib.ExitStack() as locks:
@@ -193,7 +194,8 @@ def train_experiments(config_paths: list[str | Path], project: Project, executor
             else:
                 keeper = TimeKeeper(time_limit["seconds"], jobs, {p.cfg.name: p.n_folds for p in plans},
                                     time_limit.get("estimates") or {}, _fold0_scores(plans, project),
-                                    save=time_limit.get("save"))
+                                    save=time_limit.get("save"), start=time_limit.get("started"),
+                                    fold_estimates=time_limit.get("fold_estimates"))
         executor = executor or LocalExecutor(devices)
         try:
             if keeper is not None:

@@ -46,9 +46,10 @@ def visible_gpus() -> list[str] | None:
     return [f"cuda:{i}" for i in range(n)] if n > 1 else None
 
 
-def time_limit(args: argparse.Namespace, project: Project) -> dict | None:
-    """The limit training holds: --time-limit, else init's (what it left for training) when every fold config
-    is trained as it stands; with init's estimates, and where the keeper writes what it decided."""
+def time_limit(args: argparse.Namespace, project: Project, started: float) -> dict | None:
+    """The limit training holds from `started` (time.monotonic): --time-limit, else init's (what it left for
+    training) when every fold config is trained as it stands; with init's estimates, and where the keeper
+    writes what it decided."""
     record = read_json(project.init_record) or {}
     if args.time_limit is not None and args.time_limit.strip().lower() == "none":
         return None
@@ -61,14 +62,18 @@ def time_limit(args: argparse.Namespace, project: Project) -> dict | None:
               f"left after its probe and a reserve for the blend (folds/init.json; --time-limit none trains without)")
     else:
         return None
-    estimates = {name: m["estimate_s"] for name, m in (record.get("members") or {}).items()
-                 if m.get("estimate_s") is not None}
+    members = {name: m for name, m in (record.get("members") or {}).items() if m.get("estimate_s") is not None}
+    n_folds = max(1, (record.get("data") or {}).get("n_folds", 1))
+    # a head's later folds: its estimate without the features (and decode) its first fold pays for
+    later = {name: (m["estimate_s"] - sum((m.get("parts") or {}).get(k, 0.0) for k in ("features", "decode"))) / n_folds
+             for name, m in members.items() if m.get("role") == "embedding head"}
 
     def save(kept: dict) -> None:
         current = read_json(project.init_record) or {}
         write_json(project.init_record, {**current, "train": kept})
 
-    return {"seconds": seconds, "estimates": estimates, "save": save}
+    return {"seconds": seconds, "started": started, "estimates": {n: m["estimate_s"] for n, m in members.items()},
+            "fold_estimates": later, "save": save}
 
 
 def make_executor(args):
@@ -113,14 +118,14 @@ def run(args: argparse.Namespace, project: Project) -> None:
     configs = args.configs or sorted(p for p in project.folds_dir.glob("*.yaml"))
     if not configs:
         sys.exit(f"no fold configs: put <experiment>.yaml files in {project.folds_dir.name}/ or name one")
-    start = time.time()
+    start, started = time.time(), time.monotonic()
     executor = make_executor(args)
     devices = None
     if executor is None:
         devices = args.gpus if args.gpus is not None else visible_gpus()
         if devices and len(devices) > 1:
             print(f"training folds concurrently on {', '.join(devices)} (one fold per device; --gpus to choose)")
-    limit = time_limit(args, project)
+    limit = time_limit(args, project, started)
     train_experiments(configs, project, executor=executor, folds=args.folds, overrides=args.set, devices=devices,
                       assemble=not args.no_assemble, progress=not args.quiet, time_limit=limit)
     if not args.configs and args.folds is None and not args.set:  # every fold config ran as it stands
