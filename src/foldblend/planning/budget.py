@@ -12,9 +12,10 @@ plan is one for `running.budget`, which holds the limit while training: it train
 (fold 0, a third of a network's epochs) first and gives the time left to the members that scored best,
 re-planning from what each epoch takes. So init does not choose members by cost in a fixed order: it
 gives each network the most epochs (never above nominal, never below its minimum) with which it could
-finish alone in `ALONE_SHARE` of the time, and keeps every candidate whose trial fits in the trials'
-share (`running.budget.TRIAL_SHARE`), in priority order. The estimates are the probe's, which a loaded
-machine moves several-fold; the train stage replaces them with what it measures.
+finish alone in `ALONE_SHARE` of the time, and keeps every candidate whose trial alone fits in the
+trials' share (`running.budget.TRIAL_SHARE`); which trials run is decided while training. The estimates
+are the probe's, which a loaded machine moves several-fold; the train stage replaces them with what it
+measures.
 """
 from __future__ import annotations
 
@@ -98,19 +99,19 @@ def plan_members(cands: list[Candidate], profile: DataProfile, hw: Hardware, tim
         return Plan([Planned(c, sum(p.values()), {k: round(v, 1) for k, v in p.items()})
                      for c, p in zip(cands, costs(cands, 1.0))], budget=None, probe_seconds=probe_seconds)
     usable = budget - probe_seconds - max(RESERVE_MIN_S, RESERVE_FRACTION * budget)
-    chosen, dropped, warning, trials, paid = [], [], "", 0.0, set()
+    chosen, dropped, warning, paid = [], [], "", set()
     for c in cands:
         c = _fit_alone(c, lambda e, c=c: sum(member_cost(c, timings[c.name], profile, hw, e, set()).values())
                        * (1 + ESTIMATE_MARGIN), ALONE_SHARE * usable, budget)
-        tentative = set(paid)  # features and decodes the trials before it paid for are not counted again
-        trial = _trial_cost(c, member_cost(c, timings[c.name], profile, hw, c.epochs, tentative), profile)
-        if trials + trial <= TRIAL_SHARE * usable:
+        # a candidate is kept when its trial alone fits the trials' share: which trials then run is decided
+        # by the train stage from what the trials before it measured (the probe's estimate may be far off)
+        trial = _trial_cost(c, member_cost(c, timings[c.name], profile, hw, c.epochs, set(paid)), profile)
+        if trial <= TRIAL_SHARE * usable:
             chosen.append(c)
-            trials, paid = trials + trial, tentative
+            member_cost(c, timings[c.name], profile, hw, c.epochs, paid)
         else:
-            dropped.append((c.name, f"its trial ({TRIAL_FRACTION:.0%} of its epochs on fold 0) needs about "
-                                    f"{format_duration(trial)} after the trials before it "
-                                    f"({format_duration(trials)}): the trials may use {TRIAL_SHARE:.0%} of the "
+            dropped.append((c.name, f"its trial ({TRIAL_FRACTION:.0%} of its epochs on fold 0) alone needs about "
+                                    f"{format_duration(trial)}: the trials may use {TRIAL_SHARE:.0%} of the "
                                     f"{format_duration(max(usable, 0))} for training"))
     if not chosen:  # the budget is below the cheapest trial: write the first member anyway, and say so
         chosen, dropped = [_fit_alone(cands[0], lambda e: math.inf, 0.0, budget)], dropped[1:]

@@ -69,10 +69,12 @@ def sample_images(profile: DataProfile, size: int, n: int, seed: int = 0) -> tup
     return np.stack(images), labels, seconds
 
 
-def probe(cands: list[Candidate], profile: DataProfile, hw: Hardware, progress: bool = True) -> dict[str, Timing]:
+def probe(cands: list[Candidate], profile: DataProfile, hw: Hardware, progress: bool = True,
+          passes: int = PROBE_PASSES) -> dict[str, Timing]:
     """{candidate name: Timing}; each kind may share timings between its candidates (the embedding heads
     on one backbone and size: features are extracted once for all of them), and each size decodes its
-    sample once."""
+    sample once. `passes`: how often a noisy kind is timed (under a time limit one: training re-plans from
+    what its own epochs take)."""
     import torch
 
     device = resolve_device("cuda" if hw.gpu else "cpu")
@@ -98,7 +100,7 @@ def probe(cands: list[Candidate], profile: DataProfile, hw: Hardware, progress: 
     # fine-tune's probe came out at twice its real cost and its plan dropped two members), and it seldom lasts
     # across both.
     again_cands = [c for c in cands if get_kind(c.kind).retime]
-    for _ in range(PROBE_PASSES - 1):
+    for _ in range(passes - 1):
         for c in tqdm(again_cands, desc="probe (again)", unit="member", disable=not progress):
             images, labels, _ = samples[c.values["img_size"]]
             torch.manual_seed(0)

@@ -7,12 +7,14 @@ run itself measures (as AutoGluon's `time_limit`: each decision from the time le
 1. **Trials.** Fold 0 of every member first, cheapest first: a network for its first `TRIAL_FRACTION`
    of epochs (then paused, `members.gate.FoldPaused`: its `last.pt` resumes it if the member goes on, so
    no work is thrown away), a head on frozen features in full. Each trial's held-out macro-F1 is its
-   measured value; the trials together may use `TRIAL_SHARE` of the limit, and a member whose trial
-   would not fit in what is left of that share is left out before it starts.
+   measured value; the networks' trials together may use `TRIAL_SHARE` of the limit (a head's trial is a
+   whole fold the member keeps, so it does not count), and a network whose trial would not fit in what is
+   left of that share is left out before it starts.
 2. **Allocation.** The time left goes to the members by value: heads first (seconds per fold), then the
    networks from the best trial score down, each at the most epochs (never more than its config's) for
    which its remaining folds fit what the members before it left; below its floor (half its epochs,
-   never fewer than its trial's) it is left out.
+   never fewer than its trial's) it is left out, except the first network, which may go down to its
+   trial's epochs (a short network beats none).
 3. **Re-planning.** Before every fold and after every epoch the work left is projected from the epochs
    just timed (so load that comes or goes moves the plan, not just the probe): when it overruns the
    time left, the last-ranked networks' later folds are shortened towards their floor, then left out,
@@ -129,12 +131,15 @@ class TimeKeeper:
             if m.predict_seconds:
                 return max(m.predict_seconds)
             return 0.1 * m.estimate_s * self._ratio() / m.n_folds if m.estimate_s else 0.0
-        later = self.fold_estimates.get(m.name)
-        if len(m.fold_seconds) == 1 and later is not None:  # the first fold also extracted the features
-            return min(m.fold_seconds[0], later * max(self._ratio(), 1.0))
-        if m.fold_seconds:
+        if len(m.fold_seconds) >= 2:
             return m.fold_seconds[-1]
-        return (m.estimate_s or 0.0) / m.n_folds
+        # one fold measured may have extracted the features for every head on the backbone: the heads' folds
+        # cost about the same, so the median over all heads' measured folds (init's estimate before any)
+        heads = sorted(s for o in self.members.values() if not o.trains_epochs for s in o.fold_seconds)
+        if heads:
+            return heads[len(heads) // 2]
+        later = self.fold_estimates.get(m.name)
+        return later * max(self._ratio(), 1.0) if later is not None else (m.estimate_s or 0.0) / m.n_folds
 
     def cost(self, m: Member, epochs: int | None = None, folds: list[int] | None = None) -> float:
         """Projected seconds for `folds` (default: its pending ones) at `epochs` per fold."""
@@ -158,7 +163,7 @@ class TimeKeeper:
     def admit_trial(self, job: FoldJob) -> bool:
         m = self.members[job.name]
         need = self.cost(m, m.trial_epochs or None, [0])
-        share_left = TRIAL_SHARE * self.limit - self.elapsed()
+        share_left = self._share_left()
         tried = any(o.score is not None for o in self.members.values() if o.trains_epochs)
         if m.trains_epochs and tried and need > share_left:
             m.status = "left out"
@@ -169,13 +174,19 @@ class TimeKeeper:
         m.status = "trial"
         return True
 
+    def _share_left(self) -> float:
+        """What the networks' trials may still use: a head's trial is a whole fold, work the member keeps, so
+        only the networks' partial folds count as exploration."""
+        return TRIAL_SHARE * self.limit - sum(m.spent for m in self.members.values() if m.trains_epochs)
+
     def trial_gate(self, job: FoldJob):
         m = self.members[job.name]
+        t0 = self.clock()
 
         def gate(done: int, epochs: int, seconds: float, score: float) -> int:
             m.epoch_seconds.append(seconds)
             m.done_epochs[job.fold] = done
-            if done >= m.trial_epochs or self.elapsed() > TRIAL_SHARE * self.limit:
+            if done >= m.trial_epochs or self.clock() - t0 > self._share_left():
                 raise FoldPaused(done, score)
             return epochs
         return gate
@@ -200,7 +211,9 @@ class TimeKeeper:
         nets = sorted((m for m in alive if m.trains_epochs), key=lambda m: (-(m.score or 0), m.rank))
         chosen: list[Member] = []
         for m in heads + nets:
-            options = range(m.config_epochs, m.floor - 1, -1) if m.trains_epochs else [0]
+            # the best network may go below its floor, down to its trial's epochs: a short network beats none
+            lowest = m.floor if any(o.trains_epochs for o in chosen) else max(m.trial_epochs, 1)
+            options = range(m.config_epochs, lowest - 1, -1) if m.trains_epochs else [0]
             fit = next((e for e in options if self.cost(m, e) <= left), None)
             if fit is None:
                 m.status = "left out"

@@ -21,7 +21,7 @@ from foldblend.durations import format_duration, parse_duration
 from foldblend.paths import Project
 from foldblend.planning.budget import Plan, plan_members
 from foldblend.planning.presets import DEFAULT_PRESET, PRESETS, Candidate, candidates
-from foldblend.planning.probe import load_warning, machine_load, probe
+from foldblend.planning.probe import PROBE_PASSES, load_warning, machine_load, probe
 from foldblend.planning.profile import DataProfile, Hardware, data_profile, detect_hardware
 from foldblend.safety import remove
 
@@ -89,7 +89,7 @@ def run_init(project: Project, preset: str = DEFAULT_PRESET, time_limit: str | N
     if do_probe and hw.here:
         t0 = time.perf_counter()
         load = machine_load()
-        timings = probe(cands, profile, hw, progress)
+        timings = probe(cands, profile, hw, progress, passes=1 if budget is not None else PROBE_PASSES)
         probe_s = time.perf_counter() - t0
         print(f"probe: {format_duration(probe_s)} (each candidate timed on a few batches of real train images; "
               f"other processes used {load['others_cpu']:.0%} of the CPU)")
