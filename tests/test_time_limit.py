@@ -174,3 +174,15 @@ def test_train_with_a_time_limit_runs_trials_then_finishes_what_fits(tiny_projec
     assert main(["--root", root, "report"]) == 0
     page = (tiny_project / "oof" / "report.html").read_text()
     assert "Time limit" in page and "tiny trial: 1 of 3 epochs on fold 0" in page
+
+
+def test_when_nothing_fits_the_cheapest_member_is_still_finished(tmp_path):
+    clock, lines = Clock(), []
+    jobs = _jobs(tmp_path, {"head": 0, "net": 6}, n_folds=2)
+    keeper = TimeKeeper(0, jobs, {"head": 2, "net": 2}, {}, say=lines.append, clock=clock)
+    for job, _ in keeper.order():
+        _trial(keeper, clock, job, 10.0, 0.5)
+    planned = keeper.allocate()
+    assert [j.name for j in planned] == ["head"] and keeper.members["net"].status == "left out"
+    assert "head goes on although nothing fits" in lines[-1] and "over the limit" in lines[-1]
+    assert keeper.admit(planned[0])   # the last member going on is never left out by the re-planning

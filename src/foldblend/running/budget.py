@@ -230,6 +230,13 @@ class TimeKeeper:
             m.status = "going on"
             left -= self.cost(m)
             chosen.append(m)
+        if not chosen and alive:  # nothing fits: the cheapest member is finished anyway, so the blend has one
+            m = min(alive, key=lambda m: self.cost(m, m.trial_epochs if m.trains_epochs else None))
+            m.status, m.epochs = "going on", m.trial_epochs if m.trains_epochs else 0
+            self._decide(f"{m.name} goes on although nothing fits the {format_duration(max(left, 0))} left: "
+                         f"the cheapest member to finish ({format_duration(self.cost(m))}), so that the blend has "
+                         f"one; the run ends over the limit")
+            chosen.append(m)
         return [self.jobs[(m.name, f)] for m in chosen for f in m.folds]
 
     def admit(self, job: FoldJob) -> bool:
@@ -282,9 +289,10 @@ class TimeKeeper:
                              f"epochs just timed ({format_duration(self.epoch_s(m))} each)")
                 if work() <= self.left():
                     return None if current is None else current[0].epochs
-        for m in going:  # then leave out members that have not started, least valuable first
+        for m in going:  # then leave out members that have not started, least valuable first (never the last)
             started = current is not None and m is current[0]
-            if not started and work() > self.left():
+            last = sum(o.status in ("going on", "finished") for o in self.members.values()) <= 1
+            if not started and not last and work() > self.left():
                 m.status = "left out"
                 self._decide(f"{m.name} left out: the work left ({format_duration(work() + self.cost(m))}) "
                              f"overruns the {format_duration(max(self.left(), 0))} left; its finished folds are "

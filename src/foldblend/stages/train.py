@@ -56,10 +56,12 @@ def time_limit(args: argparse.Namespace, project: Project, started: float) -> di
     if args.time_limit is not None:
         seconds = parse_duration(args.time_limit)
         print(f"time limit: {format_duration(seconds)} for training (--time-limit {args.time_limit})")
-    elif record.get("usable_s") and not (args.configs or args.folds is not None or args.set):
-        seconds = float(record["usable_s"])
+    elif record.get("usable_s") is not None and not (args.configs or args.folds is not None or args.set):
+        seconds = max(float(record["usable_s"]), 0.0)
         print(f"time limit: {format_duration(seconds)} for training, what `{record.get('command', 'foldblend init')}` "
-              f"left after its probe and a reserve for the blend (folds/init.json; --time-limit none trains without)")
+              f"left after its probe and a reserve for the blend (folds/init.json; --time-limit none trains without)"
+              + ("; nothing is left, so training ends over it: the trials, then the cheapest member"
+                 if seconds == 0 else ""))
     else:
         return None
     members = {name: m for name, m in (record.get("members") or {}).items() if m.get("estimate_s") is not None}
