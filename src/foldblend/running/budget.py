@@ -248,7 +248,8 @@ class TimeKeeper:
 
     def _lengthen(self) -> None:
         """Members shortened earlier get epochs back, the most valuable first, while the work left stays within
-        `1 - HEADROOM` of the time left (an overestimate earlier, or load that went away)."""
+        `1 - HEADROOM` of the time left (an overestimate earlier, or load that went away); only by at least two
+        epochs (or a tenth of the config's) or up to the config's, so that the plan does not swing back and forth."""
         going = [m for m in self.members.values() if m.status == "going on" and m.trains_epochs]
         for m in sorted(going, key=lambda m: (-(m.score or 0), m.rank)):
             before = m.epochs
@@ -257,6 +258,8 @@ class TimeKeeper:
                 if sum(self.cost(o) for o in going) > (1 - HEADROOM) * self.left():
                     m.epochs -= 1
                     break
+            if m.epochs < min(m.config_epochs, before + max(2, math.ceil(0.1 * m.config_epochs))):
+                m.epochs = before  # a step this small would only swing back and forth with the next epoch's timing
             if m.epochs > before:
                 self._decide(f"{m.name}: {m.epochs} epochs per fold instead of {before} from here on: the work left "
                              f"fits the {format_duration(max(self.left(), 0))} left with room")
