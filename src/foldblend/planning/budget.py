@@ -10,10 +10,10 @@ counts its own part (`MemberKind.run_cost`); the decode is shared by all.
 Under a budget (`--time-limit`), a share is kept back for the blend, submission and report, and the
 plan is one for `running.budget`, which holds the limit while training: it trains every member's trial
 (fold 0, a third of a network's epochs) first and gives the time left to the members that scored best,
-re-planning from what each epoch takes. So init does not choose members by cost in a fixed order: it
-gives each network the most epochs (never above nominal, never below its minimum) with which it could
-finish alone in `ALONE_SHARE` of the time, and keeps every candidate whose trial alone fits in the
-trials' share (`running.budget.TRIAL_SHARE`); which trials run is decided while training. The estimates
+re-planning from what each epoch takes. So init does not choose members by cost in a fixed order, nor
+size their epochs from the probe: every network keeps the preset's epochs (the train stage shortens
+them), and every candidate is kept whose trial alone fits in the trials' share
+(`running.budget.TRIAL_SHARE`); which trials run is decided while training. The estimates
 are the probe's, which a loaded machine moves several-fold; the train stage replaces them with what it
 measures.
 """
@@ -37,7 +37,6 @@ RESERVE_MIN_S = 30.0
 # all three networks, and the run spent 25% more on training than planned. A plan fits the time left for
 # training with its estimate raised by this. Measured on CPU only: a GPU's error is not known yet.
 ESTIMATE_MARGIN = 0.25
-ALONE_SHARE = 0.6    # of the time for training: what a network's epochs are sized to finish in, alone
 
 
 @dataclass
@@ -101,8 +100,8 @@ def plan_members(cands: list[Candidate], profile: DataProfile, hw: Hardware, tim
     usable = budget - probe_seconds - max(RESERVE_MIN_S, RESERVE_FRACTION * budget)
     chosen, dropped, warning, paid = [], [], "", set()
     for c in cands:
-        c = _fit_alone(c, lambda e, c=c: sum(member_cost(c, timings[c.name], profile, hw, e, set()).values())
-                       * (1 + ESTIMATE_MARGIN), ALONE_SHARE * usable, budget)
+        # epochs stay the preset's: the train stage shortens them from what each epoch measurably takes (sized
+        # here from the probe, a loaded machine wrote 2-5 epochs of 26 and a run that used 61% of its limit)
         # a candidate is kept when its trial alone fits the trials' share: which trials then run is decided
         # by the train stage from what the trials before it measured (the probe's estimate may be far off)
         trial = _trial_cost(c, member_cost(c, timings[c.name], profile, hw, c.epochs, set(paid)), profile)
@@ -114,7 +113,11 @@ def plan_members(cands: list[Candidate], profile: DataProfile, hw: Hardware, tim
                                     f"{format_duration(trial)}: the trials may use {TRIAL_SHARE:.0%} of the "
                                     f"{format_duration(max(usable, 0))} for training"))
     if not chosen:  # the budget is below the cheapest trial: write the first member anyway, and say so
-        chosen, dropped = [_fit_alone(cands[0], lambda e: math.inf, 0.0, budget)], dropped[1:]
+        first = cands[0]
+        if get_kind(first.kind).trains_epochs:
+            first = first.with_epochs(first.min_epochs, f"{first.min_epochs} of the {first.epochs} the preset gives: "
+                                                        f"the {format_duration(budget)} time limit is below its trial")
+        chosen, dropped = [first], dropped[1:]
         warning = (f"the time limit leaves {format_duration(max(usable, 0))} for training, less than the first "
                    f"member's trial needs: it is written at its minimum epochs; raise --time-limit or pick "
                    f"--preset fast")
@@ -128,19 +131,6 @@ def _epochs_at(c: Candidate, fraction: float) -> int:
     if not get_kind(c.kind).trains_epochs:
         return 0
     return max(c.min_epochs, min(c.epochs, int(math.floor(c.min_epochs + fraction * (c.epochs - c.min_epochs)))))
-
-
-def _fit_alone(c: Candidate, cost, room: float, budget: float) -> Candidate:
-    """`c` with the most epochs between its minimum and nominal whose `cost(epochs)` fits `room` (heads as
-    they are)."""
-    if not get_kind(c.kind).trains_epochs:
-        return c
-    epochs = next((e for e in range(c.epochs, c.min_epochs - 1, -1) if cost(e) <= room), c.min_epochs)
-    if epochs == c.epochs:
-        return c
-    return c.with_epochs(epochs, f"{epochs} of the {c.epochs} the preset gives: what it could finish alone in "
-                                 f"{ALONE_SHARE:.0%} of the {format_duration(budget)} time limit (the train stage "
-                                 f"shortens it further, or gives it up, from what its trial scores and takes)")
 
 
 def _trial_cost(c: Candidate, parts: dict, profile: DataProfile) -> float:
