@@ -17,8 +17,10 @@ run itself measures (as AutoGluon's `time_limit`: each decision from the time le
    trial's epochs (a short network beats none).
 3. **Re-planning.** Before every fold and after every epoch the work left is projected from the epochs
    just timed (so load that comes or goes moves the plan, not just the probe): when it overruns the
-   time left, the last-ranked networks' later folds are shortened towards their floor, then left out,
-   and last the running fold's epochs are cut (its learning-rate schedule is compressed to end there).
+   time left, the other networks' later folds are shortened towards their floor (the last-ranked first),
+   then the running network's, then networks are left out (those without finished folds first), and
+   last the running fold's epochs are cut below its floor (its learning-rate schedule compressed to end
+   there).
 
 Each change is one line saying what changed and why, and `record()` holds the trials, the decisions and
 what each member spent (written to `folds/init.json` by the train stage; the summary prints it). Folds
@@ -265,8 +267,10 @@ class TimeKeeper:
                              f"fits the {format_duration(max(self.left(), 0))} left with room")
 
     def replan(self, current: tuple[Member, int, int] | None) -> int | None:
-        """Fit the work left into the time left: later members shortened, then left out (lowest trial score
-        first); returns the epochs the running fold (`current` = member, fold, epochs done) may have."""
+        """Fit the work left into the time left: later members shortened to their floor, then the running one,
+        then members left out (those without finished folds first, lowest trial score first), then the running
+        fold cut below its floor; returns the epochs the running fold (`current` = member, fold, epochs done)
+        may have."""
         going = sorted((m for m in self.members.values() if m.status == "going on"),
                        key=lambda m: (m.score or 0, -m.rank))  # the least valuable first
 
@@ -292,7 +296,14 @@ class TimeKeeper:
                              f"epochs just timed ({format_duration(self.epoch_s(m))} each)")
                 if work() <= self.left():
                     return None if current is None else current[0].epochs
-        for m in going:  # then leave out members that have not started, least valuable first (never the last)
+        if current is not None:  # the running member down to its floor, before anyone's finished folds are lost
+            m, _, done = current
+            while m.epochs > max(m.floor, done + 1) and work() > self.left():
+                m.epochs -= 1
+            if work() <= self.left():
+                return m.epochs
+        # then leave out members, those without finished folds first, least valuable first (never the last)
+        for m in sorted(going, key=lambda m: bool(m.fold_seconds)):
             started = current is not None and m is current[0]
             last = sum(o.status in ("going on", "finished") for o in self.members.values()) <= 1
             if not started and not last and work() > self.left():
