@@ -96,9 +96,9 @@ def test_the_time_left_goes_to_the_members_that_scored_best(tmp_path):
     clock, lines = Clock(), []
     jobs = _jobs(tmp_path, {"head": 0, "cheap_net": 6, "good_net": 6})
     keeper = TimeKeeper(1000, jobs, {"head": 3, "cheap_net": 3, "good_net": 3}, {}, say=lines.append, clock=clock)
-    order = [job.name for job, _ in keeper.order()]
+    order = [job.name for job in keeper.order()]
     assert order[0] == "head" and set(order) == {"head", "cheap_net", "good_net"}  # unknown cost: init's order
-    for job, _ in keeper.order():
+    for job in keeper.order():
         speed = {"head": 5.0, "cheap_net": 20.0, "good_net": 30.0}[job.name]
         _trial(keeper, clock, job, speed, {"head": 0.5, "cheap_net": 0.4, "good_net": 0.7}[job.name])
     assert keeper.members["good_net"].trial_epochs == 2 and keeper.members["good_net"].done_epochs == {0: 2}
@@ -111,7 +111,7 @@ def test_the_time_left_goes_to_the_members_that_scored_best(tmp_path):
 
     tight = TimeKeeper(450, jobs, {"head": 3, "cheap_net": 3, "good_net": 3}, {}, say=lines.append,
                        clock=(c2 := Clock()))
-    for job, _ in tight.order():
+    for job in tight.order():
         speed = {"head": 5.0, "cheap_net": 20.0, "good_net": 30.0}[job.name]
         _trial(tight, c2, job, speed, {"head": 0.5, "cheap_net": 0.4, "good_net": 0.7}[job.name])
     tight.allocate()
@@ -131,7 +131,7 @@ def test_a_slower_machine_mid_run_shortens_then_leaves_out_later_members(tmp_pat
     clock, lines = Clock(), []
     jobs = _jobs(tmp_path, {"first": 6, "second": 6}, n_folds=2)
     keeper = TimeKeeper(600, jobs, {"first": 2, "second": 2}, {}, say=lines.append, clock=clock)
-    for job, _ in keeper.order():
+    for job in keeper.order():
         _trial(keeper, clock, job, 10.0, {"first": 0.8, "second": 0.6}[job.name])
     keeper.allocate()   # 40 s of trials: first's 10 epochs (100 s) and second's 10 (100 s) fit the 548 s left
     assert [m.epochs for m in keeper.members.values()] == [6, 6]
@@ -180,7 +180,7 @@ def test_when_nothing_fits_the_cheapest_member_is_still_finished(tmp_path):
     clock, lines = Clock(), []
     jobs = _jobs(tmp_path, {"head": 0, "net": 6}, n_folds=2)
     keeper = TimeKeeper(0, jobs, {"head": 2, "net": 2}, {}, say=lines.append, clock=clock)
-    for job, _ in keeper.order():
+    for job in keeper.order():
         _trial(keeper, clock, job, 10.0, 0.5)
     planned = keeper.allocate()
     assert [j.name for j in planned] == ["head"] and keeper.members["net"].status == "left out"

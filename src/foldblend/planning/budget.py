@@ -19,7 +19,6 @@ measures.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from foldblend.durations import format_duration
@@ -88,15 +87,14 @@ def plan_members(cands: list[Candidate], profile: DataProfile, hw: Hardware, tim
     if timings is None:
         return Plan([Planned(c) for c in cands], budget=budget, probe_seconds=probe_seconds)
 
-    def costs(chosen: list[Candidate], fraction: float | None) -> list[dict]:
-        """Seconds by part at `fraction` of each one's epoch range (None: the epochs written)."""
+    def planned(chosen: list[Candidate]) -> list[Planned]:
+        """Each one at its epochs, with its seconds by part (shared work counted on the first that pays it)."""
         paid: set = set()
-        return [member_cost(c, timings[c.name], profile, hw, c.epochs if fraction is None else _epochs_at(c, fraction),
-                            paid) for c in chosen]
+        parts = [member_cost(c, timings[c.name], profile, hw, c.epochs, paid) for c in chosen]
+        return [Planned(c, sum(p.values()), {k: round(v, 1) for k, v in p.items()}) for c, p in zip(chosen, parts)]
 
     if budget is None:
-        return Plan([Planned(c, sum(p.values()), {k: round(v, 1) for k, v in p.items()})
-                     for c, p in zip(cands, costs(cands, 1.0))], budget=None, probe_seconds=probe_seconds)
+        return Plan(planned(cands), budget=None, probe_seconds=probe_seconds)
     usable = budget - probe_seconds - max(RESERVE_MIN_S, RESERVE_FRACTION * budget)
     chosen, dropped, warning, paid = [], [], "", set()
     for c in cands:
@@ -104,10 +102,11 @@ def plan_members(cands: list[Candidate], profile: DataProfile, hw: Hardware, tim
         # here from the probe, a loaded machine wrote 2-5 epochs of 26 and a run that used 61% of its limit)
         # a candidate is kept when its trial alone fits the trials' share: which trials then run is decided
         # by the train stage from what the trials before it measured (the probe's estimate may be far off)
-        trial = _trial_cost(c, member_cost(c, timings[c.name], profile, hw, c.epochs, set(paid)), profile)
+        tentative = set(paid)  # features and decodes the trials before it pay for are not counted again
+        trial = _trial_cost(c, member_cost(c, timings[c.name], profile, hw, c.epochs, tentative), profile)
         if trial <= TRIAL_SHARE * usable:
             chosen.append(c)
-            member_cost(c, timings[c.name], profile, hw, c.epochs, paid)
+            paid = tentative
         else:
             dropped.append((c.name, f"its trial ({TRIAL_FRACTION:.0%} of its epochs on fold 0) alone needs about "
                                     f"{format_duration(trial)}: the trials may use {TRIAL_SHARE:.0%} of the "
@@ -121,16 +120,7 @@ def plan_members(cands: list[Candidate], profile: DataProfile, hw: Hardware, tim
         warning = (f"the time limit leaves {format_duration(max(usable, 0))} for training, less than the first "
                    f"member's trial needs: it is written at its minimum epochs; raise --time-limit or pick "
                    f"--preset fast")
-    members = [Planned(c, sum(p.values()), {k: round(v, 1) for k, v in p.items()})
-               for c, p in zip(chosen, costs(chosen, None))]
-    return Plan(members, dropped, budget, usable, probe_seconds, warning)
-
-
-def _epochs_at(c: Candidate, fraction: float) -> int:
-    """Epochs between the minimum (fraction 0) and nominal (1); kinds without epochs (heads) have none."""
-    if not get_kind(c.kind).trains_epochs:
-        return 0
-    return max(c.min_epochs, min(c.epochs, int(math.floor(c.min_epochs + fraction * (c.epochs - c.min_epochs)))))
+    return Plan(planned(chosen), dropped, budget, usable, probe_seconds, warning)
 
 
 def _trial_cost(c: Candidate, parts: dict, profile: DataProfile) -> float:

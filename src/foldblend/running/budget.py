@@ -156,11 +156,11 @@ class TimeKeeper:
         self.say(f"time limit: {line}")
         self.save(self.record())
 
-    def order(self) -> list[tuple[FoldJob, bool]]:
-        """The trials, cheapest first: (fold-0 job, is a trial)."""
+    def order(self) -> list[FoldJob]:
+        """The trials (fold-0 jobs), cheapest first."""
         trials = [m for m in self.members.values() if m.folds and m.folds[0] == 0]
         trials.sort(key=lambda m: (self.cost(m, m.trial_epochs or None, [0]), m.rank))
-        return [(self.jobs[(m.name, 0)], True) for m in trials]
+        return [self.jobs[(m.name, 0)] for m in trials]
 
     def admit_trial(self, job: FoldJob) -> bool:
         m = self.members[job.name]
@@ -186,8 +186,7 @@ class TimeKeeper:
         t0 = self.clock()
 
         def gate(done: int, epochs: int, seconds: float, score: float) -> int:
-            m.epoch_seconds.append(seconds)
-            m.done_epochs[job.fold] = done
+            self._epoch_done(m, job.fold, done, seconds)
             if done >= m.trial_epochs or self.clock() - t0 > self._share_left():
                 raise FoldPaused(done, score)
             return epochs
@@ -322,8 +321,7 @@ class TimeKeeper:
         m = self.members[job.name]
 
         def gate(done: int, epochs: int, seconds: float, score: float) -> int:
-            m.epoch_seconds.append(seconds)
-            m.done_epochs[job.fold] = done
+            self._epoch_done(m, job.fold, done, seconds)
             before = m.epochs
             allowed = self.replan((m, job.fold, done))
             if allowed is not None and allowed < before:
@@ -339,6 +337,11 @@ class TimeKeeper:
         if not m.folds:
             m.status = "finished"
             self.save(self.record())
+
+    @staticmethod
+    def _epoch_done(m: Member, fold: int, done: int, seconds: float) -> None:
+        m.epoch_seconds.append(seconds)
+        m.done_epochs[fold] = done
 
     def _fold_finished(self, m: Member, fold: int, seconds: float, predict_s: float | None) -> None:
         if fold in m.folds:

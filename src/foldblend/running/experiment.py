@@ -35,7 +35,14 @@ from foldblend.locks import hold, live_holders
 from foldblend.members.assemble import assemble_member, load_fold_predictions
 from foldblend.members.base import TrainData
 from foldblend.members.gate import FoldPaused, epoch_gate
-from foldblend.members.signatures import fold_seconds, fold_signature, is_fold_done, is_trained, predict_signature
+from foldblend.members.signatures import (
+    fold_seconds,
+    fold_signature,
+    is_fold_done,
+    is_trained,
+    predict_signature,
+    read_done,
+)
 from foldblend.paths import Project
 from foldblend.running.budget import TimeKeeper
 from foldblend.running.fold import run_fold
@@ -216,7 +223,7 @@ def train_experiments(config_paths: list[str | Path], project: Project, executor
 def train_within(keeper: TimeKeeper, train_here: Callable[[FoldJob], dict]) -> None:
     """The fold jobs in the keeper's order: every member's trial on fold 0, then what it allocates, each fold
     admitted (or not) once the work left is re-projected, each epoch gated."""
-    for job, _ in keeper.order():
+    for job in keeper.order():
         if not keeper.admit_trial(job):
             continue
         t0 = time.monotonic()
@@ -242,9 +249,9 @@ def _fold0_scores(plans: list[Plan], project: Project) -> dict[str, float]:
     """Held-out macro-F1 of each experiment's fold 0 when it finished earlier (no trial needed then)."""
     out = {}
     for plan in plans:
-        done = project.model_dir(plan.cfg.name, 0) / "done.json"
-        if 0 not in [j.fold for j in plan.jobs] and done.is_file():
-            out[plan.cfg.name] = float(json.loads(done.read_text()).get("best_macro_f1") or 0.0)
+        done = read_done(project.model_dir(plan.cfg.name, 0))
+        if 0 not in [j.fold for j in plan.jobs] and done:
+            out[plan.cfg.name] = float(done.get("best_macro_f1") or 0.0)
     return out
 
 
