@@ -11,11 +11,17 @@ fold's OOF errors are; that gives a macro-F1 per fold, and the estimate is their
   the fold's OOF accuracy minus its OOF mean top probability.
 - `nuclear`: the prediction matrix's normalised nuclear norm ||P||_* / sqrt(n min(n, C)), high when
   predictions are both confident and spread over the classes (Deng et al., ICML 2023); the test's
-  accuracy is the OOF accuracy moved by the difference of the two norms, the images' confidences scaled
-  to it.
+  accuracy is the OOF accuracy moved by the difference of the two norms, the images' confidences moved
+  to it (`scaled_to`).
 - `cot`: optimal transport from the test's probability vectors to one-hot labels in the OOF class
   proportions, cost 1 - p_y (Lu et al., NeurIPS 2023: the cost estimates the error, and unlike a
   confidence it sees a label shift); corrected, as DoC, by the same cost's gap on the OOF rows.
+- `aol`: agreement on the line (Baek et al., NeurIPS 2022), the one that reads no confidence: two members'
+  agreement on a fold's OOF rows and on the test (each by that fold's models), in probit scale, lies on a
+  line across the pairs, and the members' accuracies move along the same line. It needs two members or
+  more (`agreement_line`); models confidently wrong on a new image source disagree there, which no
+  confidence shows. The test's accuracy per fold is the OOF accuracy moved along the line, the images'
+  confidences moved to it.
 
 The fold average: the submission averages the fold models, which scores above one fold model. Taking
 the fold models' mean probability q as the label distribution of each test image, the expected
@@ -25,15 +31,46 @@ estimate, it gives the number of the file that is written (`file_estimate`).
 """
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
+from scipy.stats import norm
 
 from foldblend.ensemble.confidence import counted_correct
 from foldblend.metrics import metric_from_counts
 
-ESTIMATORS = ("atc", "doc", "nuclear", "cot")
+ESTIMATORS = ("atc", "doc", "nuclear", "cot", "aol")
 COT_MAX_ROWS = 5000     # the transport problem on at most this many images (a random subset beyond)
+LINE_MIN_MODELS = 3     # with fewer members the line's slope is not fitted (slope 1: the mean probit shift)
+PROBIT_CLIP = 1e-3      # rates of 0 or 1 read as this far from them before the probit
+
+
+def _probit(rate):
+    return norm.ppf(np.clip(rate, PROBIT_CLIP, 1 - PROBIT_CLIP))
+
+
+def agreement_line(models: list[tuple[np.ndarray, np.ndarray]], fold: np.ndarray) -> dict | None:
+    """{"slope", "bias", "points"} of the agreement line, from `models` [(OOF probs (N, C), per-fold test
+    probs (F, M, C))]: for each fold and each pair of models, the probit of their agreement on the fold's
+    OOF rows (x) and on the test by the fold's models (y), fitted by least squares; with fewer than
+    `LINE_MIN_MODELS` models, or x without spread, the slope is 1 and the bias the mean shift. None with
+    fewer than two models."""
+    if len(models) < 2:
+        return None
+    fold = np.asarray(fold)
+    xs, ys = [], []
+    for i, k in enumerate(np.unique(fold)):
+        rows = fold == k
+        for (oof_a, test_a), (oof_b, test_b) in itertools.combinations(models, 2):
+            xs.append(_probit(np.mean(oof_a[rows].argmax(1) == oof_b[rows].argmax(1))))
+            ys.append(_probit(np.mean(test_a[i].argmax(1) == test_b[i].argmax(1))))
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    if len(models) >= LINE_MIN_MODELS and xs.std() > 0.05:
+        slope, bias = np.polyfit(xs, ys, 1)
+    else:
+        slope, bias = 1.0, float(np.mean(ys - xs))
+    return {"slope": float(slope), "bias": float(bias), "points": len(xs)}
 
 
 def _acc_conf(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -66,9 +103,21 @@ def _cot_per_image(probs: np.ndarray, proportions: np.ndarray, rng: np.random.Ge
     return out
 
 
+def scaled_to(conf: np.ndarray, target: float) -> np.ndarray:
+    """Confidences moved by one shift in logit scale until their mean is `target`: the images keep their
+    order and the mean is kept exactly (scaling them would lose it to the clip at 1)."""
+    logit = np.log(np.clip(conf, 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(conf, 1e-6, 1 - 1e-6))
+    low, high = -30.0, 30.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if np.mean(1 / (1 + np.exp(-(logit + mid)))) < target else (low, mid)
+    return 1 / (1 + np.exp(-(logit + (low + high) / 2)))
+
+
 def correct_per_image(name: str, y: np.ndarray, oof_probs: np.ndarray, test_probs: np.ndarray,
-                      rng: np.random.Generator | None = None) -> np.ndarray:
-    """(M,) expected correctness of each test image's predicted class, by estimator `name`."""
+                      rng: np.random.Generator | None = None, line: dict | None = None) -> np.ndarray:
+    """(M,) expected correctness of each test image's predicted class, by estimator `name` (`aol` reads
+    the members' agreement `line`)."""
     right, acc, conf = _acc_conf(y, oof_probs)
     test_conf = test_probs.max(axis=1)
     if name == "atc":
@@ -76,13 +125,16 @@ def correct_per_image(name: str, y: np.ndarray, oof_probs: np.ndarray, test_prob
     if name == "doc":
         return np.clip(test_conf + (acc - conf), 0.0, 1.0)
     if name == "nuclear":
-        target = np.clip(acc + nuclear_score(test_probs) - nuclear_score(oof_probs), 0.0, 1.0)
-        return np.clip(test_conf * target / max(test_conf.mean(), 1e-12), 0.0, 1.0)
+        return scaled_to(test_conf, float(np.clip(acc + nuclear_score(test_probs) - nuclear_score(oof_probs), 0, 1)))
     if name == "cot":
         rng = rng or np.random.default_rng(0)
         proportions = np.bincount(y, minlength=oof_probs.shape[1]).astype(np.float64)
         gap = acc - _cot_per_image(oof_probs, proportions, rng).mean()
         return np.clip(_cot_per_image(test_probs, proportions, rng) + gap, 0.0, 1.0)
+    if name == "aol":
+        if line is None:
+            raise ValueError("the aol estimator needs the members' agreement line (two members or more)")
+        return scaled_to(test_conf, float(norm.cdf(line["slope"] * _probit(acc) + line["bias"])))
     raise ValueError(f"unknown estimator {name!r} (estimators: {', '.join(ESTIMATORS)})")
 
 
@@ -102,7 +154,7 @@ class FoldParts:
     """One candidate's per-fold pieces, computed once: labels, OOF rightness, each estimator's per-image
     correctness and the test decisions. Bootstrap draws resample these (the transport plan is not re-solved)."""
 
-    def __init__(self, y, oof_probs, fold, fold_test_probs, estimators=ESTIMATORS, seed: int = 0):
+    def __init__(self, y, oof_probs, fold, fold_test_probs, estimators=ESTIMATORS, seed: int = 0, line=None):
         y, fold = np.asarray(y), np.asarray(fold)
         self.folds = np.unique(fold)
         if len(self.folds) != len(fold_test_probs):
@@ -114,7 +166,7 @@ class FoldParts:
             rows = fold == k
             yk, ok, tk = y[rows], np.asarray(oof_probs[rows], np.float64), np.asarray(fold_test_probs[i], np.float64)
             self.parts.append({"y": yk, "right": ok.argmax(axis=1) == yk, "pred": tk.argmax(axis=1),
-                               "correct": {e: correct_per_image(e, yk, ok, tk, rng) for e in estimators}})
+                               "correct": {e: correct_per_image(e, yk, ok, tk, rng, line) for e in estimators}})
 
     def estimate(self, name: str, test_rows: np.ndarray | None = None) -> float:
         vals = []

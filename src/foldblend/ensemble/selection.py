@@ -23,7 +23,10 @@ from foldblend.ensemble.importance import importance_weights
 from foldblend.ensemble.pipeline import BlendResult, apply_blend, fold_test_views, member_oof_views, member_views
 from foldblend.metrics import classification_scores
 
-ESTIMATOR = "atc"        # the estimator that gives the expected score (bench/shift_blend.py)
+EXPECTED_BY = ("aol", "atc")  # the expected score: the agreement line, ATC without one (bench/shift_blend.py)
+VOTERS = ("atc", "doc", "nuclear", "cot")  # the estimators that choose (`aol` moves every candidate along one
+#                                           line, so it ranks them as their CV does: it gives a level, not a choice)
+RANK_BY = "atc"          # the order in which members alone are tried
 MARGIN = 0.01            # a candidate must beat the current choice's estimate by this much, at least
 N_DRAWS = 100            # paired bootstrap draws over the test images
 CV_GAP_NOTE = 0.03       # an expected score this far below the nested CV is said
@@ -73,17 +76,26 @@ def candidates(result: BlendResult, members: list[Member]) -> list[Candidate]:
     return [blend] + (_unfitted_candidates(members, result.model.options) if len(members) > 1 else [])
 
 
-def score_candidates(cands: list[Candidate], y: np.ndarray, fold: np.ndarray, seed: int = 0) -> dict:
-    """{name: {"cv", "estimates": {estimator: {"macro_f1", "std"}}, "gain", "draws": {estimator: (D,)}}}."""
+def member_line(cands: list[Candidate], fold: np.ndarray) -> dict | None:
+    """The agreement line (`estimators.agreement_line`) of the members alone; None with fewer than two."""
+    return S.agreement_line([(c.oof_probs, c.fold_test_probs) for c in cands if c.name not in ("blend", "mean")],
+                            fold)
+
+
+def score_candidates(cands: list[Candidate], y: np.ndarray, fold: np.ndarray, seed: int = 0,
+                     line: dict | None = None) -> dict:
+    """{name: {"cv", "estimates": {estimator: {"macro_f1", "std"}}, "gain", "draws": {estimator: (D,)}}};
+    `aol` only with the members' agreement `line`."""
+    names = [e for e in S.ESTIMATORS if e != "aol" or line is not None]
     c = cands[0].oof_probs.shape[1]
     m = cands[0].fold_test_probs.shape[1]
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, m, m) for _ in range(N_DRAWS)]
     out = {}
     for cand in cands:
-        parts = S.FoldParts(y, cand.oof_probs, fold, cand.fold_test_probs, seed=seed)
+        parts = S.FoldParts(y, cand.oof_probs, fold, cand.fold_test_probs, names, seed=seed, line=line)
         est = {}
-        for name in S.ESTIMATORS:
+        for name in names:
             values = np.array([parts.estimate(name, rows) for rows in draws])
             est[name] = {"macro_f1": parts.estimate(name), "std": float(values.std()), "draws": values}
         out[cand.name] = {"cv": classification_scores(y, cand.oof_probs, c)["macro_f1"], "estimates": est,
@@ -95,9 +107,9 @@ def _beats(challenger: dict, current: dict, margin: float) -> dict | None:
     """{estimator: advantage} when `challenger` is estimated above `current` beyond the noise, else None:
     the mean of the estimators' advantages above `margin` and above twice its spread (paired draws), and
     no estimator putting it below."""
-    gains = {est: e["macro_f1"] - current["estimates"][est]["macro_f1"] for est, e in challenger["estimates"].items()}
-    draws = np.mean([e["draws"] - current["estimates"][est]["draws"] for est, e in challenger["estimates"].items()],
-                    axis=0)
+    voters = {est: e for est, e in challenger["estimates"].items() if est in VOTERS}
+    gains = {est: e["macro_f1"] - current["estimates"][est]["macro_f1"] for est, e in voters.items()}
+    draws = np.mean([e["draws"] - current["estimates"][est]["draws"] for est, e in voters.items()], axis=0)
     mean = float(np.mean(list(gains.values())))
     ok = mean > max(margin, 2 * float(np.std(draws))) and min(gains.values()) > 0
     return gains if ok else None
@@ -110,7 +122,7 @@ def choose(scores: dict, margin: float = MARGIN) -> tuple[str, str]:
     threshold is noisy on a few hundred test images; DoC, the nuclear norm and COT read confidences,
     which a linear SVM's margins distort), so their mean decides, and none may put the challenger below."""
     members = sorted((n for n in scores if n not in ("blend", "mean")),
-                     key=lambda n: -scores[n]["estimates"][ESTIMATOR]["macro_f1"])
+                     key=lambda n: -scores[n]["estimates"][RANK_BY]["macro_f1"])
     current, reason = "blend", ""
     for name in (["mean"] if "mean" in scores else []) + members:
         gains = _beats(scores[name], scores[current], margin)
@@ -133,16 +145,18 @@ def select(result: BlendResult, members: list[Member], enabled: bool = True, see
         return None
     y, fold = np.asarray(result.labels), np.asarray(members[0].fold)
     cands = candidates(result, members)
-    scores = score_candidates(cands, y, fold, seed)
+    line = member_line(cands, fold)
+    scores = score_candidates(cands, y, fold, seed, line)
     auc = result.importance.get("auc")
     if auc is None:  # the importance classifier did not run (no shift warning): its AUC is still the guard
         auc = importance_weights(*_member_views(members, fold, result.model.options))["auc"]
     far = auc is not None and auc >= FAR_AUC
     chosen, reason = choose(scores) if enabled and not far else ("blend", "")
     pick = next(c for c in cands if c.name == chosen)
-    est = scores[chosen]["estimates"][ESTIMATOR]
+    by = next(e for e in EXPECTED_BY if e in scores[chosen]["estimates"])
+    est = scores[chosen]["estimates"][by]
     expected = {"macro_f1": float(np.clip(est["macro_f1"] + scores[chosen]["gain"], 0, 1)), "std": est["std"],
-                "one_fold_model": est["macro_f1"], "gain": scores[chosen]["gain"], "estimator": ESTIMATOR}
+                "one_fold_model": est["macro_f1"], "gain": scores[chosen]["gain"], "estimator": by}
     notes = []
     if chosen != "blend":
         c = len(result.classes)
@@ -158,13 +172,14 @@ def select(result: BlendResult, members: list[Member], enabled: bool = True, see
     if far:
         notes.append(f"the members' outputs tell the test from the OOF rows at ROC AUC {auc:.2f}: the test is unlike "
                      f"anything the estimates were calibrated on, so none is trusted to choose (the fitted blend is "
-                     f"written) and the expected score may be far off")
+                     f"written); " + ("the expected score reads the members' agreement on the test, not their "
+                                      "confidence" if by == "aol" else "the expected score may be far off"))
     cv = result.cv_nested["macro_f1"]
     if not far and cv - expected["macro_f1"] > CV_GAP_NOTE:
         notes.append(f"the expected test macro-F1 {expected['macro_f1']:.4f} is {cv - expected['macro_f1']:.4f} below "
                      f"the nested CV {cv:.4f}: the test looks unlike the OOF rows; trust the expected number")
-    return {"estimator": ESTIMATOR, "chosen": chosen, "reason": reason, "expected": expected, "notes": notes,
-            "domain_auc": auc, "estimates_trusted": not far,
+    return {"estimator": by, "chosen": chosen, "reason": reason, "expected": expected, "notes": notes,
+            "domain_auc": auc, "estimates_trusted": not far, "agreement_line": line,
             "candidates": {name: {"cv": s["cv"], "gain": s["gain"],
                                   "estimates": {e: {"macro_f1": v["macro_f1"], "std": v["std"]}
                                                 for e, v in s["estimates"].items()}}
