@@ -7,11 +7,11 @@ styles and three variants), one per way a test set can differ from the training 
   unseen_styles     every concept is in train, but not in the styles it is tested in
   random            train and test are a random partition (no shift: nothing should change)
 
-Each runs the real stages (scan, folds, train, blend) twice, with one member: by default the embedding
-member of issue 9 (logistic regression on frozen EfficientNet-Lite0 features, which the scan has
+Each runs the real stages (scan, folds, train, blend) twice, with one member: by default an embedding
+member (logistic regression on frozen EfficientNet-Lite0 features, which the scan has
 already extracted), with `--member cnn` a small network trained from scratch:
 
-  plain   `dedup: group`: pHash groups only, the folds before this issue
+  plain   `dedup: group`: pHash groups only (the folds before `auto`)
   auto    `dedup: auto`, the default: semantic groups at the threshold matched to the test when the
           scan finds CV optimistic, else the same as plain
 
@@ -19,7 +19,7 @@ and prints, per competition: whether the scan's warning fired, each run's CV (th
 one member and `--method mean`, so it is the member's OOF macro-F1), its two test estimates with
 their bootstrap spreads (test-matched: OOF rows re-weighted by neighbour similarity; confidence: the
 fold models' confidence on the test, ATC), and its true test macro-F1 from the held-back labels.
-Targets (issue 10): |estimate - test| <= 0.03 in all three, the warning in unseen_concepts and
+Targets: |estimate - test| <= 0.03 in all three, the warning in unseen_concepts and
 unseen_styles only.
 
     .venv/bin/python bench/cv_honesty.py                 # ~10 minutes on 2 busy CPU cores

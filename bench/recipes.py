@@ -5,7 +5,7 @@
   trained once on every train image;
 - `init --preset fast` and `init --preset medium` (the default), each trained and blended as `bash run.sh`
   does (`--method greedy --tta weighted --bias`), in a project folder of its own;
-- `init --preset medium --time-limit` set to 5x the plain network's wall time (the issue's compute target);
+- `init --preset medium --time-limit` set to 5x the plain network's wall time (the compute target);
 - each member of the medium run alone: the embedding heads, the pretrained fine-tune, the networks from scratch.
 
 Each blend's row shows its nested CV and its confidence estimate (docs/cv-honesty.md) beside

@@ -22,11 +22,11 @@ held-back test labels:
   best member  the best member alone on the test (known here only because the labels are)
 
 and every label-free estimate the blend printed for every candidate against that candidate's test score.
-Targets (issue 23): written >= best member - 0.01 and >= mean - 0.01 in every run; the printed
+Targets: written >= best member - 0.01 and >= mean - 0.01 in every run; the printed
 "expected test macro-F1" within 0.03 of the written file's test score in at least 10 of 12 runs.
 
     .venv/bin/python bench/shift_blend.py --work DIR                 # build + train (~4 min per run), blend, table
-    .venv/bin/python bench/shift_blend.py --work DIR --seeds 0 1 2   # the issue's 12 runs
+    .venv/bin/python bench/shift_blend.py --work DIR --seeds 0 1 2   # the 12 runs of docs/cv-honesty.md
     .venv/bin/python bench/shift_blend.py --work DIR --blend-only    # re-blend the trained projects only
 
 Projects are kept under --work (rerunning reuses finished scans, folds and members).
