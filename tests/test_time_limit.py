@@ -127,6 +127,26 @@ def test_the_time_left_goes_to_the_members_that_scored_best(tmp_path):
     assert "good_net: 6 epochs per fold instead of 4 from here on" in lines[-1]
 
 
+def test_trial_scores_within_the_tie_go_to_the_cheaper_member_first(tmp_path):
+    """Two networks whose trials score alike (one fold's held-out noise is larger than the gap): the cheaper
+    one goes on first, whatever init's order; a gap beyond `TIE` still puts the better one first."""
+    def plan(scores):
+        clock, lines = Clock(), []
+        jobs = _jobs(tmp_path, {"dear_net": 6, "cheap_net": 6})
+        keeper = TimeKeeper(500, jobs, {"dear_net": 3, "cheap_net": 3}, {}, say=lines.append, clock=clock)
+        for job in keeper.order():
+            _trial(keeper, clock, job, {"dear_net": 30.0, "cheap_net": 10.0}[job.name], scores[job.name])
+        keeper.allocate()
+        return {name: m.status for name, m in keeper.members.items()}, keeper
+
+    # trials 2x30 + 2x10 = 80 s; 490 - 80 = 410 s left: dear_net's folds need (2 + 2x6) x 30 = 420 s at 6 epochs
+    status, keeper = plan({"dear_net": 0.905, "cheap_net": 0.900})
+    assert [m.name for m in keeper.by_value(keeper.members.values())] == ["cheap_net", "dear_net"]
+    assert status["cheap_net"] == "going on" and keeper.members["cheap_net"].epochs == 6
+    status, keeper = plan({"dear_net": 0.95, "cheap_net": 0.90})
+    assert [m.name for m in keeper.by_value(keeper.members.values())] == ["dear_net", "cheap_net"]
+
+
 def test_a_slower_machine_mid_run_shortens_then_leaves_out_later_members(tmp_path):
     clock, lines = Clock(), []
     jobs = _jobs(tmp_path, {"first": 6, "second": 6}, n_folds=2)

@@ -11,7 +11,8 @@ run itself measures (as AutoGluon's `time_limit`: each decision from the time le
    whole fold the member keeps, so it does not count), and a network whose trial would not fit in what is
    left of that share is left out before it starts.
 2. **Allocation.** The time left goes to the members by value: heads first (seconds per fold), then the
-   networks from the best trial score down, each at the most epochs (never more than its config's) for
+   networks from the best trial score down (scores within `TIE` of each other count as equal: the
+   cheaper first, then init's order), each at the most epochs (never more than its config's) for
    which its remaining folds fit what the members before it left; below its floor (half its epochs,
    never fewer than its trial's) it is left out, except the first network, which may go down to its
    trial's epochs (a short network beats none).
@@ -45,6 +46,7 @@ TRIAL_SHARE = 0.4        # of the limit, for all the trials
 FLOOR_FRACTION = 0.5     # a network shortened below half its epochs is left out instead
 SAFETY = 0.02            # of the limit, kept back from every projection (assembly, the last fold's writes)
 HEADROOM = 0.1           # of the time left, kept free before a shortened member gets epochs back
+TIE = 0.01               # trial scores this close rank as equal (one fold's held-out noise is larger): cheaper first
 
 
 @dataclass
@@ -204,12 +206,25 @@ class TimeKeeper:
             what = "fold 0"
         self._decide(f"{m.name} trial: {what} in {format_duration(seconds)}, held-out macro-F1 {score:.3f}")
 
+    def by_value(self, members) -> list[Member]:
+        """The most valuable first: by trial score, in tiers of scores within `TIE` of the tier's best; within a
+        tier the cheapest to finish at its config's epochs first, then init's order."""
+        tiers: list[list[Member]] = []
+        for m in sorted(members, key=lambda m: -(m.score or 0)):
+            if tiers and (tiers[-1][0].score or 0) - (m.score or 0) <= TIE:
+                tiers[-1].append(m)
+            else:
+                tiers.append([m])
+        return [m for tier in tiers
+                for m in sorted(tier, key=lambda m: (self.cost(m, m.config_epochs if m.trains_epochs else None),
+                                                     m.rank))]
+
     def allocate(self) -> list[FoldJob]:
         """After the trials: which members go on, at how many epochs, in what order (see the module doc)."""
         left = self.left()
         alive = [m for m in self.members.values() if m.status != "left out" and m.folds]
-        heads = sorted((m for m in alive if not m.trains_epochs), key=lambda m: (-(m.score or 0), m.rank))
-        nets = sorted((m for m in alive if m.trains_epochs), key=lambda m: (-(m.score or 0), m.rank))
+        heads = self.by_value(m for m in alive if not m.trains_epochs)
+        nets = self.by_value(m for m in alive if m.trains_epochs)
         chosen: list[Member] = []
         for m in heads + nets:
             # the best network may go below its floor, down to its trial's epochs: a short network beats none
@@ -252,7 +267,7 @@ class TimeKeeper:
         `1 - HEADROOM` of the time left (an overestimate earlier, or load that went away); only by at least two
         epochs (or a tenth of the config's) or up to the config's, so that the plan does not swing back and forth."""
         going = [m for m in self.members.values() if m.status == "going on" and m.trains_epochs]
-        for m in sorted(going, key=lambda m: (-(m.score or 0), m.rank)):
+        for m in self.by_value(going):
             before = m.epochs
             while m.epochs < m.config_epochs:
                 m.epochs += 1
@@ -270,8 +285,7 @@ class TimeKeeper:
         then members left out (those without finished folds first, lowest trial score first), then the running
         fold cut below its floor; returns the epochs the running fold (`current` = member, fold, epochs done)
         may have."""
-        going = sorted((m for m in self.members.values() if m.status == "going on"),
-                       key=lambda m: (m.score or 0, -m.rank))  # the least valuable first
+        going = self.by_value(m for m in self.members.values() if m.status == "going on")[::-1]  # least valuable first
 
         def work() -> float:
             total = 0.0
