@@ -206,3 +206,58 @@ def test_when_nothing_fits_the_cheapest_member_is_still_finished(tmp_path):
     assert [j.name for j in planned] == ["head"] and keeper.members["net"].status == "left out"
     assert "head goes on although nothing fits" in lines[-1] and "over the limit" in lines[-1]
     assert keeper.admit(planned[0])   # the last member going on is never left out by the re-planning
+
+
+def test_the_best_network_goes_on_at_fewer_epochs_than_its_trial_rather_than_leave_the_time_unused(tmp_path):
+    """A machine loaded after init: the network that scored best cannot finish its other folds even at its
+    trial's epochs. Rather than leave the time unused (and the blend to heads far below it), it goes on at
+    the most epochs that fit; its fold 0 keeps what the trial trained and costs no more epochs."""
+    clock, lines = Clock(), []
+    jobs = _jobs(tmp_path, {"head": 0, "net": 9}, n_folds=3)
+    keeper = TimeKeeper(500, jobs, {"head": 3, "net": 3}, {}, say=lines.append, clock=clock)
+    for job in keeper.order():
+        _trial(keeper, clock, job, {"head": 5.0, "net": 40.0}[job.name], {"head": 0.3, "net": 1.0}[job.name])
+    net = keeper.members["net"]
+    assert net.trial_epochs == 3 and net.done_epochs == {0: 3}
+    # trials 5 + 3x40 = 125 s; 490 - 125 - two head folds (10 s) = 355 s: at its trial's 3 epochs folds 1-2 need
+    # 240 s, at 4 epochs one more on fold 0 too (360 s)
+    planned = keeper.allocate()
+    assert net.status == "going on" and net.epochs == 3 and [j.name for j in planned].count("net") == 3
+    tight = TimeKeeper(330, jobs, {"head": 3, "net": 3}, {}, say=lines.append, clock=(c2 := Clock()))
+    for job in tight.order():
+        _trial(tight, c2, job, {"head": 5.0, "net": 40.0}[job.name], {"head": 0.3, "net": 1.0}[job.name])
+    # 323 - 125 - 10 = 188 s: folds 1-2 fit 2 epochs each (160 s), fewer than the trial's 3
+    tight.allocate()
+    assert tight.members["net"].status == "going on" and tight.members["net"].epochs == 2
+    assert tight.cost(tight.members["net"], folds=[0]) == 0.0   # fold 0 has its epochs already
+
+
+def test_a_resumed_fold_asks_the_gate_first_and_predicts_when_it_has_its_epochs(tmp_path):
+    """A trial paused after 2 of 4 epochs, resumed under a gate that allows 1 (the member went on at fewer
+    epochs than its trial trained): no epoch more, the fold predicts from what it has. Allowed 3: the schedule
+    is compressed before epoch 3, so the fold ends with its learning rate at the floor."""
+    data = tiny_data(n=36)
+    cfg = tiny_config(epochs=4, warmup_epochs=0, lr=1e-2, select="last")
+
+    def pause_after_two(done, epochs, seconds, score):
+        if done >= 2:
+            raise FoldPaused(done, score)
+        return epochs
+
+    for name, allowed in (("fewer", 1), ("three", 3)):
+        with epoch_gate(pause_after_two), pytest.raises(FoldPaused):
+            run_fold(cfg, 0, data, tmp_path / name, progress=False)
+        asked = []
+
+        def gate(done, epochs, seconds, score, allowed=allowed, asked=asked):
+            asked.append((done, epochs, seconds))
+            return allowed if seconds is None else epochs
+
+        with epoch_gate(gate):
+            run_fold(cfg, 0, data, tmp_path / name, progress=False)
+        log = pd.read_csv(tmp_path / name / "log.csv")
+        assert asked[0] == (2, 4, None) and (tmp_path / name / "preds.npz").exists()
+        if allowed == 1:
+            assert len(log) == 2 and len(asked) == 1
+        else:
+            assert len(log) == 3 and log["lr"].iloc[-1] < 0.05 * cfg.lr

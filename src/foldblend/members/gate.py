@@ -6,7 +6,9 @@ epoch's `last.pt` is written, with what the epoch cost. The gate answers with th
 never more than the config's: fewer means the schedule is compressed to end there (the cosine reaches
 its floor at the new last epoch), the same means go on. It may instead raise `FoldPaused`: the fold
 stops after this epoch without predicting (a trial on fold 0 that the runner scores before deciding
-whether the member goes on); its `last.pt` resumes it later with no work lost.
+whether the member goes on); its `last.pt` resumes it later with no work lost. A fold that resumes asks
+once more before it trains on, with `seconds=None` (no epoch just finished): an answer at or below the
+epochs done means it trains no more and predicts (a member that went on at fewer epochs than its trial had).
 
 Outside a gate (the default) a fold trains the config's epochs: nothing here changes what a fold
 learns unless a runner asks for it. The epochs a fold ran are in its `log.csv` and `done.json`.
@@ -27,10 +29,11 @@ class FoldPaused(Exception):
 
 
 class EpochGate(Protocol):
-    def __call__(self, done: int, epochs: int, seconds: float, score: float) -> int:
+    def __call__(self, done: int, epochs: int, seconds: float | None, score: float) -> int:
         """`done` epochs finished of `epochs` allowed so far, the last one took `seconds` (training and
-        validation) and scored `score` (held-out macro-F1): the epochs allowed from now on (<= epochs,
-        >= done), or raise FoldPaused."""
+        validation; None: asked on resuming, before training on) and scored `score` (held-out macro-F1):
+        the epochs allowed from now on (<= epochs; below `done` only when asked on resuming), or raise
+        FoldPaused."""
         ...
 
 

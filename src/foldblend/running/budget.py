@@ -14,8 +14,9 @@ run itself measures (as AutoGluon's `time_limit`: each decision from the time le
    networks from the best trial score down (scores within `TIE` of each other count as equal: the
    cheaper first, then init's order), each at the most epochs (never more than its config's) for
    which its remaining folds fit what the members before it left; below its floor (half its epochs,
-   never fewer than its trial's) it is left out, except the first network, which may go down to its
-   trial's epochs (a short network beats none).
+   never fewer than its trial's) it is left out, except the first network, which may go down to one
+   epoch per later fold (a short network beats none, and the time would go unused; its fold 0 keeps
+   what its trial trained, and predicts without training on when it has that many already).
 3. **Re-planning.** Before every fold and after every epoch the work left is projected from the epochs
    just timed (so load that comes or goes moves the plan, not just the probe): when it overruns the
    time left, the other networks' later folds are shortened towards their floor (the last-ranked first),
@@ -187,7 +188,9 @@ class TimeKeeper:
         m = self.members[job.name]
         t0 = self.clock()
 
-        def gate(done: int, epochs: int, seconds: float, score: float) -> int:
+        def gate(done: int, epochs: int, seconds: float | None, score: float) -> int:
+            if seconds is None:  # resuming a trial (after an interruption): it goes on to its pause
+                return epochs
             self._epoch_done(m, job.fold, done, seconds)
             if done >= m.trial_epochs or self.clock() - t0 > self._share_left():
                 raise FoldPaused(done, score)
@@ -227,8 +230,9 @@ class TimeKeeper:
         nets = self.by_value(m for m in alive if m.trains_epochs)
         chosen: list[Member] = []
         for m in heads + nets:
-            # the best network may go below its floor, down to its trial's epochs: a short network beats none
-            lowest = m.floor if any(o.trains_epochs for o in chosen) else max(m.trial_epochs, 1)
+            # the best network may go below its floor, down to one epoch per later fold: a short network beats
+            # none, and the time would go unused (fold 0 keeps the epochs its trial trained)
+            lowest = m.floor if any(o.trains_epochs for o in chosen) else 1
             options = range(m.config_epochs, lowest - 1, -1) if m.trains_epochs else [0]
             fit = next((e for e in options if self.cost(m, e) <= left), None)
             if fit is None:
@@ -334,7 +338,9 @@ class TimeKeeper:
     def gate(self, job: FoldJob):
         m = self.members[job.name]
 
-        def gate(done: int, epochs: int, seconds: float, score: float) -> int:
+        def gate(done: int, epochs: int, seconds: float | None, score: float) -> int:
+            if seconds is None:  # resuming (a trial that goes on): the epochs the plan gives each fold now
+                return min(epochs, m.epochs)
             self._epoch_done(m, job.fold, done, seconds)
             before = m.epochs
             allowed = self.replan((m, job.fold, done))

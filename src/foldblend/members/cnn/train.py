@@ -186,6 +186,12 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
             print(f"[{cfg.name} fold {k}] resuming after epoch {run['epoch'] + 1}")
 
     gate = current_gate()
+    if gate is not None and resume is not None and not run["stopped_early"]:  # resumed under a time limit
+        allowed = min(run["epochs"], gate(run["epoch"] + 1, run["epochs"], None, run["best"]["score"]))
+        if allowed < run["epochs"]:
+            run["epochs"] = max(allowed, run["epoch"] + 1)  # at or below the epochs done: no more training
+            if allowed > run["epoch"] + 1:
+                compress_schedule(fit, cfg, updates_per_epoch(steps, cfg.accumulate), allowed)
     val_dl = eval_loader(data.images, val_idx, cfg.batch_size * 2, cfg.num_workers)
     for epoch in range(run["epoch"] + 1, cfg.epochs):
         if run["stopped_early"] or epoch >= run["epochs"]:
