@@ -122,7 +122,9 @@ def test_the_time_left_goes_to_the_members_that_scored_best(tmp_path):
     assert record["members"]["cheap_net"]["status"] == "left out" and record["members"]["good_net"]["epochs"] == 4
     assert any("cheap_net left out after its trial (held-out macro-F1 0.400)" in d for d in record["decisions"])
     assert any("good_net goes on at 4 epochs instead of 6" in line for line in lines)
-    good.epoch_seconds += [5.0, 5.0]   # the load went away: its epochs now take 5 s, and it gets its epochs back
+    good.epoch_seconds += [5.0, 5.0]   # the load went away: its epochs now take 5 s; two are not proof enough
+    assert tight.admit(tight.jobs[("good_net", 1)]) and good.epochs == 4
+    good.epoch_seconds += [5.0, 5.0]   # four are: it gets its epochs back
     assert tight.admit(tight.jobs[("good_net", 1)]) and good.epochs == 6
     assert "good_net: 6 epochs per fold instead of 4 from here on" in lines[-1]
 
@@ -211,7 +213,8 @@ def test_when_nothing_fits_the_cheapest_member_is_still_finished(tmp_path):
 def test_the_best_network_goes_on_at_fewer_epochs_than_its_trial_rather_than_leave_the_time_unused(tmp_path):
     """A machine loaded after init: the network that scored best cannot finish its other folds even at its
     trial's epochs. Rather than leave the time unused (and the blend to heads far below it), it goes on at
-    the most epochs that fit; its fold 0 keeps what the trial trained and costs no more epochs."""
+    the most epochs that fit; its fold 0 keeps what the trial trained and costs no more epochs. One that
+    scored below the head is left out instead."""
     clock, lines = Clock(), []
     jobs = _jobs(tmp_path, {"head": 0, "net": 9}, n_folds=3)
     keeper = TimeKeeper(500, jobs, {"head": 3, "net": 3}, {}, say=lines.append, clock=clock)
@@ -230,6 +233,12 @@ def test_the_best_network_goes_on_at_fewer_epochs_than_its_trial_rather_than_lea
     tight.allocate()
     assert tight.members["net"].status == "going on" and tight.members["net"].epochs == 2
     assert tight.cost(tight.members["net"], folds=[0]) == 0.0   # fold 0 has its epochs already
+    # a network whose trial scored below the head going on is not worth the time below its trial's epochs
+    weak = TimeKeeper(330, jobs, {"head": 3, "net": 3}, {}, say=lines.append, clock=(c3 := Clock()))
+    for job in weak.order():
+        _trial(weak, c3, job, {"head": 5.0, "net": 40.0}[job.name], {"head": 0.3, "net": 0.2}[job.name])
+    weak.allocate()
+    assert weak.members["net"].status == "left out" and weak.members["head"].status == "going on"
 
 
 def test_a_resumed_fold_asks_the_gate_first_and_predicts_when_it_has_its_epochs(tmp_path):

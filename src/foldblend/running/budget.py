@@ -14,9 +14,10 @@ run itself measures (as AutoGluon's `time_limit`: each decision from the time le
    networks from the best trial score down (scores within `TIE` of each other count as equal: the
    cheaper first, then init's order), each at the most epochs (never more than its config's) for
    which its remaining folds fit what the members before it left; below its floor (half its epochs,
-   never fewer than its trial's) it is left out, except the first network, which may go down to one
-   epoch per later fold (a short network beats none, and the time would go unused; its fold 0 keeps
-   what its trial trained, and predicts without training on when it has that many already).
+   never fewer than its trial's) it is left out, except the first network, which may go down to its
+   trial's epochs (a short network beats none), and, when its trial scored above every member going on,
+   to one epoch per later fold rather than leave the time unused (its fold 0 keeps what its trial
+   trained, and predicts without training on when it has that many already).
 3. **Re-planning.** Before every fold and after every epoch the work left is projected from the epochs
    just timed (so load that comes or goes moves the plan, not just the probe): when it overruns the
    time left, the other networks' later folds are shortened towards their floor (the last-ranked first),
@@ -124,9 +125,11 @@ class TimeKeeper:
             return None
         return 0.9 * m.estimate_s / max(m.n_folds * m.config_epochs, 1)  # ~90% of a network's cost is its epochs
 
-    def epoch_s(self, m: Member) -> float:
+    def epoch_s(self, m: Member, slow: bool = False) -> float:
+        """Seconds per epoch from the last two timed; `slow`: the slowest of the last four (to give epochs back
+        only when even that fits, so that the plan does not swing with the load's ups and downs)."""
         if m.epoch_seconds:
-            return _mean_recent(m.epoch_seconds)
+            return max(m.epoch_seconds[-4:]) if slow else _mean_recent(m.epoch_seconds)
         est = self._estimated_epoch(m)
         return est * self._ratio() if est else 0.0
 
@@ -146,11 +149,11 @@ class TimeKeeper:
         later = self.fold_estimates.get(m.name)
         return later * max(self._ratio(), 1.0) if later is not None else (m.estimate_s or 0.0) / m.n_folds
 
-    def cost(self, m: Member, epochs: int | None = None, folds: list[int] | None = None) -> float:
-        """Projected seconds for `folds` (default: its pending ones) at `epochs` per fold."""
+    def cost(self, m: Member, epochs: int | None = None, folds: list[int] | None = None, slow: bool = False) -> float:
+        """Projected seconds for `folds` (default: its pending ones) at `epochs` per fold (`slow`: `epoch_s`)."""
         epochs = m.epochs if epochs is None else epochs
         folds = m.folds if folds is None else folds
-        per_epoch, fixed = self.epoch_s(m), self.fixed_s(m)
+        per_epoch, fixed = self.epoch_s(m, slow), self.fixed_s(m)
         return sum(max(epochs - m.done_epochs.get(f, 0), 0) * per_epoch + fixed for f in folds)
 
     # ------------------------------------------------------------------ decisions
@@ -230,9 +233,11 @@ class TimeKeeper:
         nets = self.by_value(m for m in alive if m.trains_epochs)
         chosen: list[Member] = []
         for m in heads + nets:
-            # the best network may go below its floor, down to one epoch per later fold: a short network beats
-            # none, and the time would go unused (fold 0 keeps the epochs its trial trained)
-            lowest = m.floor if any(o.trains_epochs for o in chosen) else 1
+            # the best network may go below its floor, down to its trial's epochs (a short network beats none);
+            # when its trial beat every member going on, down to one epoch per later fold, rather than leave
+            # the time unused (fold 0 keeps the epochs its trial trained)
+            best = (m.score or 0) > max((o.score or 0 for o in chosen), default=0) + TIE
+            lowest = m.floor if any(o.trains_epochs for o in chosen) else 1 if best else max(m.trial_epochs, 1)
             options = range(m.config_epochs, lowest - 1, -1) if m.trains_epochs else [0]
             fit = next((e for e in options if self.cost(m, e) <= left), None)
             if fit is None:
@@ -267,15 +272,16 @@ class TimeKeeper:
         return self.members[job.name].status == "going on"
 
     def _lengthen(self) -> None:
-        """Members shortened earlier get epochs back, the most valuable first, while the work left stays within
-        `1 - HEADROOM` of the time left (an overestimate earlier, or load that went away); only by at least two
+        """Members shortened earlier get epochs back, the most valuable first, while the work left, projected from
+        the slowest recent epochs, stays within `1 - HEADROOM` of the time left (an overestimate earlier, or load
+        that went away); only by at least two
         epochs (or a tenth of the config's) or up to the config's, so that the plan does not swing back and forth."""
         going = [m for m in self.members.values() if m.status == "going on" and m.trains_epochs]
         for m in self.by_value(going):
             before = m.epochs
             while m.epochs < m.config_epochs:
                 m.epochs += 1
-                if sum(self.cost(o) for o in going) > (1 - HEADROOM) * self.left():
+                if sum(self.cost(o, slow=True) for o in going) > (1 - HEADROOM) * self.left():
                     m.epochs -= 1
                     break
             if m.epochs < min(m.config_epochs, before + max(2, math.ceil(0.1 * m.config_epochs))):
