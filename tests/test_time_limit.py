@@ -233,6 +233,17 @@ def test_the_best_network_goes_on_at_fewer_epochs_than_its_trial_rather_than_lea
     tight.allocate()
     assert tight.members["net"].status == "going on" and tight.members["net"].epochs == 2
     assert tight.cost(tight.members["net"], folds=[0]) == 0.0   # fold 0 has its epochs already
+    # init's estimate (a loaded probe) puts each fold's prediction at 133 s, more than three of the 40 s epochs
+    # measured: an epoch bounds it. Trials 5 + 10x40 s; 1078 - 405 - 10 = 663 s left: 6 epochs on folds 1-2
+    # (480 s) and three predictions (120 s) fit; with 133 s per prediction only 3 epochs would
+    long_jobs = _jobs(tmp_path, {"head": 0, "net": 30}, n_folds=3)
+    pessimistic = TimeKeeper(1100, long_jobs, {"head": 3, "net": 3}, {"net": 3000.0}, say=lines.append,
+                             clock=(c4 := Clock()))
+    for job in pessimistic.order():
+        _trial(pessimistic, c4, job, {"head": 5.0, "net": 40.0}[job.name], {"head": 0.3, "net": 1.0}[job.name])
+    pessimistic.allocate()
+    assert pessimistic.fixed_s(pessimistic.members["net"]) == 40.0
+    assert pessimistic.members["net"].status == "going on" and pessimistic.members["net"].epochs == 6
     # a network whose trial scored below the head going on is not worth the time below its trial's epochs
     weak = TimeKeeper(330, jobs, {"head": 3, "net": 3}, {}, say=lines.append, clock=(c3 := Clock()))
     for job in weak.order():

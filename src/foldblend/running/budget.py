@@ -138,7 +138,10 @@ class TimeKeeper:
         if m.trains_epochs:
             if m.predict_seconds:
                 return max(m.predict_seconds)
-            return 0.1 * m.estimate_s * self._ratio() / m.n_folds if m.estimate_s else 0.0
+            guess = 0.1 * m.estimate_s * self._ratio() / m.n_folds if m.estimate_s else 0.0
+            # predicting (forward passes only) costs about an epoch at most: a loaded probe's tenth of the
+            # member's estimate, scaled by another member's slowdown, had left out the best network
+            return min(guess, self.epoch_s(m)) if m.epoch_seconds else guess
         if len(m.fold_seconds) >= 2:
             return m.fold_seconds[-1]
         # one fold measured may have extracted the features for every head on the backbone: the heads' folds
