@@ -35,6 +35,8 @@ import itertools
 import os
 
 import numpy as np
+from scipy.optimize import brentq
+from scipy.special import expit, logit
 from scipy.stats import norm
 
 from foldblend.ensemble.confidence import counted_correct
@@ -44,6 +46,7 @@ ESTIMATORS = ("atc", "doc", "nuclear", "cot", "aol")
 COT_MAX_ROWS = 5000     # the transport problem on at most this many images (a random subset beyond)
 LINE_MIN_MODELS = 3     # with fewer members the line's slope is not fitted (slope 1: the mean probit shift)
 PROBIT_CLIP = 1e-3      # rates of 0 or 1 read as this far from them before the probit
+SHIFT_BOUND = 30.0      # the logit shift `scaled_to` searches within
 
 
 def _probit(rate):
@@ -59,12 +62,13 @@ def agreement_line(models: list[tuple[np.ndarray, np.ndarray]], fold: np.ndarray
     if len(models) < 2:
         return None
     fold = np.asarray(fold)
+    decisions = [(np.asarray(oof).argmax(-1), np.asarray(test).argmax(-1)) for oof, test in models]
     xs, ys = [], []
     for i, k in enumerate(np.unique(fold)):
         rows = fold == k
-        for (oof_a, test_a), (oof_b, test_b) in itertools.combinations(models, 2):
-            xs.append(_probit(np.mean(oof_a[rows].argmax(1) == oof_b[rows].argmax(1))))
-            ys.append(_probit(np.mean(test_a[i].argmax(1) == test_b[i].argmax(1))))
+        for (oof_a, test_a), (oof_b, test_b) in itertools.combinations(decisions, 2):
+            xs.append(_probit(np.mean(oof_a[rows] == oof_b[rows])))
+            ys.append(_probit(np.mean(test_a[i] == test_b[i])))
     xs, ys = np.asarray(xs), np.asarray(ys)
     if len(models) >= LINE_MIN_MODELS and xs.std() > 0.05:
         slope, bias = np.polyfit(xs, ys, 1)
@@ -106,12 +110,11 @@ def _cot_per_image(probs: np.ndarray, proportions: np.ndarray, rng: np.random.Ge
 def scaled_to(conf: np.ndarray, target: float) -> np.ndarray:
     """Confidences moved by one shift in logit scale until their mean is `target`: the images keep their
     order and the mean is kept exactly (scaling them would lose it to the clip at 1)."""
-    logit = np.log(np.clip(conf, 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(conf, 1e-6, 1 - 1e-6))
-    low, high = -30.0, 30.0
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (mid, high) if np.mean(1 / (1 + np.exp(-(logit + mid)))) < target else (low, mid)
-    return 1 / (1 + np.exp(-(logit + (low + high) / 2)))
+    z = logit(np.clip(conf, 1e-6, 1 - 1e-6))
+    gap = lambda shift: float(np.mean(expit(z + shift))) - target  # noqa: E731
+    if gap(-SHIFT_BOUND) >= 0 or gap(SHIFT_BOUND) <= 0:  # a target at 0 or 1: as far as the bound allows
+        return expit(z + (-SHIFT_BOUND if gap(-SHIFT_BOUND) >= 0 else SHIFT_BOUND))
+    return expit(z + brentq(gap, -SHIFT_BOUND, SHIFT_BOUND, xtol=1e-12))
 
 
 def correct_per_image(name: str, y: np.ndarray, oof_probs: np.ndarray, test_probs: np.ndarray,

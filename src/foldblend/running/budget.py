@@ -277,8 +277,8 @@ class TimeKeeper:
     def _lengthen(self) -> None:
         """Members shortened earlier get epochs back, the most valuable first, while the work left, projected from
         the slowest recent epochs, stays within `1 - HEADROOM` of the time left (an overestimate earlier, or load
-        that went away); only by at least two
-        epochs (or a tenth of the config's) or up to the config's, so that the plan does not swing back and forth."""
+        that went away); only by at least two epochs (or a tenth of the config's) or up to the config's, so that
+        the plan does not swing back and forth."""
         going = [m for m in self.members.values() if m.status == "going on" and m.trains_epochs]
         for m in self.by_value(going):
             before = m.epochs
