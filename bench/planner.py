@@ -17,7 +17,9 @@ and backgrounds, where networks from scratch beat ImageNet features) in DIR/<com
    softmax on the identity view), the best member, the gain over plain, (init + train) / L (the target:
    at most 1.05), the members init chose and dropped and the train stage's record (init.json's "train",
    when present) as JSON lines;
-7. with --alone: every network member (kind cnn) of the plan trained alone at its nominal epochs in a
+7. init run again in a project copy (same input, scan and folds; after the pipeline, under the same load):
+   does it choose the same members at the same epochs? (the target: yes on a quiet machine);
+8. with --alone: every network member (kind cnn) of the plan trained alone at its nominal epochs in a
    project copy of its own (same folds), and scored (costly).
 
 Prints one table per competition and a summary (markdown) and writes DIR/planner.json with every number.
@@ -93,15 +95,27 @@ def kind(config: Path) -> str:
     return (yaml.safe_load(config.read_text()) or {}).get("kind", "cnn")
 
 
-def alone(comp_dir: Path, name: str, truth: pd.DataFrame) -> dict:
-    """`name` trained alone at its nominal config in a project copy (same input, scan and folds)."""
-    root = comp_dir / f"alone_{name}"
+def project_copy(comp_dir: Path, name: str) -> Path:
+    """A copy of run/'s input and its scan's and split's files (no fold config, no plan) in comp_dir/name."""
+    root = comp_dir / name
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(comp_dir / "run" / "input", root / "input")
     (root / "folds").mkdir(parents=True)
-    for p in (comp_dir / "run" / "folds").iterdir():  # the scan's and split's files, no fold config, no plan
+    for p in (comp_dir / "run" / "folds").iterdir():
         if p.is_file() and p.suffix != ".yaml" and p.name != "init.json":
             shutil.copy2(p, root / "folds" / p.name)
+    return root
+
+
+def plan_of(root: Path) -> dict:
+    """The members init chose and their epochs."""
+    members = json.loads((root / "folds" / "init.json").read_text())["members"]
+    return {name: m.get("epochs") for name, m in members.items()}
+
+
+def alone(comp_dir: Path, name: str, truth: pd.DataFrame) -> dict:
+    """`name` trained alone at its nominal config in a project copy (same input, scan and folds)."""
+    root = project_copy(comp_dir, f"alone_{name}")
     shutil.copy2(comp_dir / "nominal" / f"{name}.yaml", root / "folds" / f"{name}.yaml")
     seconds = run(root, "train", "--quiet")
     return {"member": name, **member_score(root, name, truth), "wall": seconds}
@@ -134,7 +148,7 @@ def competition(comp: str, work: Path, args) -> dict:
     if args.load:
         load = subprocess.Popen([sys.executable, "-c", LOAD], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print(f"load: a torch matmul loop with 2 threads beside the pipeline (pid {load.pid})", flush=True)
-    failed = None
+    failed, repeat = None, None
     try:
         for stage, stage_args in [("init", ["--force", "--time-limit", f"{limit}s"]), ("train", ["--quiet"]),
                                   ("blend", BLEND), ("submit", [])]:
@@ -142,6 +156,14 @@ def competition(comp: str, work: Path, args) -> dict:
     except SystemExit as e:  # e.g. a limit so short that no member finished: recorded, and the next competition runs
         failed = str(e)
         print(f"{comp}: {failed}; the stages after it did not run", flush=True)
+    else:
+        again = project_copy(comp_dir, "repeat_init")
+        run(again, "init", "--time-limit", f"{limit}s", "--quiet")
+        repeat = {"first": plan_of(root), "second": plan_of(again)}
+        repeat["same_members"] = set(repeat["first"]) == set(repeat["second"])
+        repeat["same_epochs"] = repeat["first"] == repeat["second"]
+        print(f"{comp}: init again in a copy: same members {repeat['same_members']}, same epochs "
+              f"{repeat['same_epochs']}", flush=True)
     finally:
         if load is not None:
             load.terminate()
@@ -166,6 +188,7 @@ def competition(comp: str, work: Path, args) -> dict:
         "best_member": best, "best_member_test": members[best]["test"] if best else None,
         "members": members, "planned_s": record.get("planned_s"),
         "init_members": record["members"], "dropped": record["dropped"], "train_record": record.get("train"),
+        "repeat_init": repeat,
     }
     if args.alone:
         networks = [n for n in record["members"] if kind(comp_dir / "nominal" / f"{n}.yaml") == "cnn"]
@@ -212,6 +235,8 @@ def report(r: dict) -> None:
     print("members:", json.dumps({n: {k: m.get(k) for k in ("role", "model", "img_size", "epochs", "estimate_s")}
                                   for n, m in r["init_members"].items()}))
     print("dropped:", json.dumps(r["dropped"]))
+    if r.get("repeat_init"):
+        print("init again:", json.dumps(r["repeat_init"]))
     train = r["train_record"]
     if train is not None:
         print("train:")
@@ -264,6 +289,9 @@ def main() -> None:
         "best member": f"{r['best_member']} {r['best_member_test']:.3f}" if r["best_member"] else "-",
         "init s": r["seconds"]["init"], "train s": r["seconds"]["train"], "blend s": r["seconds"]["blend"],
         "(init+train)/L": r["init_train_over_limit"], "members": len(r["members"]), "dropped": len(r["dropped"]),
+        "init again": "-" if not r.get("repeat_init") else
+        "same" if r["repeat_init"]["same_epochs"] else
+        "same members" if r["repeat_init"]["same_members"] else "other members",
     } for r in results]))
     out = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "load_average": {"start": start, "end": end}, "results": results}

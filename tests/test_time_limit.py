@@ -16,6 +16,7 @@ from foldblend.members.gate import FoldPaused, epoch_gate
 from foldblend.running.budget import TimeKeeper
 from foldblend.running.fold import run_fold
 from foldblend.running.jobs import FoldJob
+from foldblend.running.member_plan import Member
 
 
 def test_a_gate_shortens_a_fold_and_its_schedule_ends_there(tmp_path):
@@ -76,8 +77,9 @@ def _jobs(tmp_path, members: dict[str, int], n_folds: int = 3) -> list[FoldJob]:
     return jobs
 
 
-def _trial(keeper: TimeKeeper, clock: Clock, job: FoldJob, epoch_s: float, score: float) -> None:
-    """What `train_within` does for one trial, with `epoch_s` seconds per epoch on the fake clock."""
+def _trial(keeper: TimeKeeper, clock: Clock, job: FoldJob, epoch_s: float, score) -> None:
+    """What `train_within` does for one trial, with `epoch_s` seconds per epoch on the fake clock; `score`: the
+    held-out macro-F1 after every epoch, or a list of them, one per epoch (a learning curve)."""
     assert keeper.admit_trial(job)
     m = keeper.members[job.name]
     if not m.trains_epochs:
@@ -85,11 +87,12 @@ def _trial(keeper: TimeKeeper, clock: Clock, job: FoldJob, epoch_s: float, score
         keeper.trial_done(job, score, epoch_s, 0.0)
         return
     gate, t0 = keeper.trial_gate(job), clock.now
-    with pytest.raises(FoldPaused):
+    curve = list(score) if isinstance(score, (list, tuple)) else [score] * m.config_epochs
+    with pytest.raises(FoldPaused) as paused:
         for done in range(1, m.config_epochs + 1):
             clock.now += epoch_s
-            gate(done, m.config_epochs, epoch_s, score)
-    keeper.trial_done(job, score, clock.now - t0)
+            gate(done, m.config_epochs, epoch_s, curve[done - 1])
+    keeper.trial_done(job, paused.value.score, clock.now - t0)
 
 
 def test_the_time_left_goes_to_the_members_that_scored_best(tmp_path):
@@ -147,6 +150,29 @@ def test_trial_scores_within_the_tie_go_to_the_cheaper_member_first(tmp_path):
     assert status["cheap_net"] == "going on" and keeper.members["cheap_net"].epochs == 6
     status, keeper = plan({"dear_net": 0.95, "cheap_net": 0.90})
     assert [m.name for m in keeper.by_value(keeper.members.values())] == ["dear_net", "cheap_net"]
+
+
+def test_a_slow_first_trial_leaves_the_other_networks_their_part_of_the_trials_time(tmp_path):
+    """The trials' share (40% of 1000 s) in equal parts for the networks not tried yet: the first, at 90 s an
+    epoch (a loaded machine), pauses after one epoch instead of its four (360 s, which left the next network
+    out untried); the others then share what is left and finish their four epochs."""
+    clock, lines = Clock(), []
+    jobs = _jobs(tmp_path, {"slow": 12, "mid": 12, "fast": 12}, n_folds=3)
+    keeper = TimeKeeper(1000, jobs, {"slow": 3, "mid": 3, "fast": 3}, {}, say=lines.append, clock=clock)
+    for job in keeper.order():
+        _trial(keeper, clock, job, {"slow": 90.0, "mid": 30.0, "fast": 10.0}[job.name], 0.5)
+    epochs = {name: m.trial_epochs for name, m in keeper.members.items()}
+    assert epochs == {"slow": 1, "mid": 4, "fast": 4} and all(m.score == 0.5 for m in keeper.members.values())
+    assert any("slow trial: 1 of 12 epochs on fold 0" in line for line in lines)
+    # a network whose one epoch does not fit its part is left out before its trial (one network left: all of it)
+    late = TimeKeeper(300, _jobs(tmp_path, {"first": 6, "heavy": 6}), {"first": 3, "heavy": 3}, {"heavy": 3000.0},
+                      say=lines.append, clock=(c2 := Clock()))
+    for job in late.order():
+        if job.name == "first":
+            _trial(late, c2, job, 20.0, 0.5)
+        else:
+            assert not late.admit_trial(job)
+    assert late.members["heavy"].status == "left out" and "one epoch of fold 0 needs about" in lines[-1]
 
 
 def test_a_slower_machine_mid_run_shortens_then_leaves_out_later_members(tmp_path):
@@ -250,6 +276,30 @@ def test_the_best_network_goes_on_at_fewer_epochs_than_its_trial_rather_than_lea
         _trial(weak, c3, job, {"head": 5.0, "net": 40.0}[job.name], {"head": 0.3, "net": 0.2}[job.name])
     weak.allocate()
     assert weak.members["net"].status == "left out" and weak.members["head"].status == "going on"
+    # the same trial score still rising steeply epoch after epoch (0.05, 0.125, 0.2: a fine-tune a third of the
+    # way through its schedule) is projected above the head, and goes on below its trial's epochs
+    rising = TimeKeeper(330, jobs, {"head": 3, "net": 3}, {}, say=lines.append, clock=(c5 := Clock()))
+    for job in rising.order():
+        curve = {"head": 0.3, "net": [0.05, 0.125, 0.2]}[job.name]
+        _trial(rising, c5, job, {"head": 5.0, "net": 40.0}[job.name], curve)
+    rising.allocate()
+    assert rising.members["net"].status == "going on" and rising.members["net"].epochs == 2
+    assert any("net trial: 3 of 9 epochs on fold 0" in line and "about 0.425 at 9" in line for line in lines)
+    assert rising.record()["members"]["net"]["value"] == 0.425
+
+
+def test_a_networks_trial_is_valued_along_its_learning_curve():
+    """Half the straight line's rise through the trial's epochs, over the epochs still to come: a flat or falling
+    curve is worth its score, a head (no epochs) its fold's score, and nothing is worth more than 1."""
+    def member(curve, epochs=9, trial=3):
+        m = Member("m", 0, epochs, epochs, [1, 2], 3, None, trial_epochs=trial)
+        m.curve, m.score = list(curve), (curve[-1] if curve else 0.6)
+        return m
+
+    assert member([0.1, 0.2, 0.3]).value == pytest.approx(0.3 + 0.5 * 0.1 * 6)
+    assert member([0.3, 0.3, 0.3]).value == pytest.approx(0.3) and member([0.5, 0.4, 0.3]).value == 0.3
+    assert member([0.5, 0.7, 0.9]).value == 1.0
+    assert member([], epochs=0, trial=0).value == 0.6 and member([0.4], epochs=3, trial=1).value == 0.4
 
 
 def test_a_resumed_fold_asks_the_gate_first_and_predicts_when_it_has_its_epochs(tmp_path):

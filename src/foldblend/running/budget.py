@@ -7,15 +7,17 @@ run itself measures (as AutoGluon's `time_limit`: each decision from the time le
 1. **Trials.** Fold 0 of every member first, cheapest first: a network for its first `TRIAL_FRACTION`
    of epochs (then paused, `members.gate.FoldPaused`: its `last.pt` resumes it if the member goes on, so
    no work is thrown away), a head on frozen features in full. Each trial's held-out macro-F1 is its
-   measured value; the networks' trials together may use `TRIAL_SHARE` of the limit (a head's trial is a
-   whole fold the member keeps, so it does not count), and a network whose trial would not fit in what is
-   left of that share is left out before it starts.
+   measured value; a network's, a third of the way through its schedule, is projected to its last epoch
+   along the trial's learning curve (`member_plan.Member.value`). The networks' trials together may use
+   `TRIAL_SHARE` of the limit (a head's trial is a whole fold the member keeps, so it does not count), in
+   equal parts for the networks not tried yet: a trial pauses sooner when its next epoch would overrun
+   its part, and a network whose one epoch would not fit in it is left out before it starts.
 2. **Allocation.** The time left goes to the members by value: heads first (seconds per fold), then the
-   networks from the best trial score down (scores within `TIE` of each other count as equal: the
-   cheaper first, then init's order), each at the most epochs (never more than its config's) for
+   networks from the best value down (values within `TIE` of each other count as equal: the cheaper
+   first, then init's order), each at the most epochs (never more than its config's) for
    which its remaining folds fit what the members before it left; below its floor (half its epochs,
    never fewer than its trial's) it is left out, except the first network, which may go down to its
-   trial's epochs (a short network beats none), and, when its trial scored above every member going on,
+   trial's epochs (a short network beats none), and, when its value is above every member going on,
    to one epoch per later fold rather than leave the time unused (its fold 0 keeps what its trial
    trained, and predicts without training on when it has that many already).
 3. **Re-planning.** Before every fold and after every epoch the work left is projected from the epochs
@@ -35,47 +37,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 from foldblend.durations import format_duration
 from foldblend.members.gate import FoldPaused
 from foldblend.members.registry import get_kind
 from foldblend.running.jobs import FoldJob
+from foldblend.running.member_plan import TRIAL_FRACTION, Member, mean_recent
 
-TRIAL_FRACTION = 1 / 3   # of a network's epochs, trained on fold 0 before it is scored
 TRIAL_SHARE = 0.4        # of the limit, for all the trials
-FLOOR_FRACTION = 0.5     # a network shortened below half its epochs is left out instead
 SAFETY = 0.02            # of the limit, kept back from every projection (assembly, the last fold's writes)
 HEADROOM = 0.1           # of the time left, kept free before a shortened member gets epochs back
-TIE = 0.01               # trial scores this close rank as equal (one fold's held-out noise is larger): cheaper first
-
-
-@dataclass
-class Member:
-    name: str
-    rank: int                      # init's order (its priority), for ties
-    epochs: int                    # allowed per fold now (<= the config's); 0 for a head
-    config_epochs: int
-    folds: list[int]               # pending folds, in order
-    n_folds: int
-    estimate_s: float | None       # init's estimate for all its folds
-    done_epochs: dict = field(default_factory=dict)   # fold -> epochs trained so far (paused trial)
-    epoch_seconds: list = field(default_factory=list)  # measured, in order
-    fold_seconds: list = field(default_factory=list)   # measured wall seconds of finished folds (heads)
-    predict_seconds: list = field(default_factory=list)
-    spent: float = 0.0
-    score: float | None = None     # the trial's held-out macro-F1
-    trial_epochs: int = 0
-    status: str = "planned"        # planned | trial | going on | finished | left out
-
-    @property
-    def trains_epochs(self) -> bool:
-        return self.config_epochs > 0
-
-    @property
-    def floor(self) -> int:
-        return max(self.trial_epochs, 1, math.ceil(FLOOR_FRACTION * self.config_epochs))
+TIE = 0.01               # values this close rank as equal (one fold's held-out noise is larger): cheaper first
 
 
 class TimeKeeper:
@@ -116,7 +89,7 @@ class TimeKeeper:
 
     def _ratio(self) -> float:
         """Measured over estimated seconds per epoch (the machine's load and the probe's error), median."""
-        ratios = sorted(_mean_recent(m.epoch_seconds) / e for m in self.members.values()
+        ratios = sorted(mean_recent(m.epoch_seconds) / e for m in self.members.values()
                         if m.epoch_seconds and (e := self._estimated_epoch(m)))
         return ratios[len(ratios) // 2] if ratios else 1.0
 
@@ -129,7 +102,7 @@ class TimeKeeper:
         """Seconds per epoch from the last two timed; `slow`: the slowest of the last four (to give epochs back
         only when even that fits, so that the plan does not swing with the load's ups and downs)."""
         if m.epoch_seconds:
-            return max(m.epoch_seconds[-4:]) if slow else _mean_recent(m.epoch_seconds)
+            return max(m.epoch_seconds[-4:]) if slow else mean_recent(m.epoch_seconds)
         est = self._estimated_epoch(m)
         return est * self._ratio() if est else 0.0
 
@@ -173,17 +146,24 @@ class TimeKeeper:
 
     def admit_trial(self, job: FoldJob) -> bool:
         m = self.members[job.name]
-        need = self.cost(m, m.trial_epochs or None, [0])
-        share_left = self._share_left()
+        part = self._part(m)
         tried = any(o.score is not None for o in self.members.values() if o.trains_epochs)
-        if m.trains_epochs and tried and need > share_left:
+        if m.trains_epochs and tried and self.epoch_s(m) > part:
             m.status = "left out"
-            self._decide(f"{m.name} left out before its trial: {m.trial_epochs} epochs of fold 0 need about "
-                         f"{format_duration(need)}, the trials' share ({TRIAL_SHARE:.0%} of the limit) has "
-                         f"{format_duration(max(share_left, 0))} left")
+            self._decide(f"{m.name} left out before its trial: one epoch of fold 0 needs about "
+                         f"{format_duration(self.epoch_s(m))}, its part of the trials' share ({TRIAL_SHARE:.0%} of "
+                         f"the limit, in equal parts for the networks not tried yet) is {format_duration(part)}")
             return False
         m.status = "trial"
         return True
+
+    def _part(self, m: Member) -> float:
+        """A network's time for its trial: what is left of the trials' share, in equal parts for the networks not
+        tried yet (itself included), so that a slow first trial does not leave the others untried (the first
+        rung of successive halving: every candidate the same budget)."""
+        waiting = [o for o in self.members.values() if o.trains_epochs and o.score is None and o.folds
+                   and o.folds[0] == 0 and o.status in ("planned", "trial")]
+        return max(self._share_left(), 0.0) / max(len(waiting), 1)
 
     def _share_left(self) -> float:
         """What the networks' trials may still use: a head's trial is a whole fold, work the member keeps, so
@@ -191,14 +171,16 @@ class TimeKeeper:
         return TRIAL_SHARE * self.limit - sum(m.spent for m in self.members.values() if m.trains_epochs)
 
     def trial_gate(self, job: FoldJob):
+        """Pauses the trial after its `trial_epochs`, or sooner when the next epoch would overrun its part."""
         m = self.members[job.name]
-        t0 = self.clock()
+        t0, part = self.clock(), self._part(m)
 
         def gate(done: int, epochs: int, seconds: float | None, score: float) -> int:
             if seconds is None:  # resuming a trial (after an interruption): it goes on to its pause
                 return epochs
             self._epoch_done(m, job.fold, done, seconds)
-            if done >= m.trial_epochs or self.clock() - t0 > self._share_left():
+            m.curve.append(float(score))
+            if done >= m.trial_epochs or self.clock() - t0 + self.epoch_s(m) > part:
                 raise FoldPaused(done, score)
             return epochs
         return gate
@@ -213,14 +195,15 @@ class TimeKeeper:
         else:
             self._fold_finished(m, job.fold, seconds, predict_s)
             what = "fold 0"
-        self._decide(f"{m.name} trial: {what} in {format_duration(seconds)}, held-out macro-F1 {score:.3f}")
+        projected = f" (rising: about {m.value:.3f} at {m.config_epochs})" if m.value > score + 0.0005 else ""
+        self._decide(f"{m.name} trial: {what} in {format_duration(seconds)}, held-out macro-F1 {score:.3f}{projected}")
 
     def by_value(self, members) -> list[Member]:
-        """The most valuable first: by trial score, in tiers of scores within `TIE` of the tier's best; within a
+        """The most valuable first: by `Member.value`, in tiers of values within `TIE` of the tier's best; within a
         tier the cheapest to finish at its config's epochs first, then init's order."""
         tiers: list[list[Member]] = []
-        for m in sorted(members, key=lambda m: -(m.score or 0)):
-            if tiers and (tiers[-1][0].score or 0) - (m.score or 0) <= TIE:
+        for m in sorted(members, key=lambda m: -m.value):
+            if tiers and tiers[-1][0].value - m.value <= TIE:
                 tiers[-1].append(m)
             else:
                 tiers.append([m])
@@ -237,9 +220,9 @@ class TimeKeeper:
         chosen: list[Member] = []
         for m in heads + nets:
             # the best network may go below its floor, down to its trial's epochs (a short network beats none);
-            # when its trial beat every member going on, down to one epoch per later fold, rather than leave
+            # when its value is above every member going on, down to one epoch per later fold, rather than leave
             # the time unused (fold 0 keeps the epochs its trial trained)
-            best = (m.score or 0) > max((o.score or 0 for o in chosen), default=0) + TIE
+            best = m.value > max((o.value for o in chosen), default=0) + TIE
             lowest = m.floor if any(o.trains_epochs for o in chosen) else 1 if best else max(m.trial_epochs, 1)
             options = range(m.config_epochs, lowest - 1, -1) if m.trains_epochs else [0]
             fit = next((e for e in options if self.cost(m, e) <= left), None)
@@ -295,7 +278,7 @@ class TimeKeeper:
 
     def replan(self, current: tuple[Member, int, int] | None) -> int | None:
         """Fit the work left into the time left: later members shortened to their floor, then the running one,
-        then members left out (those without finished folds first, lowest trial score first), then the running
+        then members left out (those without finished folds first, lowest value first), then the running
         fold cut below its floor; returns the epochs the running fold (`current` = member, fold, epochs done)
         may have."""
         going = self.by_value(m for m in self.members.values() if m.status == "going on")[::-1]  # least valuable first
@@ -384,13 +367,10 @@ class TimeKeeper:
         return {"limit_s": round(self.limit, 1), "spent_s": round(self.elapsed(), 1),
                 "trial_fraction": TRIAL_FRACTION, "trial_share": TRIAL_SHARE,
                 "members": {m.name: {"status": m.status, "trial_score": None if m.score is None else round(m.score, 4),
+                                     "value": None if m.score is None else round(m.value, 4),
                                      "trial_epochs": m.trial_epochs or None, "epochs": m.epochs or None,
                                      "config_epochs": m.config_epochs or None,
                                      "planned_s": None if m.estimate_s is None else round(m.estimate_s, 1),
                                      "spent_s": round(m.spent, 1)} for m in self.members.values()},
                 "decisions": list(self.decisions)}
 
-
-def _mean_recent(values: list[float], n: int = 2) -> float:
-    recent = values[-n:]
-    return sum(recent) / len(recent)

@@ -301,12 +301,13 @@ def plan_section(project: Project) -> str:
     if not kept:
         return missing("no time-limited training (`foldblend init --time-limit` or `foldblend train --time-limit`)")
     rows = [{"member": name, "status": m["status"], "trial macro-F1": m.get("trial_score"),
+             "projected": m.get("value"),
              "trial epochs": m.get("trial_epochs"), "epochs per fold": m.get("epochs"),
              "config epochs": m.get("config_epochs"), "planned s": m.get("planned_s"), "spent s": m.get("spent_s")}
             for name, m in kept.get("members", {}).items()]
     head = (f"<p>{esc(record.get('command', ''))}: training held to {kept['limit_s']:.0f} s, spent "
-            f"{kept['spent_s']:.0f} s. Each member's trial on fold 0 came first; the time left went to those that "
-            f"scored best.</p>")
+            f"{kept['spent_s']:.0f} s. Each member's trial on fold 0 came first; the time left went to those worth "
+            f"most (a network's trial projected to its last epoch along its learning curve).</p>")
     return head + table(pd.DataFrame(rows), 3) + "<ul>" + "".join(f"<li>{esc(d)}</li>"
                                                                   for d in kept.get("decisions", [])) + "</ul>"
 

@@ -234,6 +234,8 @@ def train_budget_lines(kept: dict | None) -> list[str]:
              + (f", OVER by {format_duration(over)}" if over > 0 else "")]
     for name, m in kept.get("members", {}).items():
         trial = f"trial macro-F1 {m['trial_score']:.3f}" if m.get("trial_score") is not None else "no trial"
+        if m.get("value") is not None and m["value"] > m["trial_score"] + 0.0005:
+            trial += f", projected {m['value']:.3f} at {m['config_epochs']} epochs"
         epochs = (f", {m['epochs']} of {m['config_epochs']} epochs per fold" if m.get("config_epochs") else "")
         lines.append(f"  {name}: {m['status']} ({trial}{epochs}; spent {format_duration(m['spent_s'])})")
     return lines + [f"  {line}" for line in kept.get("decisions", [])]
