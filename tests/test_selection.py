@@ -257,7 +257,9 @@ def test_agreement_on_the_line_sees_confidently_wrong_models_that_confidence_can
     n, m, folds, c = 3000, 2000, 3, 5
     y, test_y = rng.integers(0, c, n), rng.integers(0, c, m)
     fold = np.arange(n) % folds
-    models = [(_sure(y, oof_acc, rng), np.stack([_sure(test_y, test_acc, rng) for _ in range(folds)]))
+    # each member's fold models err together, as trained ones do (so they agree with each other: the
+    # coherence of fold pipelines, below, has nothing to correct), while members err independently
+    models = [(_sure(y, oof_acc, rng), np.stack([_sure(test_y, test_acc, rng)] * folds))
               for oof_acc, test_acc in ((0.9, 0.55), (0.8, 0.4), (0.7, 0.3))]
     line = S.agreement_line(models, fold)
     assert line["points"] == 3 * folds and line["slope"] > 0
@@ -271,3 +273,51 @@ def test_agreement_on_the_line_sees_confidently_wrong_models_that_confidence_can
     assert np.mean(errors["aol"]) < np.mean(errors["atc"]) / 3
     assert S.agreement_line(models[:1], fold) is None
     assert S.agreement_line(models[:2], fold)["slope"] == 1.0
+
+
+def test_fold_pipelines_that_disagree_cannot_all_be_counted_right():
+    """Per test image, at most one of the classes the fold pipelines predict is its label: the per-class chances
+    are scaled to sum to 1 at most. Three fold models of one member, each sure of itself (0.7-0.98) and right on
+    60% of the test with errors of their own: every estimator that reads confidence counts them right nearly
+    everywhere (their OOF rows say sure means right); their disagreement puts the estimate near the truth."""
+    same = S.coherent(np.array([[0.9, 0.2], [0.8, 0.3]]), np.array([[1, 0], [1, 2]]), 3)
+    np.testing.assert_allclose(same, [[0.9, 0.2], [0.8, 0.3]])   # agreeing, or chances summing to <= 1: kept
+    split = S.coherent(np.full((5, 1), 0.99), np.array([[0], [0], [1], [1], [1]]), 2)
+    np.testing.assert_allclose(split[:, 0], 0.5)                  # 0.99 + 0.99 for two classes: halved
+    rng = np.random.default_rng(8)
+    n, m, folds, c = 3000, 2000, 3, 5
+    y, test_y = rng.integers(0, c, n), rng.integers(0, c, m)
+    fold = np.arange(n) % folds
+    oof, fold_test = _sure(y, 0.9, rng), np.stack([_sure(test_y, 0.6, rng) for _ in range(folds)])
+    truth = np.mean([macro_f1(test_y, t.argmax(1), c) for t in fold_test])
+    alone = np.mean([S.correct_per_image("atc", y[fold == k], oof[fold == k], fold_test[k]).mean() for k in range(3)])
+    assert alone > 0.85   # each fold pipeline read alone
+    plain = S.FoldParts(y, oof, fold, fold_test, ("atc", "doc"))   # as the estimators that choose read them
+    assert plain.estimate("atc") - truth > 0.2 and plain.estimate("doc") - truth > 0.2
+    parts = S.FoldParts(y, oof, fold, fold_test, ("atc", "doc"), coherent_for=("atc",))
+    assert abs(parts.estimate("atc") - truth) < 0.06 and parts.estimate("doc") == plain.estimate("doc")
+
+
+def test_under_a_shift_warning_the_expected_score_reads_the_fold_models_disagreement(tmp_path, capsys):
+    """Three members whose fold models are sure of themselves on the test and err each in its own way: with the
+    scan's shift warning the expected score counts them right together at most once where they disagree, and
+    falls towards the truth; without it (each fold's OOF calibration holds) the number is the line's alone.
+    What chooses is the same either way."""
+    rng = np.random.default_rng(9)
+    n, m, n_folds, c = 900, 600, 3, len(CLASSES3)
+    y, test_y = rng.integers(0, c, n), rng.integers(0, c, m)
+    for name, acc in (("a", 0.9), ("b", 0.85), ("c", 0.8)):
+        test = np.stack([_sure(test_y, acc - 0.25, rng, c) for _ in range(n_folds)])
+        save_member(tmp_path / "oof" / name, classes=CLASSES3, ids=[f"i{i}" for i in range(n)], labels=y,
+                    fold=np.arange(n) % n_folds, views=["identity"], oof_logits=np.log(_sure(y, acc, rng, c))[None],
+                    test_ids=[f"t{i}" for i in range(m)], test_logits=np.log(test)[:, None], scores={})
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    out_dir = tmp_path / "oof" / "_blend"
+    quiet = run_blend(tmp_path / "oof", None, out_dir, folds_dir=folds, method="greedy", bias=False).selection
+    (folds / "shift.json").write_text(json.dumps({"optimistic": True}))
+    warned = run_blend(tmp_path / "oof", None, out_dir, folds_dir=folds, method="greedy", bias=False).selection
+    capsys.readouterr()
+    assert warned["expected"]["one_fold_model"] < quiet["expected"]["one_fold_model"] - 0.05
+    for name in ("a", "b", "c"):
+        assert warned["candidates"][name]["estimates"]["atc"] == quiet["candidates"][name]["estimates"]["atc"]

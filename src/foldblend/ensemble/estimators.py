@@ -141,6 +141,24 @@ def correct_per_image(name: str, y: np.ndarray, oof_probs: np.ndarray, test_prob
     raise ValueError(f"unknown estimator {name!r} (estimators: {', '.join(ESTIMATORS)})")
 
 
+def coherent(correct: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(F, M) per-image correctness of F fold pipelines made coherent across them: where they predict different
+    classes for an image at most one class is its label, so the per-class chances (each the mean correctness
+    of the pipelines predicting that class) may sum to 1 at most; an image's correctness is divided by their
+    sum where it is above 1. Pipelines that agree are left as they are; confident ones that disagree can no
+    longer all be counted right (e.g. two of five at 0.99 for one class, three at 0.99 for another: 0.5 each,
+    between the 0.4 and 0.6 that can be true)."""
+    correct, pred = np.asarray(correct, np.float64), np.asarray(pred)
+    f, m = correct.shape
+    total = np.zeros((m, n_classes))
+    count = np.zeros((m, n_classes))
+    rows = np.broadcast_to(np.arange(m), (f, m))
+    np.add.at(total, (rows, pred), correct)
+    np.add.at(count, (rows, pred), 1.0)
+    chance = np.divide(total, count, out=np.zeros_like(total), where=count > 0).sum(axis=1)
+    return correct / np.maximum(chance, 1.0)
+
+
 def f1_from_correct(y: np.ndarray, oof_right: np.ndarray, correct: np.ndarray, test_pred: np.ndarray,
                     n_classes: int) -> float:
     """Macro-F1 of decisions `test_pred` right with probabilities `correct`; the misses spread over the
@@ -157,7 +175,8 @@ class FoldParts:
     """One candidate's per-fold pieces, computed once: labels, OOF rightness, each estimator's per-image
     correctness and the test decisions. Bootstrap draws resample these (the transport plan is not re-solved)."""
 
-    def __init__(self, y, oof_probs, fold, fold_test_probs, estimators=ESTIMATORS, seed: int = 0, line=None):
+    def __init__(self, y, oof_probs, fold, fold_test_probs, estimators=ESTIMATORS, seed: int = 0, line=None,
+                 coherent_for: tuple = ()):
         y, fold = np.asarray(y), np.asarray(fold)
         self.folds = np.unique(fold)
         if len(self.folds) != len(fold_test_probs):
@@ -170,6 +189,12 @@ class FoldParts:
             yk, ok, tk = y[rows], np.asarray(oof_probs[rows], np.float64), np.asarray(fold_test_probs[i], np.float64)
             self.parts.append({"y": yk, "right": ok.argmax(axis=1) == yk, "pred": tk.argmax(axis=1),
                                "correct": {e: correct_per_image(e, yk, ok, tk, rng, line) for e in estimators}})
+        if len(self.parts) > 1:  # the fold pipelines cannot all be right where they disagree (`coherent`)
+            pred = np.stack([part["pred"] for part in self.parts])
+            for e in set(estimators) & set(coherent_for):
+                fixed = coherent(np.stack([part["correct"][e] for part in self.parts]), pred, self.n_classes)
+                for part, row in zip(self.parts, fixed):
+                    part["correct"][e] = row
 
     def estimate(self, name: str, test_rows: np.ndarray | None = None) -> float:
         vals = []

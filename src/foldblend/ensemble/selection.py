@@ -8,7 +8,9 @@ spread of the difference (a paired bootstrap over the test images), by the estim
 putting it below. Every
 candidate's estimates are kept (blend.json's `selection`), and the written file's expected score is the
 chosen estimator's number plus the fold average's gain (`estimators.fold_average_gain`): the number of
-the file, not of one fold model.
+the file, not of one fold model. When the scan warns of a shift, the agreement line's per-image correctness
+is made coherent across the fold pipelines (`estimators.coherent`: where they predict different classes,
+at most one is right); the estimators that choose read each fold pipeline alone.
 """
 from __future__ import annotations
 
@@ -83,9 +85,10 @@ def member_line(cands: list[Candidate], fold: np.ndarray) -> dict | None:
 
 
 def score_candidates(cands: list[Candidate], y: np.ndarray, fold: np.ndarray, seed: int = 0,
-                     line: dict | None = None) -> dict:
+                     line: dict | None = None, coherent_for: tuple = ()) -> dict:
     """{name: {"cv", "estimates": {estimator: {"macro_f1", "std"}}, "gain", "draws": {estimator: (D,)}}};
-    `aol` only with the members' agreement `line`."""
+    `aol` only with the members' agreement `line`; the estimators in `coherent_for` count the fold pipelines
+    right on an image together at most once (`estimators.coherent`)."""
     names = [e for e in S.ESTIMATORS if e != "aol" or line is not None]
     c = cands[0].oof_probs.shape[1]
     m = cands[0].fold_test_probs.shape[1]
@@ -93,7 +96,8 @@ def score_candidates(cands: list[Candidate], y: np.ndarray, fold: np.ndarray, se
     draws = [rng.integers(0, m, m) for _ in range(N_DRAWS)]
     out = {}
     for cand in cands:
-        parts = S.FoldParts(y, cand.oof_probs, fold, cand.fold_test_probs, names, seed=seed, line=line)
+        parts = S.FoldParts(y, cand.oof_probs, fold, cand.fold_test_probs, names, seed=seed, line=line,
+                            coherent_for=coherent_for)
         est = {}
         for name in names:
             values = np.array([parts.estimate(name, rows) for rows in draws])
@@ -146,7 +150,11 @@ def select(result: BlendResult, members: list[Member], enabled: bool = True, see
     y, fold = np.asarray(result.labels), np.asarray(members[0].fold)
     cands = candidates(result, members)
     line = member_line(cands, fold)
-    scores = score_candidates(cands, y, fold, seed, line)
+    # under a shift the fold pipelines' disagreement on the test is evidence that no OOF calibration carries:
+    # the agreement line's number counts them right together at most once where they disagree (without one,
+    # each fold's calibration on its OOF rows holds, and that would only pull the number down; the voters read
+    # each pipeline alone: with it they chose worse once in bench/shift_blend.py's twelve runs)
+    scores = score_candidates(cands, y, fold, seed, line, ("aol",) if result.shift_warning else ())
     auc = result.importance.get("auc")
     if auc is None:  # the importance classifier did not run (no shift warning): its AUC is still the guard
         auc = importance_weights(*_member_views(members, fold, result.model.options))["auc"]
