@@ -367,7 +367,7 @@ class TimeKeeper:
         return {"limit_s": round(self.limit, 1), "spent_s": round(self.elapsed(), 1),
                 "trial_fraction": TRIAL_FRACTION, "trial_share": TRIAL_SHARE,
                 "members": {m.name: {"status": m.status, "trial_score": None if m.score is None else round(m.score, 4),
-                                     "value": None if m.score is None else round(m.value, 4),
+                                     "value": None if m.score is None else round(m.value, 6),
                                      "trial_epochs": m.trial_epochs or None, "epochs": m.epochs or None,
                                      "config_epochs": m.config_epochs or None,
                                      "planned_s": None if m.estimate_s is None else round(m.estimate_s, 1),
