@@ -140,7 +140,7 @@ class TimeKeeper:
 
     def order(self) -> list[FoldJob]:
         """The trials (fold-0 jobs), cheapest first."""
-        trials = [m for m in self.members.values() if m.folds and m.folds[0] == 0]
+        trials = [m for m in self.members.values() if m.awaits_trial]
         trials.sort(key=lambda m: (self.cost(m, m.trial_epochs or None, [0]), m.rank))
         return [self.jobs[(m.name, 0)] for m in trials]
 
@@ -161,8 +161,8 @@ class TimeKeeper:
         """A network's time for its trial: what is left of the trials' share, in equal parts for the networks not
         tried yet (itself included), so that a slow first trial does not leave the others untried (the first
         rung of successive halving: every candidate the same budget)."""
-        waiting = [o for o in self.members.values() if o.trains_epochs and o.score is None and o.folds
-                   and o.folds[0] == 0 and o.status in ("planned", "trial")]
+        waiting = [o for o in self.members.values() if o.trains_epochs and o.score is None and o.awaits_trial
+                   and o.status in ("planned", "trial")]
         return max(self._share_left(), 0.0) / max(len(waiting), 1)
 
     def _share_left(self) -> float:

@@ -39,6 +39,11 @@ class Member:
         return self.config_epochs > 0
 
     @property
+    def awaits_trial(self) -> bool:
+        """Its fold 0 is pending: the first fold the time limit runs is its trial."""
+        return bool(self.folds) and self.folds[0] == 0
+
+    @property
     def value(self) -> float:
         """The trial's score, for a network projected to its config's epochs along the trial's learning curve:
         the score plus `CURVE_SHARE` of the least-squares line's rise over the epochs still to come (never below

@@ -188,10 +188,8 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
     gate = current_gate()
     if gate is not None and resume is not None and not run["stopped_early"]:  # resumed under a time limit
         allowed = min(run["epochs"], gate(run["epoch"] + 1, run["epochs"], None, run["best"]["score"]))
-        if allowed < run["epochs"]:
-            run["epochs"] = max(allowed, run["epoch"] + 1)  # at or below the epochs done: no more training
-            if allowed > run["epoch"] + 1:
-                compress_schedule(fit, cfg, updates_per_epoch(steps, cfg.accumulate), allowed)
+        if allowed < run["epochs"]:  # at or below the epochs done: no more training
+            _end_after(allowed, run, fit, cfg, steps)
     val_dl = eval_loader(data.images, val_idx, cfg.batch_size * 2, cfg.num_workers)
     for epoch in range(run["epoch"] + 1, cfg.epochs):
         if run["stopped_early"] or epoch >= run["epochs"]:
@@ -244,11 +242,19 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
                 if progress:
                     print(f"[{cfg.name} fold {k}] time limit: {allowed} epochs instead of {run['epochs']} "
                           f"(the learning-rate schedule now ends there)")
-                run["epochs"] = allowed
-                compress_schedule(fit, cfg, updates_per_epoch(steps, cfg.accumulate), allowed)
+                _end_after(allowed, run, fit, cfg, steps)
                 write_torch(last_path, {"signature": signature, "run": run, "fit": fit.state_dict()})
 
     return predict_fold(cfg, k, data, out_dir, run["best"], device, val_idx, progress, time.perf_counter() - started)
+
+
+def _end_after(allowed: int, run: dict, fit: Fit, cfg: ExperimentConfig, steps: int) -> None:
+    """The fold ends after `allowed` epochs (a time limit's gate), never fewer than it has done; its schedule
+    is compressed to end there when epochs are left to train."""
+    done = run["epoch"] + 1
+    run["epochs"] = max(allowed, done)
+    if allowed > done:
+        compress_schedule(fit, cfg, updates_per_epoch(steps, cfg.accumulate), allowed)
 
 
 def _record_prediction_settings(path: Path, cfg: ExperimentConfig) -> None:
