@@ -256,6 +256,32 @@ def test_probe_and_time_limit_on_real_images(tiny_project):
     assert "estimate:" in text and "timed on this machine" in text
 
 
+def test_a_loaded_machine_is_probed_on_the_cores_other_processes_leave_free(tiny_project, monkeypatch, capsys):
+    """Under a time limit the probe times at the threads the train stage will use beside the load (every core,
+    shared with a hog, moved a network's timing 3-23x on the 2-core machine; one thread, 1-2x)."""
+    import torch
+
+    from foldblend.stages import init as init_stage
+
+    project = scanned(tiny_project)
+    monkeypatch.setattr(init_stage, "machine_load", lambda: {"others_cpu": 0.9, "load_average": 3.8, "cores": 2})
+    seen, real = [], init_stage.probe
+
+    def probe(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(init_stage, "probe", probe)
+    before = torch.get_num_threads()
+    record = run_init(project, preset="fast", time_limit="20m", hardware=CPU, progress=False)
+    assert seen == [1] and record["load"]["threads"] == 1 and torch.get_num_threads() == before
+    out = capsys.readouterr().out
+    assert "at 1 torch thread(s); other processes used 90% of the CPU" in out
+    assert "the probe timed each network at 1 torch thread(s), the cores they leave free" in out
+    run_init(project, preset="fast", force=True, do_probe=False, hardware=CPU, progress=False)  # no limit: no load
+    assert "threads" not in (json.loads(project.init_record.read_text())["load"] or {})
+
+
 def test_probe_rounds_outvote_one_slow_round():
     """A probe round that something else on the machine slowed down does not set the estimate."""
     calls = []

@@ -22,6 +22,7 @@ MAX_LINES = 400
 # lowest first; a module may import its own package or anything of a lower rank
 RANK = {
     "errors": 0, "safety": 0, "paths": 0, "artifacts": 0, "locks": 0, "metrics": 0, "pretrained": 0, "durations": 0,
+    "cpu": 0,
     "config": 1,
     "data": 2,
     "members": 3, "ensemble": 3, "submission": 3,

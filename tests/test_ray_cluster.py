@@ -111,6 +111,11 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="fbclu")  # short: Ray's unix sockets live under it (107-byte limit)
+    # Ray (2.60) writes the cluster's address into its default temp folder whatever temp_dir says, and does not
+    # create that folder: on a machine where Ray never ran, Cluster() fails with FileNotFoundError
+    from ray._private.utils import get_ray_address_file
+
+    Path(get_ray_address_file(None)).parent.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp,
                                                             "include_dashboard": False})
     # the driver joins before the worker nodes exist: all nodes share this machine's address, and a driver

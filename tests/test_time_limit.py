@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 from test_train import METRICS, tiny_config, tiny_data
 
+from foldblend import cpu
 from foldblend.cli import main
 from foldblend.config import config_from_dict
 from foldblend.members.gate import FoldPaused, epoch_gate
+from foldblend.running import fold as fold_module
 from foldblend.running.budget import TimeKeeper
 from foldblend.running.fold import run_fold
 from foldblend.running.jobs import FoldJob
@@ -198,8 +200,11 @@ def test_a_slower_machine_mid_run_shortens_then_leaves_out_later_members(tmp_pat
 
 
 @pytest.mark.slow
-def test_train_with_a_time_limit_runs_trials_then_finishes_what_fits(tiny_project, capsys):
+def test_train_with_a_time_limit_runs_trials_then_finishes_what_fits(tiny_project, capsys, monkeypatch):
     root = str(tiny_project)
+    shares = iter([0.9, 0.9])  # another process holds the CPU for the first two folds, then leaves
+    monkeypatch.setattr(fold_module, "others_cpu", lambda: next(shares, 0.0))
+    monkeypatch.setattr(cpu, "cores", lambda: 2)
     (tiny_project / "folds" / "tiny.yaml").write_text("model: cnn_tiny\nimg_size: 16\nepochs: 3\nbatch_size: 16\n")
     (tiny_project / "folds" / "other.yaml").write_text("model: cnn_tiny\nimg_size: 16\nepochs: 2\nbatch_size: 16\n"
                                                        "lr: 0.003\n")
@@ -212,6 +217,9 @@ def test_train_with_a_time_limit_runs_trials_then_finishes_what_fits(tiny_projec
     assert record["members"]["tiny"]["trial_epochs"] == 1 and record["members"]["other"]["trial_epochs"] == 1
     assert "time limit: tiny trial: 1 of 3 epochs on fold 0" in out
     assert "[tiny fold 0] resuming after epoch 1" in out
+    assert "time limit: other processes use 90% of the CPU: folds train with 1 torch thread(s)" in out
+    assert "time limit: other processes use 0% of the CPU: folds train with 2 torch thread(s), their config's" in out
+    assert sum("torch thread" in line for line in record["decisions"]) == 2
     assert len(pd.read_csv(tiny_project / "models" / "tiny" / "fold_0" / "log.csv")) == 3
     assert all((tiny_project / "oof" / name / "oof.npz").exists() for name in ("tiny", "other"))
     assert main(["--root", root, "summary"]) == 0
@@ -259,6 +267,12 @@ def test_the_best_network_goes_on_at_fewer_epochs_than_its_trial_rather_than_lea
     tight.allocate()
     assert tight.members["net"].status == "going on" and tight.members["net"].epochs == 2
     assert tight.cost(tight.members["net"], folds=[0]) == 0.0   # fold 0 has its epochs already
+    # then the machine slows (70 s epochs): 2 epochs on folds 1-2 overrun the 188 s left; re-planning shortens the
+    # network to the 1 epoch its allocation allowed rather than leave it out, the blend to the head alone
+    tight.members["net"].epoch_seconds += [70.0, 70.0]
+    fold1 = next(j for j in planned if j.name == "net" and j.fold == 1)
+    assert tight.admit(fold1) and tight.members["net"].epochs == 1
+    assert lines[-1].startswith("time limit: net: 1 epochs per fold instead of 2, projected from the epochs just")
     # init's estimate (a loaded probe) puts each fold's prediction at 133 s, more than three of the 40 s epochs
     # measured: an epoch bounds it. Trials 5 + 10x40 s; 1078 - 405 - 10 = 663 s left: 6 epochs on folds 1-2
     # (480 s) and three predictions (120 s) fit; with 133 s per prediction only 3 epochs would

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from foldblend.config import config_from_dict
+from foldblend.cpu import BUSY, cores, others_cpu
 from foldblend.data.cache import resize_square
 from foldblend.data.read import ImageReadError, load_rgb
 from foldblend.members.infer import resolve_device
@@ -30,23 +31,23 @@ PROBE_PASSES = 2     # a kind timed again (`MemberKind.retime`) runs this many p
 _median_of_rounds = median_of_rounds
 
 
-BUSY = 0.25         # other processes' share of the CPU above which the probe's timings are called unreliable
-
-
 def machine_load(seconds: float = 1.0) -> dict:
     """What else the machine is doing now: other processes' share of all CPU cores over `seconds` (this
     process sleeps meanwhile, so the share is theirs), and the 1-minute load average."""
-    import psutil
-
-    busy = psutil.cpu_percent(interval=seconds) / 100
+    busy = others_cpu(seconds)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"others_cpu": round(busy, 3), "load_average": None if load is None else round(load, 2),
-            "cores": os.cpu_count() or 1}
+            "cores": cores()}
 
 
 def load_warning(load: dict) -> str:
     if load["others_cpu"] <= BUSY:
         return ""
+    if load.get("threads") is not None:  # under a time limit: timed, and trained, on the cores left free
+        return (f"other processes use {load['others_cpu']:.0%} of the {load['cores']} CPU cores (load average "
+                f"{load['load_average']}): the probe timed each network at {load['threads']} torch thread(s), the "
+                f"cores they leave free, as the train stage trains each fold while they run (the timings of "
+                f"every core, shared with them, move 3-23x); it re-plans from what each epoch takes")
     return (f"other processes use {load['others_cpu']:.0%} of the {load['cores']} CPU cores (load average "
             f"{load['load_average']}): the probe's timings may be several times a quiet machine's; the train stage "
             f"re-plans from what each epoch takes")

@@ -22,7 +22,8 @@ run itself measures (as AutoGluon's `time_limit`: each decision from the time le
    trained, and predicts without training on when it has that many already).
 3. **Re-planning.** Before every fold and after every epoch the work left is projected from the epochs
    just timed (so load that comes or goes moves the plan, not just the probe): when it overruns the
-   time left, the other networks' later folds are shortened towards their floor (the last-ranked first),
+   time left, the other networks' later folds are shortened towards their floor (the last-ranked first; the
+   network that went on below its floor, towards the fewest epochs its allocation allowed),
    then the running network's, then networks are left out (those without finished folds first), and
    last the running fold's epochs are cut below its floor (its learning-rate schedule compressed to end
    there).
@@ -138,6 +139,10 @@ class TimeKeeper:
         self.say(f"time limit: {line}")
         self.save(self.record())
 
+    def note(self, line: str) -> None:
+        """A line of the run's own among the decisions (e.g. the threads its folds train with)."""
+        self._decide(line)
+
     def order(self) -> list[FoldJob]:
         """The trials (fold-0 jobs), cheapest first."""
         trials = [m for m in self.members.values() if m.awaits_trial]
@@ -238,6 +243,7 @@ class TimeKeeper:
                              f"{m.score or 0:.3f}): its folds then need {format_duration(self.cost(m, fit))} "
                              f"of the {format_duration(max(left, 0))} left")
             m.epochs = fit if m.trains_epochs else 0
+            m.lowest = lowest if m.trains_epochs and lowest < m.floor else None
             m.status = "going on"
             left -= self.cost(m)
             chosen.append(m)
@@ -296,10 +302,10 @@ class TimeKeeper:
 
         if work() <= self.left():
             return None if current is None else current[0].epochs
-        for m in going:  # shorten later members' folds towards their floor
-            if m.trains_epochs and (current is None or m is not current[0]) and m.epochs > m.floor:
+        for m in going:  # shorten later members' folds towards their floor (the best network's: its lowest)
+            if m.trains_epochs and (current is None or m is not current[0]) and m.epochs > m.bound:
                 before = m.epochs
-                while m.epochs > m.floor and work() > self.left():
+                while m.epochs > m.bound and work() > self.left():
                     m.epochs -= 1
                 self._decide(f"{m.name}: {m.epochs} epochs per fold instead of {before}, projected from the "
                              f"epochs just timed ({format_duration(self.epoch_s(m))} each)")
@@ -307,7 +313,7 @@ class TimeKeeper:
                     return None if current is None else current[0].epochs
         if current is not None:  # the running member down to its floor, before anyone's finished folds are lost
             m, _, done = current
-            while m.epochs > max(m.floor, done + 1) and work() > self.left():
+            while m.epochs > max(m.bound, done + 1) and work() > self.left():
                 m.epochs -= 1
             if work() <= self.left():
                 return m.epochs

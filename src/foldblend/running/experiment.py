@@ -45,7 +45,7 @@ from foldblend.members.signatures import (
 )
 from foldblend.paths import Project
 from foldblend.running.budget import TimeKeeper
-from foldblend.running.fold import run_fold
+from foldblend.running.fold import LoadThreads, run_fold
 from foldblend.running.jobs import Executor, FoldJob
 from foldblend.running.local import LocalExecutor
 from foldblend.safety import remove, say_swept, sweep_temporaries
@@ -173,7 +173,8 @@ def train_experiments(config_paths: list[str | Path], project: Project, executor
 
     `time_limit` ({"seconds", "started" (time.monotonic), "estimates" and "fold_estimates": {member: s},
     "save": callable}) holds a limit over the training
-    (`running.budget`): trials first, then the rest by value, re-planned as it goes. Every experiment's lock
+    (`running.budget`): trials first, then the rest by value, re-planned as it goes, each fold on the cores
+    other processes leave free (`running.fold.LoadThreads`). Every experiment's lock
     is held from its planning to its assembly."""
     with contextlib.ExitStack() as locks:
         plans: list[Plan] = []
@@ -190,10 +191,11 @@ def train_experiments(config_paths: list[str | Path], project: Project, executor
 
         def train_here(job: FoldJob):
             plan = by_name[job.name]
-            return run_fold(plan.cfg, job.fold, plan.data, job.out_dir, progress=progress)
+            cfg = plan.cfg if threads is None else threads.config(plan.cfg)
+            return run_fold(cfg, job.fold, plan.data, job.out_dir, progress=progress)
 
         jobs = [job for plan in plans for job in plan.jobs]
-        keeper = None
+        keeper = threads = None
         if time_limit is not None and jobs:
             if executor is not None or (devices and len(devices) > 1):
                 print("WARNING: the time limit is held on the local executor with one device only: this run "
@@ -203,6 +205,7 @@ def train_experiments(config_paths: list[str | Path], project: Project, executor
                                     time_limit.get("estimates") or {}, _fold0_scores(plans, project),
                                     save=time_limit.get("save"), start=time_limit.get("started"),
                                     fold_estimates=time_limit.get("fold_estimates"))
+                threads = LoadThreads(keeper.note)
         executor = executor or LocalExecutor(devices)
         try:
             if keeper is not None:

@@ -11,17 +11,22 @@ whatever machine: on CPU a kernel splits its sums by thread, so another thread c
 other weights (one epoch of the demo at 1 thread against 2 moved its logits by up to 0.16 and changed up
 to 3% of its test predictions). The default, 2, is what torch itself takes on a 2-core machine, so local
 training there keeps using both cores; a bigger machine trains faster with more folds at once (Ray,
-`--gpus cpu,cpu`) or with a larger `threads`, set in the config so that every executor uses it.
+`--gpus cpu,cpu`) or with a larger `threads`, set in the config so that every executor uses it. Under
+a time limit, whose run depends on the machine's speed anyway, each fold takes only the cores other
+processes leave free (`LoadThreads`, `cpu.threads_for_load`): beside them, every thread stalls the rest.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from foldblend.artifacts import write_json, write_npz
 from foldblend.config import ExperimentConfig
+from foldblend.cpu import others_cpu, threads_for_load
 from foldblend.members.base import TrainData
 from foldblend.members.registry import get_kind
 from foldblend.members.signatures import (
@@ -69,3 +74,23 @@ def fold_threads(threads: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class LoadThreads:
+    """Each fold's torch threads lowered to the cores other processes leave free, measured just before it
+    (`cpu.threads_for_load`), with a line (`say`) each time the count changes."""
+
+    def __init__(self, say: Callable[[str], None], measure: Callable[[], float] | None = None,
+                 n_cores: int | None = None):
+        self.say, self.measure, self.n_cores = say, measure or others_cpu, n_cores
+        self.last: int | None = None
+
+    def config(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        others = self.measure()
+        threads = threads_for_load(cfg.threads, others, self.n_cores)
+        if threads != (cfg.threads if self.last is None else self.last):
+            self.say(f"other processes use {others:.0%} of the CPU: folds train with {threads} torch thread(s)"
+                     + (f" (their config's {cfg.threads} would stall on the cores those hold)"
+                        if threads < cfg.threads else ", their config's, again"))
+        self.last = threads
+        return cfg if threads == cfg.threads else replace(cfg, threads=threads)

@@ -33,6 +33,7 @@ class Member:
     curve: list = field(default_factory=list)  # the trial's held-out macro-F1 after each epoch
     trial_epochs: int = 0
     status: str = "planned"        # planned | trial | going on | finished | left out
+    lowest: int | None = None      # the fewest epochs its allocation let it go down to, when below its floor
 
     @property
     def trains_epochs(self) -> bool:
@@ -59,6 +60,12 @@ class Member:
     @property
     def floor(self) -> int:
         return max(self.trial_epochs, 1, math.ceil(FLOOR_FRACTION * self.config_epochs))
+
+    @property
+    def bound(self) -> int:
+        """How far re-planning may shorten it before leaving it out: its floor, or lower where its allocation went
+        lower (the best network, rather than none)."""
+        return self.floor if self.lowest is None else min(self.floor, self.lowest)
 
 
 def mean_recent(values: list[float], n: int = 2) -> float:

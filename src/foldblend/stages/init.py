@@ -16,13 +16,15 @@ from datetime import datetime, timezone
 import yaml
 
 from foldblend.artifacts import read_json, write_json, write_text
-from foldblend.config import config_from_dict, load_config
+from foldblend.config import ExperimentConfig, config_from_dict, load_config
+from foldblend.cpu import threads_for_load
 from foldblend.durations import format_duration, parse_duration
 from foldblend.paths import Project
 from foldblend.planning.budget import Plan, plan_members
 from foldblend.planning.presets import DEFAULT_PRESET, PRESETS, Candidate, candidates
 from foldblend.planning.probe import PROBE_PASSES, load_warning, machine_load, probe
 from foldblend.planning.profile import DataProfile, Hardware, data_profile, detect_hardware
+from foldblend.running.fold import fold_threads
 from foldblend.safety import remove
 
 COMMENT_COLUMN = 40
@@ -89,10 +91,16 @@ def run_init(project: Project, preset: str = DEFAULT_PRESET, time_limit: str | N
     if do_probe and hw.here:
         t0 = time.perf_counter()
         load = machine_load()
-        timings = probe(cands, profile, hw, progress, passes=1 if budget is not None else PROBE_PASSES)
+        # timed at the threads a fold trains with: the config's, and under a time limit (whose run depends on
+        # the machine's speed anyway) only the cores other processes leave free, as the train stage does
+        threads = ExperimentConfig.threads
+        if budget is not None:
+            threads = load["threads"] = threads_for_load(threads, load["others_cpu"], load["cores"])
+        with fold_threads(threads):
+            timings = probe(cands, profile, hw, progress, passes=1 if budget is not None else PROBE_PASSES)
         probe_s = time.perf_counter() - t0
-        print(f"probe: {format_duration(probe_s)} (each candidate timed on a few batches of real train images; "
-              f"other processes used {load['others_cpu']:.0%} of the CPU)")
+        print(f"probe: {format_duration(probe_s)} (each candidate timed on a few batches of real train images at "
+              f"{threads} torch thread(s); other processes used {load['others_cpu']:.0%} of the CPU)")
         if load_warning(load):
             print(f"WARNING: {load_warning(load)}")
     elif budget is not None:
