@@ -44,7 +44,7 @@ from foldblend.durations import format_duration
 from foldblend.members.gate import FoldPaused
 from foldblend.members.registry import get_kind
 from foldblend.running.jobs import FoldJob
-from foldblend.running.member_plan import TRIAL_FRACTION, Member, mean_recent
+from foldblend.running.member_plan import TRIAL_FRACTION, Member, mean_recent, rising
 
 TRIAL_SHARE = 0.4        # of the limit, for all the trials
 SAFETY = 0.02            # of the limit, kept back from every projection (assembly, the last fold's writes)
@@ -200,7 +200,7 @@ class TimeKeeper:
         else:
             self._fold_finished(m, job.fold, seconds, predict_s)
             what = "fold 0"
-        projected = f" (rising: about {m.value:.3f} at {m.config_epochs})" if m.value > score + 0.0005 else ""
+        projected = f" (rising: about {m.value:.3f} at {m.config_epochs})" if rising(m.value, score) else ""
         self._decide(f"{m.name} trial: {what} in {format_duration(seconds)}, held-out macro-F1 {score:.3f}{projected}")
 
     def by_value(self, members) -> list[Member]:
@@ -243,7 +243,7 @@ class TimeKeeper:
                              f"{m.score or 0:.3f}): its folds then need {format_duration(self.cost(m, fit))} "
                              f"of the {format_duration(max(left, 0))} left")
             m.epochs = fit if m.trains_epochs else 0
-            m.lowest = lowest if m.trains_epochs and lowest < m.floor else None
+            m.lowest = lowest if m.trains_epochs else None
             m.status = "going on"
             left -= self.cost(m)
             chosen.append(m)

@@ -13,6 +13,7 @@ FLOOR_FRACTION = 0.5     # a network shortened below half its epochs is left out
 # epochs (learning curves flatten); on 97 full-schedule folds of bench/ runs it took the trial's mean error from
 # -0.106 to +0.000 (mean |error| 0.114 -> 0.076; flat at 0.073-0.083 for shares 0.3-0.6)
 CURVE_SHARE = 0.5
+RISING = 0.0005          # a value this far above the trial's score is said ("rising: about ...", "projected ...")
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Member:
     curve: list = field(default_factory=list)  # the trial's held-out macro-F1 after each epoch
     trial_epochs: int = 0
     status: str = "planned"        # planned | trial | going on | finished | left out
-    lowest: int | None = None      # the fewest epochs its allocation let it go down to, when below its floor
+    lowest: int | None = None      # the fewest epochs its allocation let it go down to (at most its floor)
 
     @property
     def trains_epochs(self) -> bool:
@@ -63,9 +64,14 @@ class Member:
 
     @property
     def bound(self) -> int:
-        """How far re-planning may shorten it before leaving it out: its floor, or lower where its allocation went
-        lower (the best network, rather than none)."""
-        return self.floor if self.lowest is None else min(self.floor, self.lowest)
+        """How far re-planning may shorten it before leaving it out: what its allocation allowed (its floor, or
+        lower for the best network, rather than none); its floor before it is allocated."""
+        return self.floor if self.lowest is None else self.lowest
+
+
+def rising(value: float | None, score: float | None) -> bool:
+    """A trial's value said beside its score: projected above it by more than the printed digits show."""
+    return value is not None and score is not None and value > score + RISING
 
 
 def mean_recent(values: list[float], n: int = 2) -> float:

@@ -16,6 +16,7 @@ from foldblend.ensemble.selection import saved_lines
 from foldblend.ensemble.store import split_members
 from foldblend.members.signatures import fold_seconds
 from foldblend.paths import Project
+from foldblend.running.member_plan import rising
 from foldblend.scanning.shift_files import read_shift
 from foldblend.submission.log import read_log
 
@@ -234,7 +235,7 @@ def train_budget_lines(kept: dict | None) -> list[str]:
              + (f", OVER by {format_duration(over)}" if over > 0 else "")]
     for name, m in kept.get("members", {}).items():
         trial = f"trial macro-F1 {m['trial_score']:.3f}" if m.get("trial_score") is not None else "no trial"
-        if m.get("value") is not None and m["value"] > m["trial_score"] + 0.0005:
+        if rising(m.get("value"), m.get("trial_score")):
             trial += f", projected {m['value']:.3f} at {m['config_epochs']} epochs"
         epochs = (f", {m['epochs']} of {m['config_epochs']} epochs per fold" if m.get("config_epochs") else "")
         lines.append(f"  {name}: {m['status']} ({trial}{epochs}; spent {format_duration(m['spent_s'])})")
