@@ -155,10 +155,10 @@ def test_network_keys_are_errors_on_an_embedding_member(tmp_path):
     with pytest.raises(ConfigError, match="'embed.k' must be in"):
         config_from_dict({"name": "x", **EMBED, "embed": {"k": 0}})
     cfg = config_from_dict({"name": "x", **EMBED, "embed": {"head": "knn", "k": 7}})
-    assert cfg.kind == "embedding" and cfg.embed.k == 7 and cfg.embed.head == "knn" and cfg.embed.test_stats
-    assert not config_from_dict({"name": "x", **EMBED, "embed": {"test_stats": False}}).embed.test_stats
+    assert cfg.kind == "embedding" and cfg.embed.k == 7 and cfg.embed.head == "knn" and cfg.test_stats
+    assert not config_from_dict({"name": "x", **EMBED, "test_stats": False}).test_stats
     with pytest.raises(ConfigError, match="key 'test_stats': expected bool"):
-        config_from_dict({"name": "x", **EMBED, "embed": {"test_stats": "yes"}})
+        config_from_dict({"name": "x", **EMBED, "test_stats": "yes"})
 
 
 # ----------------------------------------------------------------------------- features

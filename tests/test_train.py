@@ -255,3 +255,74 @@ def test_select_last_keeps_the_final_weights_whatever_the_held_out_score(tmp_pat
     assert summary["best_epoch"] == 3 and summary["best_macro_f1"] == pytest.approx(log["val_macro_f1"].iloc[-1])
     with pytest.raises(ConfigError, match="patience"):
         config_from_dict({"name": "t", "select": "last", "patience": 2})
+
+
+# ----------------------------------------------------------------------------- the test's own statistics
+
+
+def test_test_batchnorm_shrinks_each_layers_test_statistics_towards_the_training_ones():
+    from foldblend.members.infer import PRIOR_IMAGES, apply_test_state, test_batchnorm
+    from foldblend.members.loaders import eval_loader
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(SIZE * SIZE * 3, 2)).eval()
+    model[0].running_mean.fill_(0.2)
+    model[0].running_var.fill_(2.0)
+    images = np.random.default_rng(0).integers(100, 200, (32, SIZE, SIZE, 3), dtype=np.uint8)
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    state = test_batchnorm(model, eval_loader(images, np.arange(32), 16), "cpu", mean, std, "off")
+    x = to_input(torch.from_numpy(images), mean, std, torch.device("cpu"), False)
+    halves = [x[:16], x[16:]]  # two batches: their statistics averaged, as BatchNorm's cumulative average does
+    test_mean = torch.stack([h.mean(dim=(0, 2, 3)) for h in halves]).mean(0)
+    test_var = torch.stack([h.transpose(0, 1).reshape(3, -1).var(dim=1) for h in halves]).mean(0)
+    w = 32 / (32 + PRIOR_IMAGES)
+    torch.testing.assert_close(state["0.running_mean"], w * test_mean + (1 - w) * 0.2)
+    torch.testing.assert_close(state["0.running_var"], w * test_var + (1 - w) * 2.0)
+    assert torch.all(model[0].running_mean == 0.2) and not model[0].training  # the model itself is untouched
+    apply_test_state(model, state)
+    torch.testing.assert_close(model[0].running_mean, state["0.running_mean"])
+    assert test_batchnorm(model, eval_loader(images[:1], np.arange(1), 16), "cpu", mean, std, "off") is None
+    assert test_batchnorm(linear_model(), eval_loader(images, np.arange(32), 16), "cpu", mean, std, "off") is None
+
+
+def test_test_stats_reads_the_test_with_its_own_batchnorm_statistics_and_only_predicts_again(tmp_path):
+    """The held-out fold keeps the training statistics; the test (brighter than any training image) gets
+    its own, kept in best.pt, so the checkpoint alone predicts what the fold wrote; turning it off only
+    predicts again."""
+    from foldblend.members.cnn.models import load_checkpoint
+    from foldblend.members.infer import infer
+    from foldblend.members.loaders import eval_loader
+
+    data = tiny_data(n=72, m=40)
+    data.test_images = np.clip(data.test_images.astype(int) * 2 + 40, 0, 255).astype(np.uint8)
+    out = tmp_path / "f0"
+    run_fold(tiny_config(epochs=2), 0, data, out, progress=False)
+    with np.load(out / "preds.npz") as z:
+        val_on, test_on = z["val_logits"], z["test_logits"]
+    model, ckpt = load_checkpoint(out / "best.pt")
+    assert set(ckpt["test_state"]) == {f"{n}.{s}" for n, m in model.named_modules()
+                                       if isinstance(m, nn.BatchNorm2d) for s in ("running_mean", "running_var")}
+    again = infer(model, eval_loader(data.test_images, np.arange(40), 16), ["identity", "hflip"], "cpu",
+                  ckpt["mean"], ckpt["std"], "auto")
+    np.testing.assert_allclose(again, test_on, atol=1e-5)
+    trained, _ = load_checkpoint(out / "best.pt", test_state=False)
+    assert all(not torch.equal(trained.state_dict()[key], value) for key, value in ckpt["test_state"].items())
+    log = (out / "log.csv").read_text()
+    run_fold(tiny_config(epochs=2, test_stats=False), 0, data, out, progress=False)
+    assert (out / "log.csv").read_text() == log  # not trained again
+    with np.load(out / "preds.npz") as z:
+        np.testing.assert_array_equal(z["val_logits"], val_on)  # the held-out fold: training statistics both times
+        assert np.abs(z["test_logits"] - test_on).max() > 1e-3
+        off = infer(trained, eval_loader(data.test_images, np.arange(40), 16), ["identity", "hflip"], "cpu",
+                    ckpt["mean"], ckpt["std"], "auto")
+        np.testing.assert_allclose(z["test_logits"], off, atol=1e-5)
+    assert "test_state" not in load_checkpoint(out / "best.pt")[1]
+
+    from foldblend.artifacts import write_torch
+    from foldblend.pretrained import CheckpointError
+
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    ckpt["test_state"] = {"no.such.running_mean": torch.zeros(3)}  # a checkpoint edited by hand
+    write_torch(out / "best.pt", ckpt)
+    with pytest.raises(CheckpointError, match="best.pt: its weights do not fit its architecture"):
+        load_checkpoint(out / "best.pt")

@@ -41,7 +41,6 @@ class EmbedConfig:
     C: float = 1.0                      # inverse regularisation strength (logreg, linear_svc)
     k: int = 10                         # knn: neighbours that vote
     temperature: float = 0.07           # knn: each vote weighs exp(cosine similarity / temperature)
-    test_stats: bool = True             # logreg, linear_svc: the test's features standardised by their own statistics
 
 
 @dataclass
@@ -86,6 +85,7 @@ class ExperimentConfig:
     select: str = "best"                # best: keep the best held-out epoch; last: keep the final weights
     # --- evaluation
     tta: list[str] = field(default_factory=lambda: ["identity", "hflip"])
+    test_stats: bool = True             # read the test with its own statistics (BatchNorm, linear heads' scaling)
     # --- run
     folds: Optional[list[int]] = None   # which folds to run (None = all)
     seed: int = 42
@@ -98,9 +98,9 @@ class ExperimentConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes what a fold's weights are: not which folds run, workers, threads,
-        device, speed-only switches, nor the TTA views (a TTA change predicts again without retraining)."""
+        device, speed-only switches, nor how the test is read (TTA views, `test_stats`: a change predicts again)."""
         d = dataclasses.asdict(self)
-        for k in ("folds", "num_workers", "threads", "device", "name", "tta", "channels_last", "compile"):
+        for k in ("folds", "num_workers", "threads", "device", "name", "tta", "test_stats", "channels_last", "compile"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -1,7 +1,8 @@
 """Inference: a network's logits for every image under every TTA view, and the device it runs on.
 
 `infer` knows nothing of scores (scoring is `assemble.score_member`'s job); mixed precision is chosen
-here once, for training and inference alike.
+here once, for training and inference alike. `test_batchnorm` re-estimates a network's BatchNorm
+statistics on the images it is about to predict (`test_stats`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from foldblend.members.transforms import TTA_VIEWS, to_input
+
+PRIOR_IMAGES = 50  # `test_stats`: the training statistics weigh as this many test images (BatchNorm, linear heads)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,3 +63,53 @@ def infer(model: torch.nn.Module, loader, views: list[str], device, mean, std, a
             raise ValueError("infer: no images and no n_classes to shape the empty result")
         return np.zeros((len(views), 0, n_classes), np.float32)
     return np.stack([np.concatenate(chunks) for chunks in out]).astype(np.float32)
+
+
+@torch.no_grad()
+def test_batchnorm(model: torch.nn.Module, loader, device, mean, std, amp: str = "auto", channels_last: bool = False,
+                   prior: int = PRIOR_IMAGES, desc: str | None = None) -> dict[str, torch.Tensor] | None:
+    """{buffer name: tensor}: every BatchNorm layer's running mean and variance re-estimated on the images of
+    `loader` (identity view), shrunk towards the training ones as if those were `prior` more images; None
+    for a network without BatchNorm or fewer than two images. `model` is left as it was.
+
+    AdaBN (Li et al., 2016): a network trained on one image source reads another through statistics
+    that no longer hold; the test's own, taken layer after layer in one pass (each layer normalised by
+    its batch, as in training), put its features back where the later layers expect them."""
+    import copy
+
+    names = [name for name, m in model.named_modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+    if not names:
+        return None
+    adapted = copy.deepcopy(model).eval()
+    layers = dict(adapted.named_modules())
+    for name in names:
+        layers[name].reset_running_stats()
+        layers[name].momentum = None  # a cumulative average over every batch
+        layers[name].train()
+    device = torch.device(device)
+    seen = 0
+    for batch, _ in tqdm(loader, desc=desc, leave=False, disable=desc is None):
+        if len(batch) < 2:  # a batch statistic needs two images (the loader's last batch may hold one)
+            continue
+        with autocast(device, amp):
+            adapted(to_input(batch, mean, std, device, channels_last))
+        seen += len(batch)
+    if seen < 2:
+        return None
+    w = seen / (seen + prior)
+    trained = dict(model.named_modules())
+    out = {}
+    for name in names:
+        for stat in ("running_mean", "running_var"):
+            new, old = getattr(layers[name], stat).float(), getattr(trained[name], stat).float()
+            out[f"{name}.{stat}"] = (w * new + (1 - w) * old).to(getattr(trained[name], stat).dtype).cpu()
+    return out
+
+
+def apply_test_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Copy `test_batchnorm`'s statistics into `model`'s buffers (in place); KeyError on a name it lacks."""
+    buffers = dict(model.named_buffers())
+    for name, value in state.items():
+        buffers[name].copy_(value.to(buffers[name].device))
+    return model

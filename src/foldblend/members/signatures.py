@@ -24,7 +24,7 @@ def fold_signature(cfg: ExperimentConfig, data) -> dict:
 
 def predict_signature(cfg: ExperimentConfig, data) -> dict:
     """What a fold's predictions depend on beyond its weights: a change here only predicts again."""
-    return {"tta": list(cfg.tta), "amp": cfg.amp, "test": data.test_fingerprint}
+    return {"tta": list(cfg.tta), "amp": cfg.amp, "test": data.test_fingerprint, "test_stats": cfg.test_stats}
 
 
 _SAID_UNREADABLE: set[str] = set()  # done.json files already reported unreadable, in this process

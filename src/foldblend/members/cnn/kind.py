@@ -3,7 +3,8 @@
 Training resumes from `last.pt`; weights that are current only predict again (`train.train_fold`). A
 bundle holds each fold's state dict and rebuilds the network from its `Arch`. The init probe times a
 few real training steps and an inference pass; a run costs folds x epochs x training images, a
-validation pass per epoch (two with EMA) and the predictions under each TTA view.
+validation pass per epoch (two with EMA), the predictions under each TTA view and, under `test_stats`, a
+pass over the test for its BatchNorm statistics.
 """
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ class CnnKind(MemberKind):
         others = profile.n_test + profile.n_holdout
         evals = 2 if values.get("ema") else 1
         views = len(values.get("tta", ["identity", "hflip"]))
+        restat = profile.n_test if values.get("test_stats", True) else 0  # one pass for the test's BatchNorm statistics
         return {"setup": k * t.setup,
                 "train": k * epochs * profile.fold_train * t.train_per_image,
                 "validate": epochs * n * evals * t.infer_per_image,
-                "predict": (n + k * others) * views * t.infer_per_image}
+                "predict": ((n + k * others) * views + k * restat) * t.infer_per_image}

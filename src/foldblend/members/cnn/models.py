@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from foldblend.members.infer import apply_test_state
 from foldblend.members.transforms import IMAGENET_MEAN, IMAGENET_STD
 from foldblend.members.weights import load_pretrained, load_tensors
 from foldblend.pretrained import CheckpointError, check_packaged_model
@@ -190,8 +191,10 @@ def checkpoint_payload(model: nn.Module, arch: Arch, classes: list[str], img_siz
             "std": list(std), **extra}
 
 
-def load_checkpoint(path: str | Path, device="cpu") -> tuple[Classifier, dict]:
-    """Rebuild the model from a checkpoint alone (no config needed)."""
+def load_checkpoint(path: str | Path, device="cpu", test_state: bool = True) -> tuple[Classifier, dict]:
+    """Rebuild the model from a checkpoint alone (no config needed): with the BatchNorm statistics of the
+    test it last predicted (`test_state`, written by `train.predict_fold` under `test_stats`) unless
+    `test_state` is False (the training ones, for its held-out fold)."""
     fix = "name a best.pt written by `foldblend train` (or a folder of them)"
     ckpt = load_tensors(path, "foldblend checkpoint", fix)
     needed = ("arch", "state_dict", "classes", "img_size", "mean", "std")
@@ -201,6 +204,8 @@ def load_checkpoint(path: str | Path, device="cpu") -> tuple[Classifier, dict]:
     try:
         model = create_model(Arch(**ckpt["arch"]), pretrained=False)
         model.load_state_dict(ckpt["state_dict"])
+        if test_state and ckpt.get("test_state"):
+            apply_test_state(model, ckpt["test_state"])
     except (TypeError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path}: its weights do not fit its architecture ({str(e).splitlines()[0][:120]}); "
                               f"{fix}") from None

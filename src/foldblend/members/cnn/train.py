@@ -41,7 +41,7 @@ from foldblend.members.cnn.optim import (
     updates_per_epoch,
 )
 from foldblend.members.gate import current_gate
-from foldblend.members.infer import autocast, infer, resolve_device
+from foldblend.members.infer import apply_test_state, autocast, infer, resolve_device, test_batchnorm
 from foldblend.members.loaders import eval_loader, train_loader, train_steps
 from foldblend.members.signatures import fold_seconds, fold_signature
 from foldblend.members.transforms import to_input
@@ -257,23 +257,35 @@ def _end_after(allowed: int, run: dict, fit: Fit, cfg: ExperimentConfig, steps: 
         compress_schedule(fit, cfg, updates_per_epoch(steps, cfg.accumulate), allowed)
 
 
-def _record_prediction_settings(path: Path, cfg: ExperimentConfig) -> None:
-    """Keep best.pt's TTA views and amp those it last predicted with: a checkpoint copied out of the
-    project (without done.json) then still predicts exactly as its member in oof/ did."""
+def _record_prediction_settings(path: Path, cfg: ExperimentConfig, test_state: dict | None) -> None:
+    """Keep best.pt's TTA views, amp and test BatchNorm statistics those it last predicted with: a
+    checkpoint copied out of the project (without done.json) then still predicts exactly as its member in
+    oof/ did."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = ckpt.get("config") or {}
-    if ckpt.get("tta") == list(cfg.tta) and config.get("amp") == cfg.amp:
+    old = ckpt.get("test_state")
+    same_state = (old is None) == (test_state is None) and (
+        test_state is None or (old.keys() == test_state.keys() and all(torch.equal(old[k], test_state[k])
+                                                                        for k in test_state)))
+    if ckpt.get("tta") == list(cfg.tta) and config.get("amp") == cfg.amp and same_state:
         return
     ckpt["tta"], ckpt["config"] = list(cfg.tta), {**config, "tta": list(cfg.tta), "amp": cfg.amp}
+    if test_state is None:
+        ckpt.pop("test_state", None)
+    else:
+        ckpt["test_state"] = test_state
     write_torch(path, ckpt)
 
 
 def predict_fold(cfg, k, data: TrainData, out_dir: Path, best, device, val_idx, progress,
                  train_seconds: float = 0.0) -> FoldResult:
     """The best checkpoint on its held-out fold, the test set and the held-out split, under every TTA view,
-    with the wall seconds spent: training (`train_seconds`, resumed runs included) and this."""
+    with the wall seconds spent: training (`train_seconds`, resumed runs included) and this. Under
+    `test_stats` the test and the held-out split (predicted as `foldblend predict` would) are read with
+    BatchNorm statistics re-estimated on the test images (`infer.test_batchnorm`), kept in best.pt; the
+    held-out fold with the training ones."""
     started = time.perf_counter()
-    model, ckpt = load_checkpoint(out_dir / "best.pt", device)
+    model, ckpt = load_checkpoint(out_dir / "best.pt", device, test_state=False)
     channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -286,8 +298,16 @@ def predict_fold(cfg, k, data: TrainData, out_dir: Path, best, device, val_idx, 
                      ckpt["std"], cfg.amp, channels_last, desc, n_classes=n_classes)
 
     val_logits = logits(data.images, val_idx)
+    test_state = None
+    if cfg.test_stats and len(data.test_images) >= 2:
+        test_state = test_batchnorm(model, eval_loader(data.test_images, np.arange(len(data.test_images)), bs,
+                                                       cfg.num_workers),
+                                    device, ckpt["mean"], ckpt["std"], cfg.amp, channels_last,
+                                    desc=f"{cfg.name} fold {k} test statistics" if progress else None)
+        if test_state is not None:
+            apply_test_state(model, test_state)
     test_logits = logits(data.test_images, np.arange(len(data.test_images)))
     holdout_logits = logits(data.holdout_images, np.arange(len(data.holdout_images)))
-    _record_prediction_settings(out_dir / "best.pt", cfg)
+    _record_prediction_settings(out_dir / "best.pt", cfg, test_state)
     return FoldResult(val_idx, val_logits, test_logits, holdout_logits, list(cfg.tta), best["epoch"], best["score"],
                       best.get("weights", "model"), train_seconds, time.perf_counter() - started)

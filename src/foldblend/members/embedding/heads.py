@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from foldblend.config import EmbedConfig
+from foldblend.members.infer import PRIOR_IMAGES
 from foldblend.members.transforms import class_sample_weights
 
 EPS = 1e-6  # kNN: the probability floor of a class no neighbour voted for (log(1e-6) = -13.8)
@@ -62,7 +63,6 @@ def _class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
     return class_sample_weights(labels, n_classes, mode).astype(np.float32)
 
 
-PRIOR_IMAGES = 50  # test statistics: the training features' mean and spread count as this many test images
 
 
 def _folded(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

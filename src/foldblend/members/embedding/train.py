@@ -4,7 +4,7 @@ The frozen backbone's features of every train and test image come from the featu
 the first fold that needs them, under the identity view and every TTA view); the head is fitted on the
 identity-view features of the other folds, then predicts fold k, the test set and the held-out
 rows under each view. A linear head predicts the test (and the held-out rows, as `foldblend predict` would)
-with the test's own feature statistics (`heads.fit_heads`, `embed.test_stats`); fold k with the training
+with the test's own feature statistics (`heads.fit_heads`, `test_stats`); fold k with the training
 rows'.
 Seconds per fold once the features exist. Writes `head.npz` (the fold's checkpoint) and `config.yaml`, and
 returns the predictions (the runner writes `preds.npz`, `time.json` and, last, `done.json`, as for every kind).
@@ -57,7 +57,7 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
     n_classes = len(data.classes)
     head, test_head = fit_heads(cfg.embed, train_feats["identity"][train_idx], data.labels[train_idx], n_classes,
                                 cfg.class_weight, seed=cfg.seed + k,
-                                test_feats=test_feats["identity"] if cfg.embed.test_stats else None)
+                                test_feats=test_feats["identity"] if cfg.test_stats else None)
     mean, std = normalisation_of(FeatureSpec(cfg.model, cfg.pretrained, cfg.img_size))
     meta = {"kind": "embedding", "head": cfg.embed.head, "model": cfg.model, "pretrained": cfg.pretrained,
             "img_size": cfg.img_size, "classes": list(data.classes), "tta": list(cfg.tta), "amp": cfg.amp,
