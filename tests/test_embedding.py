@@ -155,9 +155,9 @@ def test_network_keys_are_errors_on_an_embedding_member(tmp_path):
     with pytest.raises(ConfigError, match="'embed.k' must be in"):
         config_from_dict({"name": "x", **EMBED, "embed": {"k": 0}})
     cfg = config_from_dict({"name": "x", **EMBED, "embed": {"head": "knn", "k": 7}})
-    assert cfg.kind == "embedding" and cfg.embed.k == 7 and cfg.embed.head == "knn" and cfg.test_stats
-    assert not config_from_dict({"name": "x", **EMBED, "test_stats": False}).test_stats
-    with pytest.raises(ConfigError, match="key 'test_stats': expected bool"):
+    assert cfg.kind == "embedding" and cfg.embed.k == 7 and cfg.embed.head == "knn" and cfg.test_stats == "auto"
+    assert config_from_dict({"name": "x", **EMBED, "test_stats": False}).test_stats is False
+    with pytest.raises(ConfigError, match="key 'test_stats' must be true, false or auto, got 'yes'"):
         config_from_dict({"name": "x", **EMBED, "test_stats": "yes"})
 
 
@@ -222,7 +222,7 @@ def test_embedding_member_end_to_end(tiny_project):
 
     (tiny_project / "folds" / "emb.yaml").write_text(
         f"kind: embedding\nmodel: tf_efficientnet_lite0\npretrained: {PACKAGE}\nimg_size: 32\n"
-        f"tta: [identity, hflip]\nembed:\n  head: logreg\n  C: 0.5\n")
+        f"tta: [identity, hflip]\ntest_stats: true\nembed:\n  head: logreg\n  C: 0.5\n")
     root = str(tiny_project)
     for stage in (["scan", "--quiet"], ["folds", "--quiet"], ["train", "--quiet"], ["blend", "--method", "mean"],
                   ["submit"], ["report"]):

@@ -296,7 +296,7 @@ def test_test_stats_reads_the_test_with_its_own_batchnorm_statistics_and_only_pr
     data = tiny_data(n=72, m=40)
     data.test_images = np.clip(data.test_images.astype(int) * 2 + 40, 0, 255).astype(np.uint8)
     out = tmp_path / "f0"
-    run_fold(tiny_config(epochs=2), 0, data, out, progress=False)
+    run_fold(tiny_config(epochs=2, test_stats=True), 0, data, out, progress=False)
     with np.load(out / "preds.npz") as z:
         val_on, test_on = z["val_logits"], z["test_logits"]
     model, ckpt = load_checkpoint(out / "best.pt")
@@ -326,3 +326,20 @@ def test_test_stats_reads_the_test_with_its_own_batchnorm_statistics_and_only_pr
     write_torch(out / "best.pt", ckpt)
     with pytest.raises(CheckpointError, match="best.pt: its weights do not fit its architecture"):
         load_checkpoint(out / "best.pt")
+
+
+def test_test_stats_auto_follows_the_scans_shift_warning(tmp_path, capsys):
+    from foldblend.paths import Project
+    from foldblend.running.experiment import resolve_test_stats
+
+    project = Project.at(tmp_path)
+    project.folds_dir.mkdir(parents=True)
+    cfg = tiny_config()
+    assert cfg.test_stats == "auto"
+    assert resolve_test_stats(cfg, project).test_stats is False  # no scan yet: the training statistics
+    project.shift_json.write_text('{"optimistic": false}')
+    assert resolve_test_stats(cfg, project).test_stats is False and capsys.readouterr().out == ""
+    project.shift_json.write_text('{"optimistic": true}')
+    assert resolve_test_stats(cfg, project).test_stats is True
+    assert "test_stats auto: the scan warns that the test differs from train" in capsys.readouterr().out
+    assert resolve_test_stats(tiny_config(test_stats=False), project).test_stats is False  # said outright: kept

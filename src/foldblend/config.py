@@ -85,7 +85,7 @@ class ExperimentConfig:
     select: str = "best"                # best: keep the best held-out epoch; last: keep the final weights
     # --- evaluation
     tta: list[str] = field(default_factory=lambda: ["identity", "hflip"])
-    test_stats: bool = True             # read the test with its own statistics (BatchNorm, linear heads' scaling)
+    test_stats: Union[bool, str] = "auto"  # the test read with its own statistics; auto: when the scan warns of a shift
     # --- run
     folds: Optional[list[int]] = None   # which folds to run (None = all)
     seed: int = 42
@@ -318,6 +318,8 @@ def validate(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()) -
         value = _get(cfg, key)
         if not _within(value, interval):
             raise ConfigError(f"{where}: key '{key}' must be in {interval}, got {value!r}")
+    if isinstance(cfg.test_stats, str) and cfg.test_stats != "auto":
+        raise ConfigError(f"{where}: key 'test_stats' must be true, false or auto, got {cfg.test_stats!r}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device):
         raise ConfigError(f"{where}: key 'device' must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.pretrained == "":

@@ -30,6 +30,11 @@ class Project:
         return self.folds_dir / "scan.csv"
 
     @property
+    def shift_json(self) -> Path:
+        """The scan's train/test shift verdict (`scanning.shift_files`; read by train for `test_stats: auto`)."""
+        return self.folds_dir / "shift.json"
+
+    @property
     def init_record(self) -> Path:
         """What `foldblend init` planned: preset, time limit, estimates (the summary reports them)."""
         return self.folds_dir / "init.json"

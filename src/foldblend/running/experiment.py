@@ -17,14 +17,14 @@ import contextlib
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from foldblend.artifacts import load_member
+from foldblend.artifacts import load_member, read_json
 from foldblend.config import ExperimentConfig, load_config
 from foldblend.data import cache
 from foldblend.data.cache import cache_key, cached_images
@@ -124,7 +124,7 @@ def plan_experiment(config_path: str | Path, project: Project, folds: list[int] 
     """Load a config and its data, and find its pending folds (finished ones are skipped, whoever ran them).
 
     With `locks`, the experiment's lock is taken into that stack (held until the caller closes it)."""
-    cfg = load_config(config_path, overrides)
+    cfg = resolve_test_stats(load_config(config_path, overrides), project)
     if locks is not None:
         locks.enter_context(hold(lock_path(project, cfg.name), f"experiment {cfg.name!r} (models/{cfg.name}/)",
                                  fix="wait for it to finish, or train another fold config meanwhile"))
@@ -150,6 +150,20 @@ def plan_experiment(config_path: str | Path, project: Project, folds: list[int] 
     jobs = [FoldJob(cfg.name, k, cfg, Path(config_path).resolve(), list(overrides or []),
                     project.model_dir(cfg.name, k), signature, predictions) for k in pending]
     return Plan(Path(config_path), cfg, data, n_folds, jobs, inputs)
+
+
+def resolve_test_stats(cfg: ExperimentConfig, project: Project) -> ExperimentConfig:
+    """`test_stats: auto` made true or false: true when the scan's shift check (folds/shift.json) warns that
+    the test differs from train, as the blend's importance weights and selection are turned on; false
+    without a scan or without a warning (a test drawn like train is read with the training statistics)."""
+    if cfg.test_stats != "auto":
+        return cfg
+    on = bool((read_json(project.shift_json) or {}).get("optimistic"))
+    if on:
+        print(f"[{cfg.name}] test_stats auto: the scan warns that the test differs from train, so the test is read "
+              f"with its own statistics (BatchNorm, linear heads' scaling); set test_stats: false to keep the "
+              f"training ones")
+    return replace(cfg, test_stats=on)
 
 
 LOCK_NAME = ".lock"

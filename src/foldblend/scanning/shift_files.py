@@ -8,7 +8,7 @@ from foldblend.paths import Project
 
 
 def shift_json(project: Project):
-    return project.folds_dir / "shift.json"
+    return project.shift_json
 
 
 def similarity_npz(project: Project):

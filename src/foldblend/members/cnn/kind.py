@@ -82,7 +82,7 @@ class CnnKind(MemberKind):
         others = profile.n_test + profile.n_holdout
         evals = 2 if values.get("ema") else 1
         views = len(values.get("tta", ["identity", "hflip"]))
-        restat = profile.n_test if values.get("test_stats", True) else 0  # one pass for the test's BatchNorm statistics
+        restat = profile.n_test if values.get("test_stats", "auto") is not False else 0  # the test BatchNorm pass
         return {"setup": k * t.setup,
                 "train": k * epochs * profile.fold_train * t.train_per_image,
                 "validate": epochs * n * evals * t.infer_per_image,

@@ -299,7 +299,7 @@ def predict_fold(cfg, k, data: TrainData, out_dir: Path, best, device, val_idx, 
 
     val_logits = logits(data.images, val_idx)
     test_state = None
-    if cfg.test_stats and len(data.test_images) >= 2:
+    if cfg.test_stats is True and len(data.test_images) >= 2:  # "auto" is resolved by the runner
         test_state = test_batchnorm(model, eval_loader(data.test_images, np.arange(len(data.test_images)), bs,
                                                        cfg.num_workers),
                                     device, ckpt["mean"], ckpt["std"], cfg.amp, channels_last,

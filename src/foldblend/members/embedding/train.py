@@ -57,7 +57,7 @@ def train_fold(cfg: ExperimentConfig, k: int, data: TrainData, out_dir: Path, pr
     n_classes = len(data.classes)
     head, test_head = fit_heads(cfg.embed, train_feats["identity"][train_idx], data.labels[train_idx], n_classes,
                                 cfg.class_weight, seed=cfg.seed + k,
-                                test_feats=test_feats["identity"] if cfg.test_stats else None)
+                                test_feats=test_feats["identity"] if cfg.test_stats is True else None)
     mean, std = normalisation_of(FeatureSpec(cfg.model, cfg.pretrained, cfg.img_size))
     meta = {"kind": "embedding", "head": cfg.embed.head, "model": cfg.model, "pretrained": cfg.pretrained,
             "img_size": cfg.img_size, "classes": list(data.classes), "tta": list(cfg.tta), "amp": cfg.amp,
