@@ -97,11 +97,9 @@ class ExperimentConfig:
     compile: bool = False               # torch.compile the model
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes what a fold's weights are: not which folds run, workers, threads,
-        device, speed-only switches, nor how the test is read (TTA views, `test_stats`: a change predicts again)."""
-        d = dataclasses.asdict(self)
-        for k in ("folds", "num_workers", "threads", "device", "name", "tta", "test_stats", "channels_last", "compile"):
-            d.pop(k)
+        """Hash of what a fold's weights depend on: not folds, workers, threads, device, speed, how the test is read."""
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in (
+            "folds", "num_workers", "threads", "device", "name", "tta", "test_stats", "channels_last", "compile")}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -318,7 +316,7 @@ def validate(cfg: ExperimentConfig, where: str, given: set[str] = frozenset()) -
         value = _get(cfg, key)
         if not _within(value, interval):
             raise ConfigError(f"{where}: key '{key}' must be in {interval}, got {value!r}")
-    if isinstance(cfg.test_stats, str) and cfg.test_stats != "auto":
+    if cfg.test_stats not in (True, False, "auto"):
         raise ConfigError(f"{where}: key 'test_stats' must be true, false or auto, got {cfg.test_stats!r}")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device):
         raise ConfigError(f"{where}: key 'device' must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
