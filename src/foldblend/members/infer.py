@@ -7,6 +7,7 @@ statistics on the images it is about to predict (`test_stats`).
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import numpy as np
 import torch
@@ -75,8 +76,6 @@ def test_batchnorm(model: torch.nn.Module, loader, device, mean, std, amp: str =
     AdaBN (Li et al., 2016): a network trained on one image source reads another through statistics
     that no longer hold; the test's own, taken layer after layer in one pass (each layer normalised by
     its batch, as in training), put its features back where the later layers expect them."""
-    import copy
-
     names = [name for name, m in model.named_modules()
              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
     if not names:

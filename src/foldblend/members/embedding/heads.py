@@ -105,7 +105,8 @@ def fit_heads(cfg: EmbedConfig, feats: np.ndarray, labels: np.ndarray, n_classes
     half of AdaBN (Li et al., 2016) / CORAL (Sun et al., 2016) for a frozen backbone: no label, one pass.
     Measured on bench/shift_blend.py's twelve projects (the members' test macro-F1, logistic regression
     and linear SVM): +0.12 to +0.30 with the test at a fifth of the resolution, 0 to +0.04 with unseen
-    concepts or styles, -0.015 to +0.03 with no shift. kNN compares images by angle: one head."""
+    concepts or styles, -0.015 to +0.03 with no shift (forced on: `test_stats: auto` leaves a test drawn
+    like train alone). kNN compares images by angle: one head."""
     from sklearn.preprocessing import StandardScaler
 
     cw = _class_weights(labels, n_classes, class_weight)
