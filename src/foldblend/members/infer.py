@@ -18,6 +18,13 @@ from foldblend.members.transforms import TTA_VIEWS, to_input
 PRIOR_IMAGES = 50  # `test_stats`: the training statistics weigh as this many test images (BatchNorm, linear heads)
 
 
+def shrunk(test_value, train_value, n_test: int, prior: int = PRIOR_IMAGES):
+    """A statistic of `n_test` test images shrunk towards the training one, which weighs as `prior` more
+    test images: the one rule of `test_stats` for BatchNorm layers and linear heads (arrays or tensors)."""
+    w = n_test / (n_test + prior)
+    return w * test_value + (1 - w) * train_value
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,13 +103,12 @@ def test_batchnorm(model: torch.nn.Module, loader, device, mean, std, amp: str =
         seen += len(batch)
     if seen < 2:
         return None
-    w = seen / (seen + prior)
     trained = dict(model.named_modules())
     out = {}
     for name in names:
         for stat in ("running_mean", "running_var"):
             new, old = getattr(layers[name], stat).float(), getattr(trained[name], stat).float()
-            out[f"{name}.{stat}"] = (w * new + (1 - w) * old).to(getattr(trained[name], stat).dtype).cpu()
+            out[f"{name}.{stat}"] = shrunk(new, old, seen, prior).to(getattr(trained[name], stat).dtype).cpu()
     return out
 
 

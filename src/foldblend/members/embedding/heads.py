@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from foldblend.config import EmbedConfig
-from foldblend.members.infer import PRIOR_IMAGES
+from foldblend.members.infer import PRIOR_IMAGES, shrunk
 from foldblend.members.transforms import class_sample_weights
 
 EPS = 1e-6  # kNN: the probability floor of a class no neighbour voted for (log(1e-6) = -13.8)
@@ -77,12 +77,11 @@ def standardisation_of_test(mean: np.ndarray, var: np.ndarray, test_feats: np.nd
     training features' (`mean`, `var`) as if those were `prior` more test images: with m test images the
     test's own statistics weigh m / (m + prior); with none, the training ones are returned."""
     m = len(test_feats)
-    w = m / (m + prior)
     if m == 0:
         return mean, np.sqrt(var)
     t = np.asarray(test_feats, np.float64)
-    mu = w * t.mean(axis=0) + (1 - w) * mean
-    scale = np.sqrt(w * t.var(axis=0) + (1 - w) * var)
+    mu = shrunk(t.mean(axis=0), mean, m, prior)
+    scale = np.sqrt(shrunk(t.var(axis=0), var, m, prior))
     scale[scale < 10 * np.finfo(np.float64).eps] = 1.0  # a constant feature: left unscaled, as StandardScaler does
     return mu, scale
 
