@@ -182,20 +182,31 @@ def add_arguments(parser) -> None:
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--concepts", type=int, default=12, help="concepts per class")
     parser.add_argument("--variants", type=int, default=3, help="variants per (concept, style)")
+    parser.add_argument("--test-variants", type=int, default=None,
+                        help="variants per (concept, style) on the test side (default: --variants): a larger test "
+                             "from the same training set")
     parser.add_argument("--size", type=int, default=96, help="image side in pixels")
 
 
 def write_competition(root: Path, how: str, n_classes: int = 8, concepts_per_class: int = 12, variants: int = 3,
                       size: int = 96, test_fraction: float = 0.3, seed: int = 0,
-                      styles: tuple[str, ...] = tuple(STYLES)) -> Path:
-    """A competition folder in the Simpsons layout for split `how`; returns input/."""
-    concepts, images = universe(n_classes, concepts_per_class, styles, variants=variants, seed=seed)
+                      styles: tuple[str, ...] = tuple(STYLES), test_variants: int | None = None) -> Path:
+    """A competition folder in the Simpsons layout for split `how`; returns input/. With `test_variants`
+    above `variants`, the split is drawn over that many variants and the training side keeps only the first
+    `variants` of each (concept, style): the same training set's size, a test `test_variants / variants`
+    times larger (a test's own sampling noise, ~0.025 macro-F1 on 300 images, below the targets it checks)."""
+    test_variants = variants if test_variants is None else test_variants
+    concepts, images = universe(n_classes, concepts_per_class, styles, variants=max(variants, test_variants),
+                                seed=seed)
     classes = SHAPES[:n_classes]
     test = split(images, how, test_fraction, seed)
+    keep = np.where(test, images["variant"] < test_variants, images["variant"] < variants)
     rng = np.random.default_rng(seed + 2)
     inp = Path(root) / "input"
     train_rows, test_rows = [], []
     for j, row in enumerate(images.itertuples()):
+        if not keep[j]:
+            continue
         concept = concepts[row.concept]
         img = render(concept, row.style, size, rng)
         if test[j]:

@@ -109,7 +109,8 @@ def run_case(work: Path, how: str, seed: int, args, log) -> dict:
     if root.exists():
         shutil.rmtree(root)
     concepts.write_competition(root, how, n_classes=args.classes, concepts_per_class=args.concepts,
-                               variants=args.variants, size=args.size, seed=seed)
+                               variants=args.variants, size=args.size, seed=seed,
+                               test_variants=args.test_variants)
     (root / "folds").mkdir(exist_ok=True)
     (root / "folds" / "member.yaml").write_text(MEMBERS[args.member])
     project = Project.at(root)

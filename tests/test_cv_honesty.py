@@ -110,3 +110,21 @@ def test_a_random_split_stays_silent_and_keeps_the_phash_folds(tmp_path, capsys)
     assert json.loads((project.folds_dir / "folds.json").read_text())["grouping"]["semantic_threshold"] is None
     with np.load(project.folds_dir / "similarity.npz") as z:
         assert len(z["oof_similarity"]) == len(folds) and np.isfinite(z["test_similarity"]).all()
+
+
+def test_more_test_variants_enlarge_the_test_and_keep_the_training_set(tmp_path):
+    """bench/concepts.py's `test_variants`: the test side draws more variants of its (concept, style) pairs,
+    the training side keeps the first `variants` of each, so a bench's test noise shrinks without a larger
+    training set; no training image is also a test image."""
+    sizes = {}
+    for tv in (None, 6):
+        inp = concepts.write_competition(tmp_path / f"tv{tv}", "unseen_styles", n_classes=3, concepts_per_class=2,
+                                         variants=2, size=24, styles=("flat", "sketch", "photo"), seed=0,
+                                         test_variants=tv)
+        train, test = pd.read_csv(inp / "train_truth.csv"), pd.read_csv(inp / "test_labels.csv")
+        sizes[tv] = (train, test)
+        assert set(zip(train["concept"], train["style"])).isdisjoint(zip(test["concept"], test["style"]))
+        assert train.groupby(["concept", "style"]).size().max() == 2
+    (train0, test0), (train1, test1) = sizes[None], sizes[6]
+    assert train0["image"].tolist() == train1["image"].tolist()
+    assert len(test1) == 3 * len(test0) and test1.groupby(["concept", "style"]).size().eq(6).all()
