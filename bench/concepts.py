@@ -194,7 +194,8 @@ def write_competition(root: Path, how: str, n_classes: int = 8, concepts_per_cla
     """A competition folder in the Simpsons layout for split `how`; returns input/. With `test_variants`
     above `variants`, the split is drawn over that many variants and the training side keeps only the first
     `variants` of each (concept, style): the same training set's size, a test `test_variants / variants`
-    times larger (a test's own sampling noise, ~0.025 macro-F1 on 300 images, below the targets it checks)."""
+    times larger (at 300 test images the test's own sampling noise, ~0.025 macro-F1, is as large as the
+    margins a bench checks)."""
     test_variants = variants if test_variants is None else test_variants
     concepts, images = universe(n_classes, concepts_per_class, styles, variants=max(variants, test_variants),
                                 seed=seed)

@@ -152,8 +152,7 @@ def evaluate(project: Project, how: str, seed: int, log) -> dict:
     row["n_test"] = len(ids)
     row["test_sd"], row["vs_best_sd"] = draw_noise(project, result.test_probs, probs[max(alone, key=alone.get)],
                                                    classes, ids)
-    row["mean"] = true_scores(project, np.mean([softmax(m.test_logits).mean(axis=(0, 1)) for m in members.values()],
-                                                axis=0), classes, ids)
+    row["mean"] = true_scores(project, np.mean(list(probs.values()), axis=0), classes, ids)
     selection = getattr(result, "selection", None) or {}
     row["chosen"] = selection.get("chosen", "blend")
     row["expected"] = (selection.get("expected") or {}).get("macro_f1")
