@@ -170,7 +170,13 @@ def test_a_candidate_estimated_above_the_fitted_blend_beyond_the_noise_is_writte
         assert np.allclose(apply_blend(model, views), z["test_probs"])
     expected = sel["expected"]["macro_f1"]
     assert abs(expected - written) < 0.1
-    assert f"expected test macro-F1 {expected:.4f} ± " in out
+    assert f"expected test macro-F1 {expected:.4f} ± {sel['expected']['std']:.4f}" in out
+    # the ± holds the test images' draw and the estimators' disagreement on the written candidate
+    e = saved["selection"]["expected"]
+    spread = np.std([v["macro_f1"] for v in saved["selection"]["candidates"][sel["chosen"]]["estimates"].values()])
+    assert e["spread"] == pytest.approx(spread) and e["spread"] > 0 and e["sampling"] > 0
+    assert e["std"] == pytest.approx(np.hypot(e["sampling"], e["spread"]))
+    assert e["sampling"] >= result.confidence["std"] - 1e-12
 
 
 def test_without_a_shift_the_fitted_blend_is_written(tmp_path, capsys):
