@@ -90,9 +90,7 @@ def run_blend(oof_root: Path, names: list[str] | None, out_dir: Path, folds_dir:
         result.confidence = C.confidence_score(result.labels, result.oof_probs, fold, result.fold_test_probs, groups,
                                                len(result.classes))
         if selection and result.confidence.get("std") is not None:  # its bootstrap also resamples OOF groups
-            e = selection["expected"]
-            e["sampling"] = max(e["sampling"], result.confidence["std"])
-            e["std"] = float(np.hypot(e["sampling"], e["spread"]))
+            S.raise_sampling(selection["expected"], result.confidence["std"])
         if len(members) > 1 and selection:  # each member alone, as `submit --exp NAME` would submit it
             result.member_confidence = {m.name: selection["candidates"][m.name]["estimates"]["atc"] for m in members}
     else:
