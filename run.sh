@@ -24,8 +24,16 @@ setup() {
   local stamp="$VENV/.foldblend-installed"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "installing foldblend and its dependencies into $VENV/ (first run: several minutes)"
-    "$PY" -m pip install --quiet --upgrade pip
-    "$PY" -m pip install --quiet -e ".[dev]"
+    local free_gb
+    free_gb=$(df -Pk "$VENV" | awk 'NR == 2 {print int($4 / 1048576)}')
+    if [ "${free_gb:-0}" -lt 11 ]; then
+      echo "warning: ${free_gb} GB free where $VENV/ lies; the install (PyTorch with its CUDA libraries) takes" \
+        "about 7 GB and up to 10 GB while it runs" >&2
+    fi
+    # no wheel cache: PyTorch's CUDA libraries are gigabytes of downloads, and a cached copy of each would
+    # add to the disk the install needs
+    "$PY" -m pip install --quiet --no-cache-dir --upgrade pip
+    "$PY" -m pip install --quiet --no-cache-dir -e ".[dev]"
     touch "$stamp"
   fi
 }
