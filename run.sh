@@ -25,8 +25,9 @@ setup() {
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "installing foldblend and its dependencies into $VENV/ (first run: several minutes)"
     local free_gb
-    free_gb=$(df -Pk "$VENV" | awk 'NR == 2 {print int($4 / 1048576)}')
-    if [ "${free_gb:-0}" -lt 11 ]; then
+    # a check, never a stop: where df cannot tell (set -e with pipefail would end the script), say nothing
+    free_gb=$(df -Pk "$VENV" 2>/dev/null | awk 'NR == 2 {print int($4 / 1048576)}') || free_gb=""
+    if [ -n "$free_gb" ] && [ "$free_gb" -lt 11 ]; then
       echo "warning: ${free_gb} GB free where $VENV/ lies; the install (PyTorch with its CUDA libraries) takes" \
         "about 7 GB and up to 10 GB while it runs" >&2
     fi
